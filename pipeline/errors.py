@@ -1,0 +1,13 @@
+"""Error types the stages turn into a one-line message and a non-zero exit."""
+
+
+class PipelineError(Exception):
+    """A user-facing problem with inputs: the message names the file, key or column and value."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A params.yaml key has an unknown name, a wrong type or an out-of-range value."""
+
+
+class DataError(PipelineError, ValueError):
+    """Raw or processed data cannot be used as given."""

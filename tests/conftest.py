@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny generated ImageFolder and CSV data, and params files pointing at them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Fast settings shared by every tiny run; tests override what they exercise.
+TINY: dict[str, Any] = {
+    "seed": 0,
+    "augment": {"copies": 1},
+    "model": {"type": "mlp", "hidden_sizes": [16], "channels": [4, 8]},
+    "train": {"epochs": 3, "batch_size": 16, "patience": 0},
+    "tune": {"enabled": False, "n_trials": 3},
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merge two params mappings."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def write_params(path: Path, overrides: dict) -> Path:
+    """Write a params.yaml made of TINY plus overrides."""
+    path.write_text(yaml.safe_dump(merge(TINY, overrides), sort_keys=False))
+    return path
+
+
+def _blob(rng: np.random.Generator, size: tuple[int, int], bright: bool) -> np.ndarray:
+    """A class-dependent pattern so tiny models have something to learn."""
+    h, w = size
+    img = rng.integers(0, 60, (h, w), dtype=np.uint8)
+    if bright:
+        img[h // 4: 3 * h // 4, w // 4: 3 * w // 4] += 150
+    return img
+
+
+def make_imagefolder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """Two classes of images in every supported format, mode and several sizes."""
+    rng = np.random.default_rng(seed)
+    formats = [("png", "L"), ("png", "RGBA"), ("jpg", "RGB"), ("bmp", "RGB"), ("gif", "P"),
+               ("tiff", "RGB"), ("png", "P"), ("jpeg", "L")]
+    sizes = [(12, 12), (20, 16), (9, 14), (32, 32)]
+    for c, cls in enumerate(["cat", "dog"]):
+        folder = root / cls
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            ext, mode = formats[i % len(formats)]
+            gray = _blob(rng, sizes[i % len(sizes)], bright=bool(c))
+            img = Image.fromarray(gray, mode="L")
+            if mode == "RGBA":
+                img = img.convert("RGBA")
+            elif mode == "P":
+                img = img.convert("RGB").convert("P")
+            elif mode == "RGB":
+                img = img.convert("RGB")
+            img.save(folder / f"{cls}_{i:03d}.{ext}")
+    return root
+
+
+def make_csv(path: Path, rows: int = 60, seed: int = 0) -> Path:
+    """Numeric + categorical columns with NaNs and string labels."""
+    rng = np.random.default_rng(seed)
+    y = np.array(["spam", "ham"] * (rows // 2))
+    x1 = rng.normal(size=rows) + (y == "spam") * 2.0
+    x2 = rng.normal(size=rows)
+    x1[[3, 10]] = np.nan
+    colour = rng.choice(["red", "green", "blue"], size=rows).astype(object)
+    colour[[5, 7]] = None
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "colour": colour,
+                          "flag": rng.integers(0, 2, rows).astype(bool), "label": y})
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    """A tiny mixed-format ImageFolder."""
+    return make_imagefolder(tmp_path / "images")
+
+
+@pytest.fixture
+def table_csv(tmp_path: Path) -> Path:
+    """A tiny CSV with numeric, categorical, boolean and missing values."""
+    return make_csv(tmp_path / "table.csv")
+
+
+@pytest.fixture
+def image_params(tmp_path: Path, imagefolder: Path) -> Path:
+    """Params pointing at the tiny ImageFolder."""
+    return write_params(tmp_path / "params.yaml", {"data": {
+        "source": "imagefolder", "path": str(imagefolder), "positive_class": "dog",
+        "image_size": 8, "channels": 1, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+
+
+@pytest.fixture
+def csv_params(tmp_path: Path, table_csv: Path) -> Path:
+    """Params pointing at the tiny CSV."""
+    return write_params(tmp_path / "params.yaml", {"data": {
+        "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
+        "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})

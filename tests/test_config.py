@@ -1,0 +1,88 @@
+"""params.yaml loading: defaults, types and every rejection names the key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Params, load_params, parse_params
+from pipeline.errors import ConfigError
+from pipeline.stages import preprocess
+from tests.conftest import REPO
+
+
+def test_repo_params_load_typed_and_frozen() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.source == "digits"
+    assert isinstance(params.data.split.train, float)
+    with pytest.raises(AttributeError):
+        params.data.image_size = 3  # type: ignore[misc]
+
+
+def test_empty_mapping_gives_defaults() -> None:
+    assert parse_params({}) == Params()
+
+
+def test_scientific_notation_without_dot_is_a_number() -> None:
+    # PyYAML reads `1e-4` as a string; people write it that way all the time.
+    params = parse_params(yaml.safe_load("train: {lr: 1e-4}"))
+    assert params.train.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    ({"bogus": 1}, "bogus: unknown key"),
+    ({"data": {"sauce": "digits"}}, "data.sauce: unknown key"),
+    ({"data": {"split": {"train": 0.7, "val": 0.15, "test": 0.15, "x": 1}}}, "data.split.x"),
+    ({"seed": "abc"}, "seed = 'abc': must be an integer"),
+    ({"seed": 1.5}, "seed = 1.5"),
+    ({"data": {"image_size": 3}}, "data.image_size = 3: must be >= 4"),
+    ({"data": {"image_size": "big"}}, "data.image_size = 'big'"),
+    ({"data": {"source": "mnist"}}, "data.source = 'mnist': must be one of"),
+    ({"data": {"channels": 2}}, "data.channels = 2"),
+    ({"data": {"split": {"train": 1.2, "val": 0.1, "test": 0.1}}},
+     "data.split.train = 1.2: must be in (0, 1)"),
+    ({"data": {"split": {"train": 0.0, "val": 0.5, "test": 0.5}}}, "data.split.train = 0.0"),
+    ({"data": {"split": {"train": 0.5, "val": 0.3, "test": 0.3}}},
+     "data.split.train+val+test = 1.1: must sum to 1"),
+    ({"data": {"skip_corrupt": "yes"}}, "data.skip_corrupt = 'yes': must be true or false"),
+    ({"augment": {"copies": -1}}, "augment.copies = -1"),
+    ({"augment": {"rotation": 400}}, "augment.rotation = 400.0"),
+    ({"augment": "on"}, "augment = 'on': must be a mapping"),
+    ({"train": {"lr": 0}}, "train.lr = 0.0: must be > 0"),
+    ({"train": {"optimizer": "lbfgs"}}, "train.optimizer = 'lbfgs'"),
+    ({"model": {"hidden_sizes": 64}}, "model.hidden_sizes = 64: must be a list"),
+    ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold = 1.5"),
+    ({"evaluate": {"threshold": "best"}}, "evaluate.threshold = 'best'"),
+])
+def test_rejections_name_key_and_value(raw: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    assert needle in str(info.value)
+
+
+def test_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("data: {image_size: 2}\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: data\.image_size = 2"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_stage_exits_nonzero_and_writes_nothing(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {split: {train: 0.9, val: 0.2, test: 0.1}}\n")
+    out = tmp_path / "processed"
+    with pytest.raises(SystemExit) as info:
+        preprocess.main(["--params", str(params), "--out", str(out)])
+    assert info.value.code == 2
+    assert "must sum to 1" in capsys.readouterr().err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [params]

@@ -1,0 +1,239 @@
+"""Sources, splits, train-only statistics, byte-identical outputs and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig, SplitConfig, load_params
+from pipeline.data import load_splits, preprocess, transform_table
+from pipeline.errors import DataError
+from pipeline.stages import preprocess as preprocess_stage
+from tests.conftest import make_csv, make_imagefolder
+
+HALF = SplitConfig(train=0.5, val=0.25, test=0.25)
+
+
+def image_cfg(path: Path, **kw: object) -> DataConfig:
+    return DataConfig(source="imagefolder", path=str(path), positive_class="dog", image_size=8,
+                      split=HALF, **kw)  # type: ignore[arg-type]
+
+
+def csv_cfg(path: Path, **kw: object) -> DataConfig:
+    base = {"source": "csv", "path": str(path), "target": "label", "positive_class": "spam",
+            "split": HALF}
+    return DataConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_imagefolder_mixed_modes_and_sizes(imagefolder: Path, channels: int) -> None:
+    splits, meta = preprocess(image_cfg(imagefolder, channels=channels), seed=0)
+    assert meta["classes"] == ["cat", "dog"] and meta["positive_class"] == "dog"
+    total = sum(len(s.y) for s in splits.values())
+    assert total == 24
+    for s in splits.values():
+        assert s.X.shape[1:] == (channels, 8, 8) and s.X.dtype == np.float32
+        assert s.X.min() >= 0.0 and s.X.max() <= 1.0
+    # Every format in the fixture made it through.
+    suffixes = {Path(i).suffix for s in splits.values() for i in s.ids}
+    assert suffixes == {".png", ".jpg", ".bmp", ".gif", ".tiff", ".jpeg"}
+    assert meta["counts"]["train"] == {"cat": 6, "dog": 6}
+
+
+def test_no_sample_in_two_splits_and_stats_from_train_only(imagefolder: Path) -> None:
+    splits, meta = preprocess(image_cfg(imagefolder), seed=3)
+    ids = [set(s.ids) for s in splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    train = splits["train"].X
+    assert meta["image"]["mean"][0] == pytest.approx(float(train.mean()), rel=1e-5)
+    everything = np.concatenate([s.X for s in splits.values()])
+    assert meta["image"]["mean"][0] != pytest.approx(float(everything.mean()), rel=1e-5)
+
+
+def test_seed_changes_split(imagefolder: Path) -> None:
+    a, _ = preprocess(image_cfg(imagefolder), seed=0)
+    b, _ = preprocess(image_cfg(imagefolder), seed=1)
+    assert a["test"].ids != b["test"].ids
+
+
+def test_same_seed_byte_identical_outputs(tmp_path: Path, image_params: Path,
+                                          csv_params: Path) -> None:
+    for params in (image_params, csv_params):
+        outs = [tmp_path / f"{params.stem}{i}" for i in range(2)]
+        for out in outs:
+            preprocess_stage.main(["--params", str(params), "--out", str(out)])
+        assert digest(outs[0]) == digest(outs[1])
+        for folder in outs:
+            for file in folder.iterdir():
+                file.unlink()
+            folder.rmdir()
+
+
+def test_corrupt_image_fails_naming_file(imagefolder: Path) -> None:
+    bad = imagefolder / "dog" / "broken.png"
+    good = (imagefolder / "dog" / "dog_000.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DataError, match=r"broken\.png.*not a readable image"):
+        preprocess(image_cfg(imagefolder), seed=0)
+
+
+def test_skip_corrupt_records_skipped_file(imagefolder: Path) -> None:
+    (imagefolder / "cat" / "garbage.jpg").write_bytes(b"not a jpeg at all")
+    splits, meta = preprocess(image_cfg(imagefolder, skip_corrupt=True), seed=0)
+    assert [s["file"] for s in meta["skipped"]] == ["cat/garbage.jpg"]
+    assert sum(len(s.y) for s in splits.values()) == 24
+
+
+@pytest.mark.parametrize(("mutate", "needle"), [
+    (lambda root: (root / "bird").mkdir() or Image.new("L", (8, 8)).save(root / "bird/a.png"),
+     "expected exactly 2 class folders, found 3"),
+    (lambda root: [p.unlink() for p in (root / "dog").iterdir()], "dog: class folder is empty"),
+    (lambda root: (root / "dog" / "notes.txt").write_text("hi"), r"notes\.txt: not an image"),
+])
+def test_bad_imagefolders(imagefolder: Path, mutate, needle: str) -> None:
+    mutate(imagefolder)
+    with pytest.raises(DataError, match=needle):
+        preprocess(image_cfg(imagefolder), seed=0)
+
+
+def test_one_class_folder(tmp_path: Path) -> None:
+    (tmp_path / "only").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(DataError, match=r"found 1 \(only\)"):
+        preprocess(image_cfg(tmp_path), seed=0)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data.path = '.*nowhere': directory not found"):
+        preprocess(image_cfg(tmp_path / "nowhere"), seed=0)
+    with pytest.raises(DataError, match="CSV file not found"):
+        preprocess(csv_cfg(tmp_path / "nowhere.csv"), seed=0)
+
+
+def test_positive_class_not_among_labels(imagefolder: Path) -> None:
+    with pytest.raises(DataError, match=r"positive_class = 'horse' is not among .*'cat', 'dog'"):
+        preprocess(replace(image_cfg(imagefolder), positive_class="horse"), seed=0)
+
+
+def test_split_leaving_class_without_val_or_test(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "imgs", per_class=2)
+    with pytest.raises(DataError, match=r"data\.split"):
+        preprocess(image_cfg(root), seed=0)
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def test_csv_categorical_nan_and_string_labels(table_csv: Path) -> None:
+    splits, meta = preprocess(csv_cfg(table_csv), seed=0)
+    table = meta["table"]
+    assert meta["classes"] == ["ham", "spam"]
+    assert set(table["numeric"]) == {"x1", "x2", "flag"}
+    assert table["categorical"] == {"colour": ["blue", "green", "red"]}
+    assert meta["feature_names"][-3:] == ["colour=blue", "colour=green", "colour=red"]
+    for s in splits.values():
+        assert s.X.shape[1] == 6 and not np.isnan(s.X).any()
+    # Statistics come from the training rows only.
+    frame = pd.read_csv(table_csv)
+    train_rows = frame.loc[[int(i) for i in splits["train"].ids]]
+    assert table["numeric"]["x1"]["median"] == pytest.approx(train_rows["x1"].median())
+    assert table["numeric"]["x1"]["median"] != pytest.approx(frame["x1"].median())
+    # Train features are standardised with train statistics.
+    assert splits["train"].X[:, 1].mean() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_unseen_category_and_nan_encode_as_zeros(table_csv: Path) -> None:
+    _, meta = preprocess(csv_cfg(table_csv), seed=0)
+    rows = pd.DataFrame({"x1": [np.nan], "x2": [0.0], "colour": ["purple"], "flag": [True]})
+    x = transform_table(rows, meta["table"])
+    assert x.shape == (1, 6) and not np.isnan(x).any()
+    assert x[0, 3:].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("labels", "positive", "expected"), [
+    ([0, 1], None, ["0", "1"]), ([True, False], None, ["False", "True"]),
+    (["no", "yes"], "yes", ["no", "yes"]), ([1, 0], "0", ["1", "0"]),
+])
+def test_label_kinds(tmp_path: Path, labels: list, positive: str | None,
+                     expected: list[str]) -> None:
+    path = make_csv(tmp_path / "t.csv")
+    frame = pd.read_csv(path)
+    frame["label"] = [labels[i % 2] for i in range(len(frame))]
+    frame.to_csv(path, index=False)
+    _, meta = preprocess(csv_cfg(path, positive_class=positive), seed=0)
+    assert meta["classes"] == expected
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda f: f.drop(columns="label"), r"target column data.target = 'label' not found"),
+    (lambda f: f.assign(label="spam"), "exactly 2 distinct labels, found 1"),
+    (lambda f: f.assign(label=[("a", "b", "c")[i % 3] for i in range(len(f))]),
+     "exactly 2 distinct labels, found 3"),
+    (lambda f: f.assign(x2=f["x2"].astype(object).where(f.index != 4, "twelve")),
+     r"column 'x2' is numeric but row 4 holds text 'twelve'"),
+    (lambda f: f.assign(label=f["label"].where(f.index != 2, None)), "1 missing values"),
+])
+def test_bad_csvs(table_csv: Path, edit, needle: str) -> None:
+    edit(pd.read_csv(table_csv)).to_csv(table_csv, index=False)
+    with pytest.raises(DataError, match=needle):
+        preprocess(csv_cfg(table_csv), seed=0)
+
+
+def test_csv_positive_class_not_among_labels(table_csv: Path) -> None:
+    with pytest.raises(DataError, match=r"positive_class = 'eggs' is not among"):
+        preprocess(csv_cfg(table_csv, positive_class="eggs"), seed=0)
+
+
+@pytest.mark.parametrize("content", ["", "a,b,label\n"])
+def test_empty_csv(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=r"empty\.csv: CSV (is empty|has a header but no rows)"):
+        preprocess(csv_cfg(path), seed=0)
+
+
+def test_transform_rejects_missing_and_extra_columns(table_csv: Path) -> None:
+    _, meta = preprocess(csv_cfg(table_csv), seed=0)
+    rows = pd.DataFrame({"x1": [1.0], "colour": ["red"], "flag": [True], "zzz": [1]})
+    with pytest.raises(DataError, match=r"missing: \['x2'\]; unexpected: \['zzz'\]"):
+        transform_table(rows, meta["table"])
+
+
+# --- built-in sources -----------------------------------------------------------------------
+
+
+def test_builtin_breast_cancer_written_once_as_csv(tmp_path: Path) -> None:
+    cfg = DataConfig(source="breast_cancer", path=str(tmp_path / "bc.csv"),
+                     positive_class="malignant")
+    splits, meta = preprocess(cfg, seed=0)
+    assert meta["kind"] == "table" and meta["classes"] == ["benign", "malignant"]
+    assert sum(len(s.y) for s in splits.values()) == 569
+    assert pd.read_csv(tmp_path / "bc.csv").shape == (569, 31)
+
+
+def test_builtin_digits_is_an_imagefolder(tmp_path: Path) -> None:
+    cfg = replace(load_params().data, path=str(tmp_path / "digits"))
+    splits, meta = preprocess(cfg, seed=0)
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["even", "odd"]
+    assert sum(len(s.y) for s in splits.values()) == 1797
+    assert meta["input_shape"] == [1, 16, 16]
+    loaded_twice = preprocess(cfg, seed=0)[0]["test"].X
+    assert np.array_equal(loaded_twice, splits["test"].X)
+
+
+def test_load_splits_missing_names_stage(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="run the stage that writes it first"):
+        load_splits(tmp_path)
