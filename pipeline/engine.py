@@ -1,0 +1,214 @@
+"""Plain PyTorch fit/predict loop with per-epoch callbacks; imports no MLflow, Optuna or DVC."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data import Split
+from pipeline.errors import PipelineError
+from pipeline.metrics import LOWER_IS_BETTER, monitor_scores
+from pipeline.models import build_model
+
+
+class TrainingDiverged(PipelineError):
+    """Validation outputs became NaN/inf: the learning rate is usually too high."""
+
+
+class Callback:
+    """Hooks the loop calls; raise from a hook to abort (e.g. pruning), set stop to end early."""
+
+    stop: bool = False
+
+    def on_fit_start(self, cfg: TrainConfig, device: torch.device) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Called after each epoch with train/val losses and validation scores."""
+
+    def on_fit_end(self, result: FitResult) -> None:
+        """Called once after the best weights are restored."""
+
+
+@dataclass
+class FitResult:
+    """What a fit produced: the best-epoch model and its history."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    monitor: str
+    stopped_early: bool
+    samples_seen: int
+    train_seconds: float
+    device: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def select_device() -> torch.device:
+    """cuda, then mps, then cpu; PIPELINE_DEVICE overrides (it never changes results on CPU)."""
+    wanted = os.environ.get("PIPELINE_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, num_threads: int, device: torch.device | None = None) -> None:
+    """Seed every RNG, force deterministic kernels and pin the CPU thread count."""
+    # cuBLAS needs this before its first use to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Some CUDA kernels (pooling backward) lack a deterministic variant: warn there, enforce on CPU.
+    torch.use_deterministic_algorithms(True, warn_only=device is not None and device.type != "cpu")
+    torch.backends.cudnn.benchmark = False
+    torch.set_num_threads(num_threads)
+
+
+def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preload a whole split on the device once; batches are slices, not per-sample copies."""
+    return (torch.from_numpy(np.ascontiguousarray(split.X)).to(device),
+            torch.from_numpy(np.ascontiguousarray(split.y)).to(device))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW from the train section."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def pos_weight(y: np.ndarray, mode: str) -> torch.Tensor | None:
+    """negatives/positives of the training split for class_weight: balanced."""
+    if mode != "balanced":
+        return None
+    positives = float(y.sum())
+    return torch.tensor((len(y) - positives) / max(positives, 1.0))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """Logits in eval mode, batched to bound memory."""
+    model.eval()
+    out = [model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_proba(model: nn.Module, X: np.ndarray,
+                  device: torch.device | None = None) -> np.ndarray:
+    """Positive-class probabilities (float64) for a float32 array of inputs."""
+    device = device or next(model.parameters()).device
+    logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device))
+    return torch.sigmoid(logits).cpu().double().numpy()
+
+
+def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: int,
+        device: torch.device, monitor: str = "roc_auc",
+        callbacks: Sequence[Callback] = (),
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+    """Train with early stopping on the validation `monitor`, restoring the best weights."""
+    model = model.to(device)
+    x_train, y_train = to_device(train, device)
+    x_val, y_val = to_device(val, device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if (w := pos_weight(train.y, cfg.class_weight))
+                                   is None else w.to(device))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                 if cfg.scheduler == "cosine" else None)
+    order_gen = torch.Generator().manual_seed(seed)  # batch order, independent of init draws
+    use_amp = device.type == "cuda"
+    sign = -1.0 if monitor in LOWER_IS_BETTER else 1.0
+    best_score, best_epoch, best_state = -np.inf, 0, None
+    history: list[dict[str, float]] = []
+    stale, stopped_early, samples = 0, False, 0
+    for cb in callbacks:
+        cb.on_fit_start(cfg, device)
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(y_train), generator=order_gen).to(device)
+        total = torch.zeros((), device=device)
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if batch_transform is not None:
+                xb = batch_transform(xb)
+            # bf16 autocast needs no loss scaling; CPU stays in float32 for exact reruns.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_fn(model(xb).float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            total += loss.detach() * len(idx)  # accumulate on device: no sync per step
+        samples += len(perm)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        # Validation once per epoch; one host sync for the whole epoch.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            val_logits = predict_logits(model, x_val)
+        if not bool(torch.isfinite(val_logits).all()):
+            raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
+                                   f"outputs); lower train.lr = {cfg.lr}")
+        val_loss = float(loss_fn(val_logits, y_val))
+        scores = monitor_scores(val.y, torch.sigmoid(val_logits).cpu().double().numpy())
+        logs = {"epoch": epoch, "train_loss": float(total) / len(perm), "val_loss": val_loss,
+                "lr": lr, "epoch_seconds": time.perf_counter() - tick,
+                **{f"val_{k}": v for k, v in scores.items()}}
+        history.append(logs)
+        score = sign * logs[f"val_{monitor}"]
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if cfg.patience and stale >= cfg.patience:
+            stopped_early = True
+            break
+        if any(cb.stop for cb in callbacks):
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result = FitResult(model=model, history=history, best_epoch=best_epoch,
+                       best_score=sign * best_score, monitor=monitor,
+                       stopped_early=stopped_early, samples_seen=samples,
+                       train_seconds=time.perf_counter() - start, device=str(device))
+    for cb in callbacks:
+        cb.on_fit_end(result)
+    return result
+
+
+def build_and_fit(model_cfg: ModelConfig, cfg: TrainConfig, train: Split, val: Split,
+                  meta: dict[str, Any], *, seed: int, device: torch.device,
+                  monitor: str = "roc_auc", callbacks: Sequence[Callback] = (),
+                  batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  ) -> FitResult:
+    """Seed, build the model for the data in `meta`, and fit it: the unit train and tune share."""
+    seed_everything(seed, cfg.num_threads, device)
+    model = build_model(model_cfg, meta["input_shape"], meta["norm"])
+    return fit(model, train, val, cfg, seed=seed, device=device, monitor=monitor,
+               callbacks=callbacks, batch_transform=batch_transform)

@@ -1,0 +1,89 @@
+"""Binary metrics and threshold choice, delegated to scikit-learn where it does the job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+# Metrics where a smaller value is better; everything else is maximised.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "loss"})
+
+
+def better(metric: str, candidate: float, incumbent: float) -> bool:
+    """True if `candidate` beats `incumbent` on `metric` (strictly)."""
+    if metric in LOWER_IS_BETTER:
+        return candidate < incumbent
+    return candidate > incumbent
+
+
+def ranking_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Threshold-free metrics of positive-class probabilities `p` against 0/1 labels `y`."""
+    p = np.clip(p.astype(np.float64), 0.0, 1.0)
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, p)),
+        "average_precision": float(skm.average_precision_score(y, p)),
+        "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, p)),
+    }
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    """All reported metrics at a decision threshold: label = p >= threshold."""
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    return {
+        **ranking_metrics(y, p),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "mcc": float(skm.matthews_corrcoef(y, pred)),
+        "threshold": float(threshold),
+        "tn": tn, "fp": fp, "fn": fn, "tp": tp,
+        "n": len(y),
+    }
+
+
+def monitor_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Per-epoch validation scores: ranking metrics plus accuracy/F1 at 0.5."""
+    pred = (p >= 0.5).astype(int)
+    return {**ranking_metrics(y, p), "accuracy": float(skm.accuracy_score(y, pred)),
+            "f1": float(skm.f1_score(y, pred, zero_division=0))}
+
+
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: float | str) -> float:
+    """Decision threshold from the validation split: fixed, max-F1, or Youden's J."""
+    if isinstance(rule, float):
+        return rule
+    if rule == "f1":
+        precision, recall, thresholds = skm.precision_recall_curve(y_val, p_val)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        # The last PR point has no threshold; ties go to the highest threshold (fewest positives).
+        best = int(np.flatnonzero(f1[:-1] == f1[:-1].max())[-1])
+        return float(thresholds[best])
+    if rule == "youden":
+        fpr, tpr, thresholds = skm.roc_curve(y_val, p_val)
+        best = int(np.argmax(tpr - fpr))
+        return float(min(thresholds[best], 1.0))
+    raise ValueError(f"unknown threshold rule {rule!r}")
+
+
+def curves(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, list[dict[str, float]]]:
+    """ROC, precision-recall and calibration points as row lists (the DVC plots format)."""
+    from sklearn.calibration import calibration_curve
+
+    fpr, tpr, roc_t = skm.roc_curve(y, p)
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+    return {
+        "roc": [{"fpr": float(a), "tpr": float(b), "threshold": float(min(t, 1.0))}
+                for a, b, t in zip(fpr, tpr, roc_t, strict=True)],
+        "pr": [{"recall": float(r), "precision": float(q)}
+               for r, q in zip(recall, precision, strict=True)],
+        "calibration": [{"mean_predicted": float(m), "fraction_positive": float(f)}
+                        for m, f in zip(mean_pred, frac_pos, strict=True)],
+    }

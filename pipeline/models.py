@@ -1,0 +1,111 @@
+"""Networks that emit one logit, plus build/save/load helpers that never pickle a module."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError, DataError
+from pipeline.files import atomic_path
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+                                           "silu": nn.SiLU}
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with per-channel (images) or scalar (tables) statistics from train."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], image: bool) -> None:
+        super().__init__()
+        shape = (1, -1, 1, 1) if image else (1, -1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Standardise → body → one logit per sample (shape (N,))."""
+
+    def __init__(self, norm: Standardize, body: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.norm(x)).squeeze(-1)
+
+
+def _mlp(n_in: int, hidden: Sequence[int], dropout: float, act: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in hidden:
+        layers += [nn.Linear(n_in, width), act(), nn.Dropout(dropout)]
+        n_in = width
+    layers.append(nn.Linear(n_in, 1))
+    return nn.Sequential(*layers)
+
+
+def _cnn(in_channels: int, channels: Sequence[int], dropout: float,
+         act: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, width in enumerate(channels):
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(width), act()]
+        # Halve the resolution between blocks; the last block is pooled globally instead.
+        if i < len(channels) - 1:
+            layers.append(nn.MaxPool2d(2))
+        in_channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+               nn.Linear(in_channels, 1)]
+    return nn.Sequential(*layers)
+
+
+def build_model(cfg: ModelConfig, input_shape: Sequence[int], norm: dict[str, Any]) -> Classifier:
+    """Build the network for `cfg.type` on inputs of `input_shape` (without the batch dim)."""
+    image = len(input_shape) == 3
+    act = ACTIVATIONS[cfg.activation]
+    n_in = int(torch.tensor(list(input_shape)).prod())
+    if cfg.type == "logreg":
+        body: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 1))
+    elif cfg.type == "mlp":
+        body = _mlp(n_in, cfg.hidden_sizes, cfg.dropout, act)
+    else:
+        if not image:
+            raise ConfigError(f"model.type = {cfg.type!r}: needs image data, but the inputs "
+                              f"are a table with {n_in} features (use mlp or logreg)")
+        body = _cnn(input_shape[0], cfg.channels, cfg.dropout, act)
+    return Classifier(Standardize(norm["mean"], norm["std"], image), body)
+
+
+def save_model(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> None:
+    """Write the state dict (safetensors, no pickle) and the JSON needed to rebuild the model."""
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_model(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a saved model from its JSON config and safetensors weights (eval mode, CPU)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{folder / CONFIG_FILE}: not found; run the train stage first") from None
+    model = build_model(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in config["model"].items()}),
+                        config["input_shape"], config["norm"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return model.eval(), config
