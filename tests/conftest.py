@@ -111,3 +111,38 @@ def csv_params(tmp_path: Path, table_csv: Path) -> Path:
     return write_params(tmp_path / "params.yaml", {"data": {
         "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real MLflow SQLite store under tmp_path for this test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # dvc.lock / git lookups see an empty workspace
+    return uri
+
+
+def stage_paths(root: Path) -> dict[str, str]:
+    """Where run_stages puts each output under `root`."""
+    return {"processed": str(root / "processed"), "augmented": str(root / "augmented"),
+            "models": str(root / "models"), "reports": str(root / "reports")}
+
+
+def run_stages(params: Path, root: Path, upto: str = "evaluate") -> dict[str, str]:
+    """Call the stage mains in order, in-process, the way dvc.yaml wires them."""
+    from pipeline.stages import augment, evaluate, preprocess, train
+
+    p = stage_paths(root)
+    common = ["--params", str(params)]
+    preprocess.main([*common, "--out", p["processed"]])
+    augment.main([*common, "--data-dir", p["processed"], "--out", p["augmented"]])
+    if upto == "augment":
+        return p
+    train.main([*common, "--data-dir", p["processed"], "--train-dir", p["augmented"],
+                "--best-params", str(root / "models" / "best_params.json"),
+                "--out", p["models"], "--reports", p["reports"]])
+    if upto == "train":
+        return p
+    evaluate.main([*common, "--data-dir", p["processed"], "--model-dir", p["models"],
+                   "--reports", p["reports"]])
+    return p

@@ -1,0 +1,105 @@
+"""End-to-end `dvc repro` on a tiny config in temporary copies of the repository (real DVC)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, merge
+
+pytestmark = pytest.mark.slow
+
+# Small but complete: built-in digits at 8x8, a small CNN, a short study.
+E2E = {
+    "seed": 7,
+    "data": {"image_size": 8},
+    "augment": {"copies": 1},
+    "model": {"type": "cnn", "channels": [4, 8]},
+    "train": {"epochs": 3, "patience": 0},
+    "tune": {"enabled": False, "n_trials": 2},
+}
+
+
+def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's bin dir first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("OPTUNA_STORAGE", None)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_repo(dest: Path, overrides: dict) -> Path:
+    """Copy the pipeline into a fresh git + DVC repo with tiny params."""
+    dest.mkdir()
+    for name in ("pipeline", "data/raw"):
+        shutil.copytree(REPO / name, dest / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, dest / name)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(dest, "git", "init", "-q")
+    sh(dest, "git", "config", "user.email", "ci@example.com")
+    sh(dest, "git", "config", "user.name", "ci")
+    sh(dest, "dvc", "init", "-q")
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "init")
+    return dest
+
+
+def lock_outs(repo: Path, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for o in lock["stages"][stage]["outs"]}
+
+
+@pytest.fixture(scope="module")
+def two_clones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    clones = (make_repo(root / "a", E2E), make_repo(root / "b", E2E))
+    for clone in clones:
+        sh(clone, "dvc", "repro")
+    return clones
+
+
+def test_repro_runs_every_stage_and_reports(two_clones: tuple[Path, Path]) -> None:
+    repo = two_clones[0]
+    for path in ("data/processed/meta.json", "data/augmented/X_train.npy",
+                 "models/model.safetensors", "reports/metrics.json",
+                 "reports/figures/roc.png", "mlflow.db"):
+        assert (repo / path).exists(), path
+    assert not (repo / "mlruns").exists()
+    shown = sh(repo, "dvc", "metrics", "show").stdout
+    assert "roc_auc" in shown and "accuracy" in shown
+    plots = sh(repo, "dvc", "plots", "show").stdout
+    assert "index.html" in plots
+
+
+def test_second_repro_is_a_noop(two_clones: tuple[Path, Path]) -> None:
+    out = sh(two_clones[0], "dvc", "repro").stdout
+    assert "Data and pipelines are up to date" in out
+    assert "Running stage" not in out
+
+
+def test_two_fresh_clones_give_identical_lock_hashes(two_clones: tuple[Path, Path]) -> None:
+    a, b = two_clones
+    for stage in ("preprocess", "augment", "train", "evaluate"):
+        assert lock_outs(a, stage) == lock_outs(b, stage), stage
+
+
+def test_changing_lr_reruns_only_train_and_later(two_clones: tuple[Path, Path]) -> None:
+    repo = two_clones[1]
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.lr=0.01").stdout
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'preprocess'" not in out and "Running stage 'augment'" not in out

@@ -1,0 +1,146 @@
+"""The training loop: learns, early-stops to the best epoch, reruns byte-identically."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data import Split
+from pipeline.engine import (
+    Callback,
+    TrainingDiverged,
+    build_and_fit,
+    pos_weight,
+    predict_proba,
+    select_device,
+)
+from pipeline.errors import ConfigError
+from pipeline.metrics import monitor_scores
+from pipeline.models import WEIGHTS_FILE, build_model, load_model, save_model
+
+CPU = torch.device("cpu")
+META = {"input_shape": [1, 8, 8], "norm": {"mean": [0.5], "std": [0.25]}}
+
+
+def images(n: int, seed: int, noise: float = 0.3) -> Split:
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 2).astype(np.float32)
+    x = rng.random((n, 1, 8, 8)).astype(np.float32) * noise
+    x[y == 1, :, 2:6, 2:6] += 0.6
+    return Split(x, y, [str(i) for i in range(n)])
+
+
+def test_overfits_one_tiny_batch() -> None:
+    batch = images(16, 0, noise=1.0)  # noise as strong as the signal: needs memorising
+    cfg = TrainConfig(epochs=200, batch_size=16, lr=1e-2, patience=0, scheduler="none",
+                      weight_decay=0.0)
+    result = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(64,), dropout=0.0), cfg,
+                           batch, batch, META, seed=0, device=CPU, monitor="log_loss")
+    assert result.history[-1]["train_loss"] < 0.01
+    probs = predict_proba(result.model, batch.X)
+    assert ((probs >= 0.5) == batch.y).all()
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epochs.append(epoch)
+        assert {"train_loss", "val_loss", "val_roc_auc", "lr"} <= set(logs)
+
+
+def test_early_stopping_restores_best_epoch() -> None:
+    # A large learning rate on hard, tiny data makes validation loss bounce around.
+    train, val = images(40, 1, noise=1.0), images(40, 2, noise=1.0)
+    cfg = TrainConfig(epochs=60, batch_size=8, lr=0.05, patience=4, scheduler="none",
+                      optimizer="sgd")
+    recorder = Recorder()
+    result = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(32,)), cfg, train, val, META,
+                           seed=0, device=CPU, monitor="log_loss", callbacks=[recorder])
+    losses = [row["val_log_loss"] for row in result.history]
+    assert result.stopped_early and len(losses) < 60
+    assert result.best_epoch == int(np.argmin(losses)) + 1 < len(losses)
+    assert recorder.epochs == list(range(1, len(losses) + 1))
+    # The returned weights are the best epoch's, not the last epoch's.
+    restored = monitor_scores(val.y, predict_proba(result.model, val.X))["log_loss"]
+    assert restored == pytest.approx(min(losses), rel=1e-5)
+    assert restored < losses[-1]
+
+
+def fit_and_save(folder: Path, model_type: str, seed: int = 3) -> str:
+    cfg = TrainConfig(epochs=3, batch_size=8, patience=0)
+    model_cfg = ModelConfig(type=model_type, channels=(4, 8), hidden_sizes=(8,))
+    result = build_and_fit(model_cfg, cfg, images(32, 0), images(16, 1), META, seed=seed,
+                           device=CPU)
+    save_model(result.model, folder, {"model": {}})
+    return hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("model_type", ["logreg", "mlp", "cnn"])
+def test_rerun_is_byte_identical(tmp_path: Path, model_type: str) -> None:
+    first = fit_and_save(tmp_path / "a", model_type)
+    assert fit_and_save(tmp_path / "b", model_type) == first
+    assert fit_and_save(tmp_path / "c", model_type, seed=4) != first
+
+
+def test_save_load_roundtrip(tmp_path: Path) -> None:
+    model_cfg = ModelConfig(type="cnn", channels=(4, 8))
+    model = build_model(model_cfg, [1, 8, 8], META["norm"]).eval()
+    save_model(model, tmp_path, {"model": {"type": "cnn", "channels": [4, 8]},
+                                 "input_shape": [1, 8, 8], "norm": META["norm"]})
+    loaded, _ = load_model(tmp_path)
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_model_shapes_and_cnn_on_table() -> None:
+    for kind in ("logreg", "mlp", "cnn"):
+        model = build_model(ModelConfig(type=kind, channels=(4,)), [3, 8, 8],
+                            {"mean": [0.0] * 3, "std": [1.0] * 3})
+        assert model(torch.rand(2, 3, 8, 8)).shape == (2,)
+    table = build_model(ModelConfig(type="mlp"), [5], {"mean": [0.0], "std": [1.0]})
+    assert table(torch.rand(4, 5)).shape == (4,)
+    with pytest.raises(ConfigError, match=r"model\.type = 'cnn': needs image data"):
+        build_model(ModelConfig(type="cnn"), [5], {"mean": [0.0], "std": [1.0]})
+
+
+def test_loss_is_bce_with_logits_not_sigmoid() -> None:
+    model = build_model(ModelConfig(type="mlp"), [5], {"mean": [0.0], "std": [1.0]})
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in model.modules())
+
+
+def test_divergence_is_a_clear_error() -> None:
+    cfg = TrainConfig(epochs=5, batch_size=4, lr=1e6, optimizer="sgd", patience=0)
+    bad = images(16, 0)
+    bad.X[0, 0, 0, 0] = np.inf
+    with pytest.raises(TrainingDiverged, match=r"lower train\.lr"):
+        build_and_fit(ModelConfig(type="logreg"), cfg, bad, images(8, 1), META, seed=0,
+                      device=CPU)
+
+
+def test_pos_weight_and_device_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    y = np.array([1, 0, 0, 0], dtype=np.float32)
+    assert float(pos_weight(y, "balanced")) == 3.0 and pos_weight(y, "none") is None
+    monkeypatch.setenv("PIPELINE_DEVICE", "cpu")
+    assert select_device() == CPU
+    monkeypatch.delenv("PIPELINE_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device().type in (expected, "mps")
+
+
+def test_class_weight_balanced_changes_training() -> None:
+    train = images(30, 0)
+    train = Split(train.X[:20], np.r_[np.ones(4), np.zeros(16)].astype(np.float32), train.ids)
+    cfg = TrainConfig(epochs=2, batch_size=8, patience=0)
+    plain = build_and_fit(ModelConfig(type="logreg"), cfg, train, images(8, 1), META, seed=0,
+                          device=CPU)
+    weighted = build_and_fit(ModelConfig(type="logreg"), replace(cfg, class_weight="balanced"),
+                             train, images(8, 1), META, seed=0, device=CPU)
+    assert plain.history[0]["train_loss"] != weighted.history[0]["train_loss"]

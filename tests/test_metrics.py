@@ -1,0 +1,68 @@
+"""Metrics agree with scikit-learn; thresholds come from validation, never test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pipeline.metrics import better, binary_metrics, choose_threshold, curves
+
+
+@pytest.fixture
+def predictions() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)
+    return y.astype(np.float32), p
+
+
+def test_metrics_match_sklearn(predictions: tuple[np.ndarray, np.ndarray]) -> None:
+    y, p = predictions
+    m = binary_metrics(y, p, 0.6)
+    pred = (p >= 0.6).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p))
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
+    assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == m["n"] == 200
+
+
+def test_f1_threshold_maximises_validation_f1(predictions) -> None:
+    y, p = predictions
+    t = choose_threshold(y, p, "f1")
+    best = skm.f1_score(y, p >= t)
+    for other in np.linspace(0.01, 0.99, 99):
+        assert skm.f1_score(y, p >= other) <= best + 1e-12
+
+
+def test_youden_threshold_maximises_j(predictions) -> None:
+    y, p = predictions
+    t = choose_threshold(y, p, "youden")
+    pred = p >= t
+    j = skm.recall_score(y, pred) + skm.recall_score(1 - y, ~pred) - 1
+    for other in np.linspace(0.01, 0.99, 99):
+        o = p >= other
+        assert skm.recall_score(y, o) + skm.recall_score(1 - y, ~o) - 1 <= j + 1e-12
+
+
+def test_threshold_ignores_anything_but_validation(predictions) -> None:
+    y, p = predictions
+    assert choose_threshold(y, p, 0.42) == 0.42
+    # Different "test" data cannot move a threshold computed from validation arrays only.
+    assert choose_threshold(y, p, "f1") == choose_threshold(y.copy(), p.copy(), "f1")
+
+
+def test_curves_and_direction(predictions) -> None:
+    y, p = predictions
+    points = curves(y, p)
+    assert points["roc"][0]["fpr"] == 0.0 and points["roc"][-1]["tpr"] == 1.0
+    assert all(0 <= r["fraction_positive"] <= 1 for r in points["calibration"])
+    assert better("log_loss", 0.1, 0.2) and better("roc_auc", 0.9, 0.8)
+    assert not better("brier", 0.3, 0.2)

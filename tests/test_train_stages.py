@@ -1,0 +1,111 @@
+"""train + evaluate stages against a real MLflow SQLite store under tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.data import load_splits
+from pipeline.engine import predict_proba
+from pipeline.metrics import choose_threshold
+from pipeline.models import load_model
+from pipeline.stages import train
+from tests.conftest import run_stages, write_params
+
+
+def only_run(client: MlflowClient, name: str = "binary-classification"):
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_train_and_evaluate_land_in_one_mlflow_run(tmp_path: Path, image_params: Path,
+                                                   mlflow_uri: str) -> None:
+    paths = run_stages(image_params, tmp_path)
+    client = MlflowClient(mlflow_uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    # Full flattened config as params.
+    assert run.data.params["train.epochs"] == "3"
+    assert run.data.params["data.source"] == "imagefolder"
+    assert run.data.params["model.type"] == "mlp"
+    # Per-epoch curves: one point per epoch.
+    history = client.get_metric_history(run.info.run_id, "val_roc_auc")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
+    # Final test metrics from evaluate, in the same run.
+    metrics = json.loads((Path(paths["reports"]) / "metrics.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["roc_auc"])
+    # Lineage tags.
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"]
+    assert tags["pipeline.torch"] and tags["pipeline.threads"] == "1"
+    assert tags["pipeline.device"] == "cpu"
+    assert len(tags["pipeline.dvc.data/processed"]) == 32
+    # Artifacts: plots, metrics, history, the network.
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "metrics.json", "train_history.json", "test_predictions.csv"} <= names
+    plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"roc.png", "precision_recall.png", "calibration.png", "confusion_matrix.png",
+            "training_curves.png"} <= plots
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.name for m in models] == ["network"]
+    # Datasets with the DVC hash as digest.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    assert inputs["test"].dataset.digest == tags["pipeline.dvc.data/processed"][:36]
+    # Artifacts live beside the DB, never in ./mlruns.
+    assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+
+def test_threshold_is_chosen_on_validation(tmp_path: Path, image_params: Path,
+                                           mlflow_uri: str) -> None:
+    paths = run_stages(image_params, tmp_path)
+    splits, _ = load_splits(paths["processed"])
+    model, _ = load_model(paths["models"])
+    expected = choose_threshold(splits["val"].y, predict_proba(model, splits["val"].X), "f1")
+    metrics = json.loads((Path(paths["reports"]) / "metrics.json").read_text())
+    assert metrics["threshold"] == pytest.approx(expected)
+    assert metrics["threshold_rule"] == "f1"
+    test_choice = choose_threshold(splits["test"].y, predict_proba(model, splits["test"].X), "f1")
+    assert test_choice != pytest.approx(expected) or metrics["threshold"] == expected
+
+
+def test_failing_stage_leaves_run_failed(tmp_path: Path, image_params: Path,
+                                         mlflow_uri: str) -> None:
+    paths = run_stages(image_params, tmp_path, upto="augment")
+    # Poison the training set: the loop raises TrainingDiverged inside the MLflow run.
+    x_path = Path(paths["augmented"]) / "X_train.npy"
+    x = np.load(x_path)
+    x[:] = np.nan
+    np.save(x_path, x)
+    with pytest.raises(SystemExit) as info:
+        train.main(["--params", str(image_params), "--data-dir", paths["processed"],
+                    "--train-dir", paths["augmented"], "--out", paths["models"],
+                    "--reports", paths["reports"]])
+    assert info.value.code == 2
+    run = only_run(MlflowClient(mlflow_uri))
+    assert run.info.status == "FAILED"
+    assert not (Path(paths["processed"]).parent / "models" / "model.safetensors").exists()
+
+
+def test_csv_pipeline_and_tuned_params_applied(tmp_path: Path, table_csv: Path,
+                                               mlflow_uri: str) -> None:
+    params = write_params(tmp_path / "params.yaml", {"data": {
+        "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
+        "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "model": {"type": "logreg"}})
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "best_params.json").write_text(json.dumps(
+        {"params": {"train.lr": 0.0123, "train.batch_size": 8}}))
+    paths = run_stages(params, tmp_path)
+    config = json.loads((Path(paths["models"]) / "model_config.json").read_text())
+    assert config["train"]["lr"] == 0.0123 and config["train"]["batch_size"] == 8
+    run = only_run(MlflowClient(mlflow_uri))
+    assert run.data.params["train.lr"] == "0.0123"
+    assert run.data.tags["pipeline.tuned_keys"] == "train.batch_size,train.lr"
