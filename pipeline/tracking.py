@@ -61,7 +61,8 @@ def experiment_id(name: str) -> str:
         return found.experiment_id
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +80,9 @@ def end_orphaned_runs(exp_id: str) -> list[str]:
         tags = run.data.tags
         if tags.get(TAG_HOST) != platform.node() or TAG_PID not in tags:
             continue
-        if int(tags[TAG_PID]) != os.getpid() and not _alive(int(tags[TAG_PID])):
+        if int(tags[TAG_PID]) != os.getpid() and not process_alive(int(tags[TAG_PID])):
+            if tags.get("trial_state") == "RUNNING":
+                client.set_tag(run.info.run_id, "trial_state", "FAIL")  # as Optuna will see it
             client.set_terminated(run.info.run_id, "KILLED")
             ended.append(run.info.run_id)
     return ended

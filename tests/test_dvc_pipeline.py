@@ -22,7 +22,7 @@ E2E = {
     "augment": {"copies": 1},
     "model": {"type": "cnn", "channels": [4, 8]},
     "train": {"epochs": 3, "patience": 0},
-    "tune": {"enabled": False, "n_trials": 2},
+    "tune": {"enabled": True, "n_trials": 2},
 }
 
 
@@ -92,14 +92,23 @@ def test_second_repro_is_a_noop(two_clones: tuple[Path, Path]) -> None:
 
 def test_two_fresh_clones_give_identical_lock_hashes(two_clones: tuple[Path, Path]) -> None:
     a, b = two_clones
-    for stage in ("preprocess", "augment", "train", "evaluate"):
+    for stage in ("preprocess", "augment", "tune", "train", "evaluate"):
         assert lock_outs(a, stage) == lock_outs(b, stage), stage
+
+
+def ran(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
 def test_changing_lr_reruns_only_train_and_later(two_clones: tuple[Path, Path]) -> None:
     repo = two_clones[1]
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline")
+    # With tuning on, train.lr is a tuned key: the study is not redone, only train reruns (and
+    # it reproduces the same weights, since the tuned lr overrides params.yaml).
     out = sh(repo, "dvc", "exp", "run", "-S", "train.lr=0.01").stdout
-    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
-    assert "Running stage 'preprocess'" not in out and "Running stage 'augment'" not in out
+    assert ran(out) == {"train"}
+    # With tuning off, the new lr changes the model: train and evaluate rerun.
+    sh(repo, "dvc", "exp", "run", "-S", "tune.enabled=false")
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.lr=0.02").stdout
+    assert ran(out) == {"train", "evaluate"}

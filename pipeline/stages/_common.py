@@ -30,6 +30,9 @@ def stage_entry(fn: Callable[[list[str] | None], None]) -> Callable[[list[str] |
     def wrapper(argv: list[str] | None = None) -> None:
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            # Third-party INFO chatter (matplotlib units, alembic migrations) drowns our lines.
+            for noisy in ("matplotlib", "alembic", "mlflow.store.db.utils"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
             fn(argv)
         except PipelineError as err:

@@ -1,0 +1,204 @@
+"""Optuna tuning stage: search-space validation, pruning, resume, parallel workers, MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import TrainConfig, TuneConfig, parse_params
+from pipeline.errors import ConfigError
+from pipeline.stages import tune as tune_stage
+from tests.conftest import REPO, make_csv, run_stages, stage_paths, write_params
+
+
+@pytest.mark.parametrize(("space", "needle"), [
+    ({"train.nope": {"low": 1, "high": 2}}, "tune.search_space.train.nope"),
+    ({"data.path": {"choices": ["a"]}}, "is not a train.* or model.* key"),
+    ({"train.lr": {"low": 0.1, "high": 0.01}}, "train.lr.low = 0.1: must be < high"),
+    ({"train.lr": {"low": 0.0, "high": 0.1, "log": True}}, "must be > 0 with log: true"),
+    ({"train.batch_size": {"choices": []}}, "choices = []: must not be empty"),
+    ({"train.batch_size": {"choices": ["big"]}}, "train.batch_size = 'big'"),
+    ({"train.optimizer": {"low": 1, "high": 2}}, "a range needs a numeric key"),
+    ({"train.lr": {"low": 0.1}}, "needs low and high, or choices"),
+    ({"train.lr": {"lo": 0.1, "high": 1}}, "tune.search_space.train.lr.lo: unknown key"),
+])
+def test_search_space_rejections(space: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_params({"tune": {"search_space": space}})
+    assert needle in str(info.value)
+
+
+def test_dvc_yaml_tune_params_cover_every_fixed_train_key() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listed = set(stages["tune"]["params"])
+    keys = {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
+    assert keys - listed == set(TuneConfig().search_space)
+
+
+@pytest.fixture
+def tune_env(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
+    return tmp_path
+
+
+def csv_tune_params(root: Path, rows: int = 80, **tune: object) -> Path:
+    path = make_csv(root / "table.csv", rows=rows)
+    return write_params(root / "params.yaml", {
+        "data": {"source": "csv", "path": str(path), "target": "label",
+                 "positive_class": "spam", "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "train": {"epochs": 6, "batch_size": 16},
+        "tune": {"enabled": True, "n_trials": 6, "pruner": "successive_halving",
+                 "search_space": {"train.lr": {"low": 1e-5, "high": 0.5, "log": True},
+                                  "train.batch_size": {"choices": [8, 16]}}, **tune}})
+
+
+def tune_args(params: Path, root: Path, out: str = "best_params.json") -> list[str]:
+    p = stage_paths(root)
+    return ["--params", str(params), "--data-dir", p["processed"], "--train-dir",
+            p["augmented"], "--out", str(root / out)]
+
+
+def load_study(root: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def child_runs(client: MlflowClient) -> list:
+    exp = client.get_experiment_by_name("binary-classification")
+    return [r for r in client.search_runs([exp.experiment_id], max_results=500)
+            if "optuna.trial_number" in r.data.tags]
+
+
+def test_pruned_trials_show_in_mlflow_and_best_params_flow(tune_env: Path) -> None:
+    params = csv_tune_params(tune_env, n_trials=8)
+    run_stages(params, tune_env, upto="augment")
+    tune_stage.main(tune_args(params, tune_env, "models/best_params.json"))
+    study = load_study(tune_env)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               for s in states) == 8
+    client = MlflowClient()
+    children = child_runs(client)
+    assert len(children) == len(study.trials) == 8
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.data.tags["trial_state"] == trial.state.name
+        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[trial.state.name]
+        assert float(run.data.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
+        assert "duration_seconds" in run.data.metrics
+    parent_id = {r.data.tags["mlflow.parentRunId"] for r in children}
+    assert len(parent_id) == 1
+    parent = client.get_run(parent_id.pop())
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna.study_name"] == study.study_name
+    assert parent.data.metrics["best_val_roc_auc"] == pytest.approx(study.best_value)
+    figures = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optimization_history.png", "slice.png"} <= figures
+    # The tuned values are what train uses.
+    best = json.loads((tune_env / "models" / "best_params.json").read_text())
+    assert best["params"] == study.best_params
+    paths = run_stages(params, tune_env, upto="train")
+    config = json.loads((Path(paths["models"]) / "model_config.json").read_text())
+    assert config["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
+    assert config["train"]["batch_size"] == study.best_params["train.batch_size"]
+
+
+def test_sequential_study_is_reproducible(tune_env: Path, monkeypatch) -> None:
+    params = csv_tune_params(tune_env, n_trials=4, pruner="none")
+    run_stages(params, tune_env, upto="augment")
+    results = []
+    for i in range(2):
+        monkeypatch.setenv("OPTUNA_STORAGE", str(tune_env / f"study{i}.journal"))
+        tune_stage.main(tune_args(params, tune_env, f"best{i}.json"))
+        results.append(json.loads((tune_env / f"best{i}.json").read_text()))
+    assert results[0] == results[1]
+
+
+def test_rerun_resumes_and_stops_at_n_trials(tune_env: Path) -> None:
+    params = csv_tune_params(tune_env, n_trials=3, pruner="none")
+    run_stages(params, tune_env, upto="augment")
+    tune_stage.main(tune_args(params, tune_env))
+    first = [t.number for t in load_study(tune_env).trials]
+    # Raising n_trials extends the same study; completed trials are not redone.
+    raised = Path(params)
+    raised.write_text(raised.read_text().replace("n_trials: 3", "n_trials: 5"))
+    tune_stage.main(tune_args(params, tune_env))
+    study = load_study(tune_env)
+    assert [t.number for t in study.trials][:3] == first and len(study.trials) == 5
+
+
+def test_two_workers_finish_n_trials_with_one_child_run_each(tune_env: Path) -> None:
+    params = csv_tune_params(tune_env, n_trials=6, n_workers=2, pruner="none")
+    run_stages(params, tune_env, upto="augment")
+    tune_stage.main(tune_args(params, tune_env))
+    study = load_study(tune_env)
+    assert len(study.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert {t.user_attrs["pid"] for t in study.trials} and len(
+        {t.user_attrs["pid"] for t in study.trials}) == 2
+    children = child_runs(MlflowClient())
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_sqlite_storage_refused_for_parallel_workers(tune_env: Path, monkeypatch) -> None:
+    params = csv_tune_params(tune_env, n_workers=2)
+    run_stages(params, tune_env, upto="augment")
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tune_env / 'optuna.db'}")
+    with pytest.raises(SystemExit):
+        tune_stage.main(tune_args(params, tune_env))
+
+
+def test_resume_after_sigkill(tune_env: Path) -> None:
+    # Long enough trials that the kill lands inside one.
+    params = csv_tune_params(tune_env, rows=400, n_trials=3, pruner="none")
+    text = Path(params).read_text().replace("epochs: 6", "epochs: 150")
+    Path(params).write_text(text.replace("patience: 0", "patience: 0"))
+    run_stages(params, tune_env, upto="augment")
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.tune",
+                             *tune_args(params, tune_env)], cwd=tune_env, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if not (tune_env / "optuna.journal").exists():
+                continue
+            states = [t.state.name for t in load_study(tune_env).trials]
+            if "COMPLETE" in states and states[-1] == "RUNNING":
+                break
+        else:
+            pytest.fail("tuning subprocess never reached a running second trial")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    tune_stage.main(tune_args(params, tune_env))
+    study = load_study(tune_env)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states
+    assert states.count("COMPLETE") == 3
+    killed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(killed) == 1 and killed[0].user_attrs["fail_reason"] == "worker died"
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].params == killed[0].params
+    exp = MlflowClient().get_experiment_by_name("binary-classification")
+    runs = MlflowClient().search_runs([exp.experiment_id], max_results=500)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    statuses = {r.data.tags.get("optuna.trial_number"): r.info.status for r in runs}
+    assert statuses[str(killed[0].number)] == "KILLED"
