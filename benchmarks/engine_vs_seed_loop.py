@@ -215,8 +215,9 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
     """Engine fits logged by EpochLogger into a temporary SQLite store: (share %, log s, fit s)."""
     with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
         from pipeline import tracking  # imports MLflow; only this section needs it
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
 
         tracking.configure()
         shares, logged, fitted = [], [], []

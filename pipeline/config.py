@@ -153,7 +153,7 @@ class TrainConfig:
     """balanced sets pos_weight = negatives / positives of the training split."""
     online_augment: bool = False
     """Extra batched flips/noise on the device every epoch (images only)."""
-    num_threads: int = 1
+    num_threads: int = 2
     """CPU threads; pinned because float reductions depend on it (byte-identical reruns)."""
 
     def __post_init__(self) -> None:

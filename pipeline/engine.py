@@ -128,6 +128,11 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
     model = model.to(device)
     x_train, y_train = to_device(train, device)
     x_val, y_val = to_device(val, device)
+    if x_train.dim() == 4:
+        # NHWC is ~1.3x faster for small convs/pooling on CPU (oneDNN) and fine on CUDA.
+        model = model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+        x_val = x_val.contiguous(memory_format=torch.channels_last)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if (w := pos_weight(train.y, cfg.class_weight))
                                    is None else w.to(device))
     optimizer = make_optimizer(model, cfg)
@@ -172,7 +177,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
             raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
                                    f"outputs); lower train.lr = {cfg.lr}")
         val_loss = float(loss_fn(val_logits, y_val))
-        scores = monitor_scores(val.y, torch.sigmoid(val_logits).cpu().double().numpy())
+        scores = monitor_scores(val.y, torch.sigmoid(val_logits).cpu().double().numpy(), monitor)
         logs = {"epoch": epoch, "train_loss": float(total) / len(perm), "val_loss": val_loss,
                 "lr": lr, "epoch_seconds": time.perf_counter() - tick,
                 **{f"val_{k}": v for k, v in scores.items()}}

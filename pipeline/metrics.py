@@ -48,11 +48,21 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     }
 
 
-def monitor_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Per-epoch validation scores: ranking metrics plus accuracy/F1 at 0.5."""
-    pred = (p >= 0.5).astype(int)
-    return {**ranking_metrics(y, p), "accuracy": float(skm.accuracy_score(y, pred)),
-            "f1": float(skm.f1_score(y, pred, zero_division=0))}
+def monitor_scores(y: np.ndarray, p: np.ndarray, monitor: str = "roc_auc") -> dict[str, float]:
+    """Per-epoch validation scores: ROC AUC plus the monitored metric (kept cheap: every epoch)."""
+    p = np.clip(p, 0.0, 1.0)
+    scores = {"roc_auc": float(skm.roc_auc_score(y, p))}
+    if monitor == "average_precision":
+        scores[monitor] = float(skm.average_precision_score(y, p))
+    elif monitor == "log_loss":
+        scores[monitor] = float(skm.log_loss(y, p, labels=[0, 1]))
+    elif monitor == "accuracy":
+        scores[monitor] = float(skm.accuracy_score(y, p >= 0.5))
+    elif monitor == "f1":
+        scores[monitor] = float(skm.f1_score(y, p >= 0.5, zero_division=0))
+    elif monitor == "brier":
+        scores[monitor] = float(skm.brier_score_loss(y, p))
+    return scores
 
 
 def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: float | str) -> float:

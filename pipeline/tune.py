@@ -262,6 +262,9 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split, meta:
     values = suggest(trial, params.tune.search_space)
     try:
         train_cfg, model_cfg = apply_overrides(params.train, params.model, values)
+        # Parallel workers share the cores instead of oversubscribing them.
+        train_cfg = replace(train_cfg, num_threads=max(
+            1, train_cfg.num_threads // params.tune.n_workers))
     except (ConfigError, TypeError) as err:
         raise PipelineError(f"trial {trial.number}: invalid sampled params {values}: {err}") \
             from None

@@ -69,7 +69,7 @@ def test_early_stopping_restores_best_epoch() -> None:
     assert result.best_epoch == int(np.argmin(losses)) + 1 < len(losses)
     assert recorder.epochs == list(range(1, len(losses) + 1))
     # The returned weights are the best epoch's, not the last epoch's.
-    restored = monitor_scores(val.y, predict_proba(result.model, val.X))["log_loss"]
+    restored = monitor_scores(val.y, predict_proba(result.model, val.X), "log_loss")["log_loss"]
     assert restored == pytest.approx(min(losses), rel=1e-5)
     assert restored < losses[-1]
 

@@ -45,7 +45,7 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tmp_path: Path, image_params:
     # Lineage tags.
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"]
-    assert tags["pipeline.torch"] and tags["pipeline.threads"] == "1"
+    assert tags["pipeline.torch"] and tags["pipeline.threads"] == "2"
     assert tags["pipeline.device"] == "cpu"
     assert len(tags["pipeline.dvc.data/processed"]) == 32
     # Artifacts: plots, metrics, history, the network.
