@@ -174,9 +174,12 @@ def is_numeric(column: pd.Series) -> bool:
 
 def fit_table_stats(frame: pd.DataFrame) -> dict[str, Any]:
     """Fit imputation values, standardisation and categorical vocabularies on training rows."""
-    numeric, categorical = {}, {}
+    numeric, categorical, dtypes = {}, {}, {}
     for col in frame.columns:
         column = frame[col]
+        dtypes[str(col)] = ("bool" if pd.api.types.is_bool_dtype(column) else
+                            "int" if pd.api.types.is_integer_dtype(column) else
+                            "float" if is_numeric(column) else "string")
         if is_numeric(column):
             values = column.astype(float)
             median = float(values.median()) if values.notna().any() else 0.0
@@ -187,14 +190,15 @@ def fit_table_stats(frame: pd.DataFrame) -> dict[str, Any]:
         else:
             categorical[str(col)] = sorted({str(v) for v in column.dropna()})
     return {"columns": [str(c) for c in frame.columns], "numeric": numeric,
-            "categorical": categorical}
+            "categorical": categorical, "dtypes": dtypes}
 
 
 def table_feature_names(stats: dict[str, Any]) -> list[str]:
     """Model input names: standardised numerics first, then one-hot `col=value` indicators."""
-    names = list(stats["numeric"])
-    for col, vocab in stats["categorical"].items():
-        names += [f"{col}={v}" for v in vocab]
+    # Column order comes from the "columns" list: JSON round trips sort the dict keys.
+    names = [c for c in stats["columns"] if c in stats["numeric"]]
+    for col in (c for c in stats["columns"] if c in stats["categorical"]):
+        names += [f"{col}={v}" for v in stats["categorical"][col]]
     return names
 
 
@@ -207,14 +211,16 @@ def transform_table(frame: pd.DataFrame, stats: dict[str, Any], where: str = "in
         raise DataError(f"{where}: columns do not match training data "
                         f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})")
     parts = []
-    for col, s in stats["numeric"].items():
+    for col in (c for c in expected if c in stats["numeric"]):
+        s = stats["numeric"][col]
         column = frame[col]
         if not is_numeric(column):
             check_numeric_column(where, column)
             column = pd.to_numeric(column, errors="coerce")
         values = column.astype(float).fillna(s["median"]).to_numpy()
         parts.append(((values - s["mean"]) / s["std"])[:, None])
-    for col, vocab in stats["categorical"].items():
+    for col in (c for c in expected if c in stats["categorical"]):
+        vocab = stats["categorical"][col]
         values = frame[col].map(lambda v: None if pd.isna(v) else str(v)).to_numpy()
         parts.append((values[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(float))
     return np.concatenate(parts, axis=1).astype(np.float32)

@@ -237,3 +237,13 @@ def test_builtin_digits_is_an_imagefolder(tmp_path: Path) -> None:
 def test_load_splits_missing_names_stage(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run the stage that writes it first"):
         load_splits(tmp_path)
+
+
+def test_saved_meta_reproduces_processed_features(tmp_path: Path, csv_params: Path) -> None:
+    # JSON sorts dict keys on disk; feature order must still follow the CSV's column order.
+    out = tmp_path / "processed"
+    preprocess_stage.main(["--params", str(csv_params), "--out", str(out)])
+    splits, meta = load_splits(out)
+    frame = pd.read_csv(meta["path"]).drop(columns=["label"])
+    rows = frame.loc[[int(i) for i in splits["test"].ids]]
+    np.testing.assert_array_equal(transform_table(rows, meta["table"]), splits["test"].X)

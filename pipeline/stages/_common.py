@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ def stage_entry(fn: Callable[[list[str] | None], None]) -> Callable[[list[str] |
 
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> None:
+        # Download bars from MLflow's artifact client are noise in DVC logs.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
             # Third-party INFO chatter (matplotlib units, alembic migrations) drowns our lines.

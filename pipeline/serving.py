@@ -1,0 +1,139 @@
+"""The registered raw-input model: saved preprocessing + network + validation-chosen threshold."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from PIL import Image
+
+from pipeline.data import decode_image, image_to_array, transform_table
+from pipeline.engine import predict_proba
+from pipeline.errors import DataError
+from pipeline.models import load_model
+
+IMAGE_COLUMNS = ("image", "pixels")
+# Files the pyfunc carries as artifacts: names → where the pipeline wrote them.
+ARTIFACTS = ("weights", "model_config", "meta", "serving")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def pixels_to_array(pixels: Any, size: int, channels: int) -> np.ndarray:
+    """Raw pixels (H×W or H×W×C; 0–255 or 0–1) → the same CHW floats image decoding gives."""
+    arr = np.asarray(pixels)
+    if arr.dtype == object:
+        arr = np.stack([np.asarray(r) for r in arr])
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise DataError(f"pixels of shape {arr.shape}: expected H×W or H×W×C with C in 1, 3, 4")
+    arr = arr.astype(np.float64)
+    if arr.max(initial=0.0) <= 1.0:
+        arr = arr * 255.0  # 0–1 floats
+    arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    # Through PIL, exactly like a decoded file, so resizing matches training.
+    return image_to_array(Image.fromarray(arr), size, channels)
+
+
+def frame_to_features(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
+    """Raw rows (CSV columns, or image bytes/pixels) → model inputs with the saved preprocessing."""
+    if meta["kind"] == "table":
+        return transform_table(frame, meta["table"], where="model input")
+    extra = [str(c) for c in frame.columns if c not in IMAGE_COLUMNS]
+    if extra:
+        raise DataError(f"model input: unexpected columns {extra}; image models take "
+                        f"{list(IMAGE_COLUMNS)}")
+    size, channels = meta["image"]["size"], meta["image"]["channels"]
+    rows = []
+    for i in range(len(frame)):
+        image = frame["image"].iloc[i] if "image" in frame else None
+        pixels = frame["pixels"].iloc[i] if "pixels" in frame else None
+        try:
+            if not _missing(image):
+                if isinstance(image, str):
+                    image = base64.b64decode(image)  # JSON clients send base64 text
+                rows.append(decode_image(bytes(image), size, channels))
+            elif pixels is not None and not (np.isscalar(pixels) and _missing(pixels)):
+                rows.append(pixels_to_array(pixels, size, channels))
+            else:
+                raise DataError("needs an 'image' (encoded bytes) or 'pixels' value")
+        except DataError as err:
+            raise DataError(f"model input row {i}: {str(err).removeprefix('<bytes>: ')}") \
+                from None
+    if not rows:
+        return np.zeros((0, channels, size, size), dtype=np.float32)
+    return np.stack(rows).astype(np.float32)
+
+
+class RawInputClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc: raw rows → positive-class probability and predicted class name."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Rebuild the network from safetensors + JSON; nothing here unpickles a module."""
+        folder = Path(context.artifacts["weights"]).parent
+        config_path = Path(context.artifacts["model_config"])
+        if config_path.parent != folder:
+            raise DataError(f"{config_path}: expected beside {context.artifacts['weights']}")
+        self.model, self.config = load_model(folder)
+        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        serving = json.loads(Path(context.artifacts["serving"]).read_text())
+        self.threshold = float(serving["threshold"])
+        self.classes = list(serving["classes"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Probabilities and labels for raw inputs (see README: 'Serving')."""
+        X = frame_to_features(pd.DataFrame(model_input), self.meta)
+        probs = predict_proba(self.model, X) if len(X) else np.zeros(0)
+        labels = [self.classes[int(p >= self.threshold)] for p in probs]
+        return pd.DataFrame({"probability": probs, "label": labels})
+
+
+def input_schema(meta: dict[str, Any]) -> Schema:
+    """The raw-input signature: original CSV columns (all optional), or image bytes/pixels."""
+    if meta["kind"] == "image":
+        pixel_type: Any = Array(Array(DataType.double))
+        if meta["image"]["channels"] == 3:
+            pixel_type = Array(Array(Array(DataType.double)))
+        return Schema([ColSpec(DataType.binary, "image", required=False),
+                       ColSpec(pixel_type, "pixels", required=False)])
+    kinds = meta["table"].get("dtypes", {})
+    types = {"bool": DataType.boolean, "string": DataType.string}
+    return Schema([ColSpec(types.get(kinds.get(c, "float"), DataType.double), c, required=False)
+                   for c in meta["table"]["columns"]])
+
+
+def signature(meta: dict[str, Any]) -> ModelSignature:
+    """Input schema from the training metadata; output probability + label."""
+    return ModelSignature(inputs=input_schema(meta), outputs=Schema([
+        ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "label")]))
+
+
+def raw_inputs(meta: dict[str, Any], ids: list[str]) -> pd.DataFrame:
+    """The raw rows behind processed sample ids: image file bytes, or the original CSV rows."""
+    source = Path(meta["path"])
+    if meta["kind"] == "image":
+        return pd.DataFrame({"image": [(source / i).read_bytes() for i in ids]})
+    frame = pd.read_csv(source)
+    return frame.loc[[int(i) for i in ids]].drop(columns=[meta["table"]["target"]])
+
+
+def conform_table(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """Cast CSV columns to the signature's types (ints → float) so MLflow accepts them."""
+    kinds = meta["table"].get("dtypes", {})
+    out = frame.copy()
+    for col in out.columns:
+        if kinds.get(col) in ("float", "int"):
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+    return out

@@ -1,0 +1,246 @@
+"""Raw-input pyfunc, registration with a champion/challenger gate, predict CLI and serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipeline import predict as predict_cli
+from pipeline.config import RegisterConfig
+from pipeline.registry import audit_trail, decide
+from pipeline.stages import register
+from tests.conftest import make_csv, make_imagefolder, run_stages, write_params
+
+NAME = "binary-classifier"
+
+
+def register_args(params: Path, paths: dict[str, str], out: Path) -> list[str]:
+    return ["--params", str(params), "--data-dir", paths["processed"], "--train-dir",
+            paths["augmented"], "--model-dir", paths["models"], "--metrics",
+            str(Path(paths["reports"]) / "metrics.json"), "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One registered image model (champion v1) in a module-wide MLflow store."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        images = make_imagefolder(root / "images", per_class=16)
+        params = write_params(root / "params.yaml", {"data": {
+            "source": "imagefolder", "path": str(images), "positive_class": "dog",
+            "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+            "train": {"epochs": 4}})
+        paths = run_stages(params, root)
+        register.main(register_args(params, paths, root / "registration.json"))
+        mlflow.set_tracking_uri(uri)
+        yield {"root": root, "uri": uri, "paths": paths, "params": params, "images": images}
+
+
+def test_first_version_is_champion_with_lineage_tags(image_model: dict) -> None:
+    report = json.loads((image_model["root"] / "registration.json").read_text())
+    assert report["version"] == "1" and report["promote"] is True
+    assert report["reason"] == "first version: no champion yet"
+    client = MlflowClient(image_model["uri"])
+    version = client.get_model_version_by_alias(NAME, "champion")
+    assert str(version.version) == "1"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
+    tags = version.tags
+    for key in ("test_roc_auc", "test_accuracy", "dvc.data/processed", "git_commit",
+                "params_sha256", "run_id", "decision", "decision_reason"):
+        assert key in tags, key
+    assert tags["run_id"] == report["run_id"]
+    run = client.get_run(tags["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "test_roc_auc" in run.data.metrics  # same run as train + evaluate
+
+
+def test_pyfunc_on_png_jpeg_bytes_and_arrays(image_model: dict) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    files = sorted((image_model["images"] / "dog").glob("*.png"))[:3]
+    raw = [f.read_bytes() for f in files]
+    by_bytes = model.predict(pd.DataFrame({"image": raw}))
+    assert list(by_bytes.columns) == ["probability", "label"]
+    assert set(by_bytes["label"]) <= {"cat", "dog"}
+    # Base64 text (what JSON clients send) gives the same answer.
+    by_b64 = model.predict(pd.DataFrame({"image": [base64.b64encode(r).decode() for r in raw]}))
+    np.testing.assert_allclose(by_b64["probability"], by_bytes["probability"])
+    # Raw pixel arrays of the same (lossless PNG) images give the same answer.
+    pixels = [np.asarray(Image.open(io.BytesIO(r)).convert("L")) for r in raw]
+    by_pixels = model.predict(pd.DataFrame({"pixels": pixels}))
+    np.testing.assert_allclose(by_pixels["probability"], by_bytes["probability"], atol=1e-6)
+    # JPEG bytes decode too.
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(raw[0])).convert("RGB").save(buffer, format="JPEG")
+    jpeg = model.predict(pd.DataFrame({"image": [buffer.getvalue()]}))
+    assert 0.0 <= jpeg["probability"][0] <= 1.0
+    with pytest.raises(Exception, match="row 0: not a readable image"):
+        model.predict(pd.DataFrame({"image": [b"definitely not an image"]}))
+
+
+def test_predict_cli_reproduces_evaluate_test_predictions(image_model: dict) -> None:
+    paths, root = image_model["paths"], image_model["root"]
+    ids = json.loads((Path(paths["processed"]) / "ids.json").read_text())["test"]
+    files = [str(image_model["images"] / i) for i in ids]
+    out = root / "predictions.csv"
+    predict_cli.main(["--input", *files, "--output", str(out)])
+    got = pd.read_csv(out)
+    expected = pd.read_csv(Path(paths["reports"]) / "test_predictions.csv")
+    assert got["id"].tolist() == files
+    np.testing.assert_allclose(got["probability"], expected["probability"], atol=1e-6)
+    assert got["label"].tolist() == expected["predicted"].tolist()
+
+
+def test_predict_cli_bad_image_fails_without_output(image_model: dict, capsys) -> None:
+    root = image_model["root"]
+    folder = root / "incoming"
+    folder.mkdir(exist_ok=True)
+    good = next((image_model["images"] / "cat").glob("*.png"))
+    (folder / "a.png").write_bytes(good.read_bytes())
+    (folder / "broken.png").write_bytes(good.read_bytes()[:20])
+    out = root / "bad.csv"
+    with pytest.raises(SystemExit) as info:
+        predict_cli.main(["--input", str(folder), "--output", str(out)])
+    assert info.value.code == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert not out.exists()
+    predict_cli.main(["--input", str(folder), "--output", str(out), "--skip-bad"])
+    assert pd.read_csv(out)["id"].tolist() == [str(folder / "a.png")]
+    with pytest.raises(SystemExit):
+        predict_cli.main(["--model", "models:/no-such-model@champion", "--input", str(folder),
+                          "--output", str(root / "x.csv")])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_matches_cli(image_model: dict) -> None:
+    root = image_model["root"]
+    files = sorted((image_model["images"] / "dog").glob("*"))[:4]
+    out = root / "cli.csv"
+    predict_cli.main(["--input", *map(str, files), "--output", str(out)])
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": image_model["uri"],
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
+         "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
+                time.sleep(0.5)
+        body = {"dataframe_split": {"columns": ["image"], "data": [
+            [base64.b64encode(f.read_bytes()).decode()] for f in files]}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    served = pd.DataFrame(answer["predictions"])
+    cli = pd.read_csv(out)
+    np.testing.assert_allclose(served["probability"], cli["probability"], atol=1e-6)
+    assert served["label"].tolist() == cli["label"].tolist()
+
+
+def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> None:
+    csv = make_csv(tmp_path / "t.csv", rows=120)
+    base = {"data": {"source": "csv", "path": str(csv), "target": "label",
+                     "positive_class": "spam",
+                     "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+            "model": {"type": "logreg"}, "register": {"metric": "log_loss"}}
+    bad = {"train": {"epochs": 1, "lr": 1e-5}}
+    good = {"train": {"epochs": 20, "lr": 0.05}}
+    reports = []
+    for i, overrides in enumerate([bad, good, bad]):
+        params = write_params(tmp_path / f"p{i}.yaml", {**base, **overrides})
+        paths = run_stages(params, tmp_path / f"r{i}")
+        register.main(register_args(params, paths, tmp_path / f"reg{i}.json"))
+        reports.append(json.loads((tmp_path / f"reg{i}.json").read_text()))
+    assert [r["promote"] for r in reports] == [True, True, False]
+    assert "improvement" in reports[1]["reason"] and reports[1]["champion_score"] is not None
+    assert reports[2]["reason"].startswith("test log_loss")
+    client = MlflowClient(mlflow_uri)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
+    v3 = client.get_model_version(NAME, "3")
+    assert v3.tags["decision"] == "rejected" and float(v3.tags["champion_score"]) < float(
+        v3.tags["challenger_score"])
+    trail = audit_trail(client, NAME)
+    assert [(e["version"], e["champion_after"]) for e in trail] == [
+        ("1", "1"), ("2", "2"), ("3", "2")]
+    assert reports[2]["audit"] == trail
+
+
+def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path,
+                                                            mlflow_uri: str) -> None:
+    csv = make_csv(tmp_path / "t.csv", rows=80)
+    params = write_params(tmp_path / "p.yaml", {"data": {
+        "source": "csv", "path": str(csv), "target": "label", "positive_class": "spam",
+        "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "model": {"type": "mlp"}})
+    paths = run_stages(params, tmp_path / "r")
+    register.main(register_args(params, paths, tmp_path / "reg.json"))
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    rows = pd.DataFrame({"x1": [np.nan, 1.0], "x2": [0.5, np.nan],
+                         "colour": ["purple", None], "flag": [True, False]})
+    out = model.predict(rows)
+    assert out["probability"].between(0, 1).all() and set(out["label"]) <= {"ham", "spam"}
+    # The CLI on the raw test rows (label column included) reproduces evaluate.
+    frame = pd.read_csv(csv)
+    ids = json.loads((Path(paths["processed"]) / "ids.json").read_text())["test"]
+    frame.loc[[int(i) for i in ids]].to_csv(tmp_path / "test_rows.csv")
+    raw = pd.read_csv(tmp_path / "test_rows.csv", index_col=0)
+    raw.to_csv(tmp_path / "test_rows.csv", index=False)
+    predict_cli.main(["--input", str(tmp_path / "test_rows.csv"), "--output",
+                      str(tmp_path / "pred.csv")])
+    expected = pd.read_csv(Path(paths["reports"]) / "test_predictions.csv")
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "pred.csv")["probability"],
+                               expected["probability"], atol=1e-6)
+    # Missing and unexpected columns are named.
+    raw.drop(columns=["x2"]).assign(zzz=1).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(SystemExit):
+        predict_cli.main(["--input", str(tmp_path / "bad.csv"), "--output",
+                          str(tmp_path / "bad_out.csv")])
+    assert not (tmp_path / "bad_out.csv").exists()
+    with pytest.raises(Exception, match=r"missing: \['x2'\]"):
+        model.predict(rows.drop(columns=["x2"]))
+
+
+def test_decide_directions() -> None:
+    cfg = RegisterConfig(metric="roc_auc", min_improvement=0.01)
+    assert decide(cfg, 0.9, None, None).promote
+    assert not decide(cfg, 0.905, 0.9, "1").promote
+    assert decide(cfg, 0.92, 0.9, "1").promote
+    low = RegisterConfig(metric="log_loss", min_improvement=0.0)
+    assert decide(low, 0.2, 0.3, "1").promote and not decide(low, 0.3, 0.2, "1").promote
+    assert decide(cfg, 0.5, None, "1", "KeyError: x").promote
