@@ -236,9 +236,9 @@ class RegisterConfig:
     model_name: str = "binary-classifier"
     """Registered model name."""
     metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "brier"] = (
-        "roc_auc")
+        "log_loss")
     """Test metric compared between challenger and champion (log_loss/brier: lower is better)."""
-    min_improvement: float = 0.0
+    min_improvement: float = 0.001
     """Challenger must beat the champion by at least this much to be promoted."""
 
     def __post_init__(self) -> None:

@@ -1,0 +1,116 @@
+"""Acceptance check: SIGKILL `dvc repro` in the middle of tuning, rerun, inspect the study.
+
+Run from the repo root:  .venv/bin/python benchmarks/kill_resume.py [--trials 8] [--kill-after 3]
+
+In a fresh temporary copy of the repository (default params, fewer trials so it finishes in a
+few minutes), start `dvc repro`, wait until `--kill-after` trials have finished, SIGKILL the whole
+process group (dvc and the stage it runs), rerun `dvc repro`, then print the trial states, retries
+and MLflow run statuses. Passes when the study holds exactly n_trials complete+pruned trials, no
+RUNNING trial, no duplicate finished trial, and no RUNNING MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict[str, str]:
+    """This interpreter's bin dir first on PATH; default (local) stores."""
+    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for key in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        out.pop(key, None)
+    return out
+
+
+def make_copy(dest: Path, n_trials: int) -> None:
+    """A fresh git + DVC repo with the project's code and params (n_trials overridden)."""
+    dest.mkdir()
+    for item in ("pipeline", "data/raw"):
+        shutil.copytree(REPO / item, dest / item,
+                        ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
+    for item in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / item, dest / item)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["tune"]["n_trials"] = n_trials
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=dest, env=env(), check=True, capture_output=True)
+
+
+def study(dest: Path) -> optuna.Study | None:
+    """The (single) study in the copy's journal, if it exists yet."""
+    path = dest / "optuna.journal"
+    if not path.exists():
+        return None
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    summaries = optuna.get_all_study_summaries(storage)
+    if not summaries:
+        return None
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+
+
+def main() -> None:
+    """Kill, resume, report."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--kill-after", type=int, default=3)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="kill-resume-") as tmp:
+        dest = Path(tmp) / "repo"
+        make_copy(dest, args.trials)
+        log = (Path(tmp) / "first.log").open("w")
+        proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env=env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            time.sleep(0.5)
+            s = study(dest)
+            states = [t.state.name for t in s.trials] if s else []
+            if states.count("COMPLETE") + states.count("PRUNED") >= args.kill_after and \
+                    states and states[-1] == "RUNNING":
+                break
+            if proc.poll() is not None:
+                raise SystemExit("dvc repro ended before it could be killed; see first.log")
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the tune stage it started
+        proc.wait()
+        print(f"killed dvc repro with trial states {Counter(states)}")
+        start = time.perf_counter()
+        second = subprocess.run(["dvc", "repro"], cwd=dest, env=env(), capture_output=True,
+                                text=True)
+        print(f"rerun: exit {second.returncode} in {time.perf_counter() - start:.0f} s")
+        if second.returncode:
+            print(second.stdout[-3000:], second.stderr[-3000:])
+        s = study(dest)
+        assert s is not None
+        states = Counter(t.state.name for t in s.trials)
+        finished = states["COMPLETE"] + states["PRUNED"]
+        retried = [(t.number, t.system_attrs.get("failed_trial")) for t in s.trials
+                   if t.system_attrs.get("failed_trial") is not None]
+        print(f"trial states after rerun: {dict(states)}; retries (new, of): {retried}")
+        client = MlflowClient(f"sqlite:///{dest / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("binary-classification")
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        print(f"MLflow run statuses: {dict(Counter(r.info.status for r in runs))}")
+        ok = (finished == args.trials and states["RUNNING"] == 0
+              and all(r.info.status != "RUNNING" for r in runs) and second.returncode == 0)
+        print(f"n_trials={args.trials}: {finished} finished (complete+pruned), "
+              f"{states['RUNNING']} running -> {'PASS' if ok else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
