@@ -109,3 +109,18 @@ def test_csv_pipeline_and_tuned_params_applied(tmp_path: Path, table_csv: Path,
     run = only_run(MlflowClient(mlflow_uri))
     assert run.data.params["train.lr"] == "0.0123"
     assert run.data.tags["pipeline.tuned_keys"] == "train.batch_size,train.lr"
+
+
+def test_online_augmentation_changes_training_but_stays_reproducible(
+        tmp_path: Path, imagefolder: Path, mlflow_uri: str) -> None:
+    def fit(name: str, online: bool) -> bytes:
+        params = write_params(tmp_path / f"{name}.yaml", {"data": {
+            "source": "imagefolder", "path": str(imagefolder), "positive_class": "dog",
+            "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+            "model": {"type": "cnn"}, "train": {"online_augment": online},
+            "augment": {"hflip": True}})
+        paths = run_stages(params, tmp_path / name, upto="train")
+        return (Path(paths["models"]) / "model.safetensors").read_bytes()
+
+    plain, online, again = fit("plain", False), fit("online", True), fit("again", True)
+    assert online != plain and online == again
