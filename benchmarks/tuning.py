@@ -39,11 +39,11 @@ and the last trial's end. With 2 workers, each one trains with ``train.num_threa
 as the tune code does.
 
 Before every timed arm the script waits (polling every 10 s, for up to ``--max-wait`` seconds)
-until no other ``pipeline.stages``, ``pytest`` or ``dvc`` process is running. It prints the load
-average at the start and end of each arm. An arm during which such a process ran (polled every
-2 s) is marked ``*`` and run once more; the clean run is kept, else the faster one. Run from the
-repository root on an otherwise idle machine, after
-``dvc repro`` or the preprocess and augment stages::
+until no other ``pipeline.stages``, ``pytest``, ``dvc`` or ``benchmarks/`` process is running.
+It prints the load average at the start and end of each arm. An arm during which such a process
+ran (polled every 2 s) is marked ``*`` and run once more; the clean run is kept, else the faster
+one. Run from the repository root on an otherwise idle machine, after ``dvc repro`` or the
+preprocess and augment stages::
 
     .venv/bin/python benchmarks/tuning.py                       # all pruners, 3 seeds, workers
     .venv/bin/python benchmarks/tuning.py --trials 12           # fewer trials for every arm
@@ -91,7 +91,7 @@ PRUNERS = ("none", "median", "successive_halving", "hyperband")
 TARGET_SAVING = 0.40  # share of trial-epochs saved vs no pruning
 TARGET_BEST_DELTA = 0.005  # best value at most this much worse than no pruning
 TARGET_OVERHEAD = 0.01  # Optuna's share of trial time
-OTHERS = r"pipeline\.stages|pytest|dvc"
+OTHERS = r"pipeline\.stages|pytest|dvc|benchmarks/"  # this process and its parents excluded
 EXPERIMENT = "bench-tuning"
 
 
@@ -117,7 +117,7 @@ def _ancestors() -> set[int]:
 
 
 def others() -> list[str]:
-    """Other running processes that match pipeline.stages, pytest or dvc."""
+    """Other running processes that match pipeline.stages, pytest, dvc or benchmarks/."""
     try:
         out = subprocess.run(["pgrep", "-af", OTHERS], capture_output=True, text=True,
                              check=False).stdout
@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         pr = tune_mod.make_pruner(pruner, params.train.epochs)
         settings = {k.lstrip("_"): v for k, v in vars(pr).items()
                     if isinstance(v, int | float | str) and not k.startswith("__")}
-        print(f"    {pruner}: {type(pr).__name__} {settings}")
+        default = "  <- params.yaml tune.pruner" if pruner == params.tune.pruner else ""
+        print(f"    {pruner}: {type(pr).__name__} {settings}{default}")
     print(f"  load average at start: {load()} (1, 5, 15 min)", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:

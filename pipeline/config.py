@@ -238,7 +238,7 @@ class RegisterConfig:
     metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "brier"] = (
         "log_loss")
     """Test metric compared between challenger and champion (log_loss/brier: lower is better)."""
-    min_improvement: float = 0.001
+    min_improvement: float = 0.0
     """Challenger must beat the champion by at least this much to be promoted."""
 
     def __post_init__(self) -> None:
