@@ -13,43 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import optuna
-import yaml
+from _workspace import clean_env, make_repo
 from mlflow.tracking import MlflowClient
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def env() -> dict[str, str]:
-    """This interpreter's bin dir first on PATH; default (local) stores."""
-    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
-        out.pop(key, None)
-    return out
-
-
-def make_copy(dest: Path, n_trials: int) -> None:
-    """A fresh git + DVC repo with the project's code and params (n_trials overridden)."""
-    dest.mkdir()
-    for item in ("pipeline", "data/raw"):
-        shutil.copytree(REPO / item, dest / item,
-                        ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
-    for item in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / item, dest / item)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["tune"]["n_trials"] = n_trials
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=dest, env=env(), check=True, capture_output=True)
 
 
 def study(dest: Path) -> optuna.Study | None:
@@ -72,10 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="kill-resume-") as tmp:
-        dest = Path(tmp) / "repo"
-        make_copy(dest, args.trials)
+        dest = make_repo(Path(tmp) / "repo", {"tune": {"n_trials": args.trials}})
         log = (Path(tmp) / "first.log").open("w")
-        proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env=env(), stdout=log,
+        proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env=clean_env(), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         while True:
             time.sleep(0.5)
@@ -90,7 +62,7 @@ def main() -> None:
         proc.wait()
         print(f"killed dvc repro with trial states {Counter(states)}")
         start = time.perf_counter()
-        second = subprocess.run(["dvc", "repro"], cwd=dest, env=env(), capture_output=True,
+        second = subprocess.run(["dvc", "repro"], cwd=dest, env=clean_env(), capture_output=True,
                                 text=True)
         print(f"rerun: exit {second.returncode} in {time.perf_counter() - start:.0f} s")
         if second.returncode:

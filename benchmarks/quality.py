@@ -12,16 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from _workspace import make_repo, run
 
-REPO = Path(__file__).resolve().parents[1]
 # Only what differs from params.yaml: the data source, and an MLP for the table.
 CONFIGS = {
     "digits": ({}, 0.985),
@@ -35,39 +31,9 @@ CONFIGS = {
 }
 
 
-def merge(base: dict, extra: dict) -> dict:
-    """Deep-merge two params mappings."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
-    return out
-
-
-def run(cmd: list[str], cwd: Path) -> None:
-    """Run a command with this interpreter's bin dir on PATH; fail loudly."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
-        env.pop(key, None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-
-
 def repro(name: str, overrides: dict, root: Path) -> tuple[dict, float]:
     """Copy the repo, apply overrides, `dvc repro`; return test metrics and wall seconds."""
-    dest = root / name
-    dest.mkdir()
-    for item in ("pipeline", "data/raw"):
-        shutil.copytree(REPO / item, dest / item,
-                        ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
-    for item in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / item, dest / item)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "b@example.com"],
-                ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"]):
-        run(cmd, dest)
+    dest = make_repo(root / name, overrides)
     start = time.perf_counter()
     run(["dvc", "repro"], dest)
     seconds = time.perf_counter() - start

@@ -11,32 +11,17 @@ Prints every decision and the registry's audit trail.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _workspace import make_repo, run
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
 # Plausible improvements, tried in order until one is promoted.
 # `dvc exp run -S` edits the workspace params, so each candidate restores train.epochs itself.
 CANDIDATES = [["-S", "train.epochs=30", "-S", "augment.copies=4"],
               ["-S", "train.epochs=45", "-S", "augment.copies=4"]]
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    """Run with this interpreter's bin dir on PATH and the default local stores."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
-        env.pop(key, None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def show(step: str, repo: Path, seconds: float) -> dict:
@@ -51,17 +36,7 @@ def show(step: str, repo: Path, seconds: float) -> dict:
 def main() -> None:
     """Walk the gate through first version, worse run and better run."""
     with tempfile.TemporaryDirectory(prefix="registry-flow-") as tmp:
-        repo = Path(tmp) / "repo"
-        repo.mkdir()
-        for item in ("pipeline", "data/raw"):
-            shutil.copytree(REPO / item, repo / item,
-                            ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
-        for item in ("dvc.yaml", ".gitignore", ".dvcignore", "params.yaml"):
-            shutil.copy(REPO / item, repo / item)
-        for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "b@example.com"],
-                    ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
-                    ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-            run(cmd, repo)
+        repo = make_repo(Path(tmp) / "repo", commit=True)
         start = time.perf_counter()
         run(["dvc", "repro"], repo)
         show("dvc repro (fresh clone)", repo, time.perf_counter() - start)
