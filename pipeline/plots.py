@@ -24,32 +24,25 @@ def save_figures(folder: str | Path, curves: dict[str, list[dict[str, float]]],
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    ax.plot([r["fpr"] for r in curves["roc"]], [r["tpr"] for r in curves["roc"]])
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate",
-           title=f"ROC (AUC {metrics['roc_auc']:.4f})")
-    paths.append(folder / "roc.png")
-    _save(fig, paths[-1])
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    ax.plot([r["recall"] for r in curves["pr"]], [r["precision"] for r in curves["pr"]])
-    ax.set(xlabel="recall", ylabel="precision",
-           title=f"Precision-recall (AP {metrics['average_precision']:.4f})")
-    paths.append(folder / "precision_recall.png")
-    _save(fig, paths[-1])
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    ax.plot([r["mean_predicted"] for r in curves["calibration"]],
-            [r["fraction_positive"] for r in curves["calibration"]], "o-")
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set(xlabel="mean predicted probability", ylabel="fraction positive",
-           title=f"Calibration (Brier {metrics['brier']:.4f})")
-    paths.append(folder / "calibration.png")
-    _save(fig, paths[-1])
+    # (file, curve, x key, y key, marker, diagonal reference, axis labels, title)
+    specs = [
+        ("roc.png", "roc", "fpr", "tpr", "-", True, "false positive rate",
+         "true positive rate", f"ROC (AUC {metrics['roc_auc']:.4f})"),
+        ("precision_recall.png", "pr", "recall", "precision", "-", False, "recall",
+         "precision", f"Precision-recall (AP {metrics['average_precision']:.4f})"),
+        ("calibration.png", "calibration", "mean_predicted", "fraction_positive", "o-", True,
+         "mean predicted probability", "fraction positive",
+         f"Calibration (Brier {metrics['brier']:.4f})"),
+    ]
+    for name, curve, x, y, marker, diagonal, xlabel, ylabel, title in specs:
+        fig = Figure(figsize=(4, 4))
+        ax = fig.subplots()
+        ax.plot([r[x] for r in curves[curve]], [r[y] for r in curves[curve]], marker)
+        if diagonal:
+            ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        paths.append(folder / name)
+        _save(fig, paths[-1])
 
     fig = Figure(figsize=(4, 4))
     ax = fig.subplots()
