@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.config import AugmentConfig
-from pipeline.data import Split
+from pipeline.dataset import DatasetMeta, Split
 
 
 def augment_images(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -65,15 +67,22 @@ def oversample(split: Split, rng: np.random.Generator) -> Split:
     return Split(split.X[idx], split.y[idx], [split.ids[i] for i in idx])
 
 
-def augment_split(train: Split, meta: dict, cfg: AugmentConfig, seed: int,
+def online_transform(cfg: AugmentConfig, seed: int, device: torch.device
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-batch image augmentation on `device`, seeded apart from the offline copies."""
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    return functools.partial(augment_images, cfg=cfg, gen=gen)
+
+
+def augment_split(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: int,
                   batch_size: int = 1024) -> Split:
     """Return the training split plus `cfg.copies` augmented copies; identity when disabled."""
     if not cfg.enabled:
         return train
-    if meta["kind"] == "table":
+    if meta.table is not None:
         rng = np.random.default_rng(seed)
         base = oversample(train, rng) if cfg.oversample else train
-        n_numeric = len(meta["table"]["numeric"])
+        n_numeric = len(meta.table.numeric)
         copies = [augment_table(base.X, n_numeric, cfg, rng) for _ in range(cfg.copies)]
         if cfg.oversample:
             # Oversampled duplicates are jittered too, so they are not exact repeats.

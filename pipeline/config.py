@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,11 +10,10 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.typed import apply_overrides, build, field_type, in_range, require
 
-
-def _require(ok: bool, key: str, value: object, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} = {value!r}: {why}")
+# Keys that existed once: loading them fails with a pointer to the new name.
+RENAMED = {"model.channels": "model.conv_channels"}
 
 
 @dataclass(frozen=True)
@@ -31,21 +28,19 @@ class SplitConfig:
     """Share touched only by the evaluate stage."""
 
     def __post_init__(self) -> None:
-        for name in ("train", "val", "test"):
-            value = getattr(self, name)
-            _require(0.0 < value < 1.0, name, value, "must be in (0, 1)")
+        in_range(self, "train val test", 0, 1, low_open=True, high_open=True)
         total = self.train + self.val + self.test
-        _require(abs(total - 1.0) < 1e-6, "train+val+test", round(total, 6), "must sum to 1")
+        require(abs(total - 1.0) < 1e-6, "train+val+test", round(total, 6), "must sum to 1")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the raw data lives and how it is read and split."""
 
-    source: Literal["digits", "breast_cancer", "imagefolder", "csv"] = "digits"
-    """Built-in sets are written to `path` once, then read like user data."""
+    source: str = "digits"
+    """A source in pipeline/data.py SOURCES: digits, breast_cancer, imagefolder or csv."""
     path: str = "data/raw/digits"
-    """ImageFolder root (two class subfolders) or CSV file."""
+    """ImageFolder root (two class subfolders) or CSV file; built-in sets are written here once."""
     target: str = "target"
     """CSV column holding the label (ignored for images: the folder name is the label)."""
     positive_class: str | None = "odd"
@@ -53,20 +48,19 @@ class DataConfig:
     image_size: int = 16
     """Images are resized to image_size x image_size."""
     channels: Literal[1, 3] = 1
-    """1 converts every image to grayscale, 3 to RGB."""
+    """Image channels fed to the model: 1 converts every image to grayscale, 3 to RGB."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning (recorded in metadata) instead of failing."""
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
-        _require(self.image_size >= 4, "image_size", self.image_size, "must be >= 4")
-        _require(self.image_size <= 1024, "image_size", self.image_size, "must be <= 1024")
-        _require(bool(self.path), "path", self.path, "must not be empty")
+        in_range(self, "image_size", 4, 1024)
+        require(bool(self.path), "path", self.path, "must not be empty")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Offline augmentation of the training split (validation and test are never augmented)."""
+    """Augmentation of the training split (validation and test are never augmented)."""
 
     enabled: bool = True
     """False copies the training split through unchanged."""
@@ -94,14 +88,10 @@ class AugmentConfig:
     """Tables: resample the minority class up to the majority count."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.copies <= 50, "copies", self.copies, "must be in [0, 50]")
-        _require(0 <= self.rotation <= 180, "rotation", self.rotation, "must be in [0, 180]")
-        for name in ("translate", "scale", "brightness", "contrast"):
-            value = getattr(self, name)
-            _require(0 <= value < 1, name, value, "must be in [0, 1)")
-        for name in ("noise_std", "jitter_std"):
-            value = getattr(self, name)
-            _require(value >= 0, name, value, "must be >= 0")
+        in_range(self, "copies", 0, 50)
+        in_range(self, "rotation", 0, 180)
+        in_range(self, "translate scale brightness contrast", 0, 1, high_open=True)
+        in_range(self, "noise_std jitter_std", 0)
 
 
 @dataclass(frozen=True)
@@ -112,24 +102,24 @@ class ModelConfig:
     """logreg and mlp flatten images; cnn needs image data."""
     hidden_sizes: tuple[int, ...] = (64,)
     """MLP hidden layer widths."""
-    channels: tuple[int, ...] = (16, 32)
-    """CNN conv block widths; each block halves the spatial size."""
+    conv_channels: tuple[int, ...] = (16, 32)
+    """CNN conv block widths; each block but the last halves the spatial size."""
     dropout: float = 0.1
     """Dropout before every linear layer except logreg's."""
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     """Nonlinearity for MLP and CNN."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        _require(all(h > 0 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes,
+        in_range(self, "dropout", 0, 1, high_open=True)
+        require(all(h > 0 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes,
                  "must be positive")
-        _require(len(self.channels) > 0 and all(c > 0 for c in self.channels), "channels",
-                 self.channels, "must be a non-empty list of positive ints")
+        require(len(self.conv_channels) > 0 and all(c > 0 for c in self.conv_channels),
+                 "conv_channels", self.conv_channels, "must be a non-empty list of positive ints")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation; every field here may be tuned via tune.search_space."""
+    """Optimisation; any field here may be tuned via tune.search_space."""
 
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     """sgd uses `momentum`; adamw decouples weight decay."""
@@ -152,19 +142,15 @@ class TrainConfig:
     class_weight: Literal["none", "balanced"] = "none"
     """balanced sets pos_weight = negatives / positives of the training split."""
     online_augment: bool = False
-    """Extra batched flips/noise on the device every epoch (images only)."""
+    """Fresh batched augmentation (the augment section's ops) on the device every epoch; images."""
     num_threads: int = 2
     """CPU threads; pinned because float reductions depend on it (byte-identical reruns)."""
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "lr", self.lr, "must be > 0")
-        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
-        _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
-        _require(self.patience >= 0, "patience", self.patience, "must be >= 0")
-        _require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
-        _require(self.num_threads >= 1, "num_threads", self.num_threads, "must be >= 1")
+        require(self.lr > 0, "lr", self.lr, "must be > 0")
+        in_range(self, "batch_size epochs num_threads", 1)
+        in_range(self, "weight_decay patience grad_clip", 0)
+        in_range(self, "momentum", 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -176,7 +162,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, float):
-            _require(0 < self.threshold < 1, "threshold", self.threshold, "must be in (0, 1)")
+            in_range(self, "threshold", 0, 1, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -194,9 +180,9 @@ class TuneConfig:
     """Optuna study settings."""
 
     enabled: bool = True
-    """False makes train use params.yaml as is (tune writes an empty best_params.json)."""
+    """False makes train use params.yaml as is (tune writes best_params.json with no params)."""
     n_trials: int = 20
-    """Finished trials (complete, pruned or failed) the study stops at, across restarts."""
+    """Complete + pruned trials the study stops at, across restarts; failed ones are retried."""
     timeout: float | None = None
     """Optional wall-clock budget in seconds for this invocation."""
     metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss"] = "roc_auc"
@@ -204,20 +190,19 @@ class TuneConfig:
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"
     """Stops unpromising trials early from per-epoch validation reports."""
     n_workers: int = 1
-    """Worker processes sharing the study through the journal file."""
+    """Worker processes sharing the study (and the CPU threads) through the storage."""
     search_space: dict[str, SearchParam] = field(default_factory=lambda: {
-        "train.lr": SearchParam(low=1e-4, high=3e-2, log=True),
+        "train.lr": SearchParam(low=3e-4, high=3e-2, log=True),
         "train.batch_size": SearchParam(choices=(32, 64, 128)),
         "train.weight_decay": SearchParam(low=1e-6, high=1e-2, log=True),
     })
     """Per `train.*` / `model.*` key: {low, high, log} or {choices: [...]}."""
 
     def __post_init__(self) -> None:
-        _require(self.n_trials >= 1, "n_trials", self.n_trials, "must be >= 1")
-        _require(self.n_workers >= 1, "n_workers", self.n_workers, "must be >= 1")
+        in_range(self, "n_trials n_workers", 1)
         if self.timeout is not None:
-            _require(self.timeout > 0, "timeout", self.timeout, "must be > 0")
-        _require(len(self.search_space) > 0 or not self.enabled, "search_space",
+            require(self.timeout > 0, "timeout", self.timeout, "must be > 0")
+        require(len(self.search_space) > 0 or not self.enabled, "search_space",
                  self.search_space, "must not be empty when tuning is enabled")
 
 
@@ -239,12 +224,11 @@ class RegisterConfig:
         "log_loss")
     """Test metric compared between challenger and champion (log_loss/brier: lower is better)."""
     min_improvement: float = 0.0
-    """Challenger must beat the champion by at least this much to be promoted."""
+    """Challenger must beat the champion by at least this much (and by more than 0)."""
 
     def __post_init__(self) -> None:
-        _require(self.min_improvement >= 0, "min_improvement", self.min_improvement,
-                 "must be >= 0")
-        _require(bool(self.model_name), "model_name", self.model_name, "must not be empty")
+        in_range(self, "min_improvement", 0)
+        require(bool(self.model_name), "model_name", self.model_name, "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -263,135 +247,48 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
 
     def __post_init__(self) -> None:
-        _require(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        require(self.seed >= 0, "seed", self.seed, "must be >= 0")
         if self.tune.enabled:
-            validate_search_space(self.tune.search_space, self.train, self.model)
+            for key, spec in self.tune.search_space.items():
+                _check_search_param(key, spec, self.train, self.model)
 
 
-def validate_search_space(space: dict[str, SearchParam], train: TrainConfig,
-                          model: ModelConfig) -> None:
-    """Check each tuned key exists in train/model and its range or choices make sense."""
-    sections = {"train": train, "model": model}
-    for key, spec in space.items():
-        full = f"tune.search_space.{key}"
-        section, _, name = key.partition(".")
-        _require(section in sections and name in {f.name for f in dataclasses.fields(
-            sections[section])}, full, key, "is not a train.* or model.* key")
-        if spec.choices is not None:
-            _require(spec.low is None and spec.high is None, full, spec,
-                     "give either choices or low/high, not both")
-            _require(len(spec.choices) > 0, f"{full}.choices", list(spec.choices),
-                     "must not be empty")
-            for choice in spec.choices:
-                # Validate each choice by building the section with it.
-                try:
-                    dataclasses.replace(sections[section], **{name: _coerce(
-                        _field_type(type(sections[section]), name), choice, full)})
-                except ConfigError as err:
-                    raise ConfigError(f"{full}.choices: {err}") from None
-            continue
-        _require(spec.low is not None and spec.high is not None, full, spec,
-                 "needs low and high, or choices")
-        assert spec.low is not None and spec.high is not None
-        _require(spec.low < spec.high, f"{full}.low", spec.low, f"must be < high ({spec.high})")
-        _require(not spec.log or spec.low > 0, f"{full}.low", spec.low,
-                 "must be > 0 with log: true")
-        kind = _field_type(type(sections[section]), name)
-        _require(kind in (int, float), full, key, "a range needs a numeric key; use choices")
-
-
-# --- generic loader -------------------------------------------------------------------------
-
-
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _coerce(kind: Any, value: Any, key: str) -> Any:
-    """Convert one YAML value to the annotated type, or raise ConfigError naming the key."""
-    origin = typing.get_origin(kind)
-    args = typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+def _check_search_param(key: str, spec: SearchParam, train: TrainConfig,
+                        model: ModelConfig) -> None:
+    """A tuned key must name a train/model field, with a valid range or valid choices."""
+    full = f"tune.search_space.{key}"
+    section, _, name = key.partition(".")
+    base = {"train": train, "model": model}.get(section)
+    require(base is not None and name in {f.name for f in dataclasses.fields(base)}, full, key,
+             "is not a train.* or model.* key")
+    if spec.choices is not None:
+        require(spec.low is None and spec.high is None, full, spec,
+                 "give either choices or low/high, not both")
+        require(len(spec.choices) > 0, f"{full}.choices", list(spec.choices), "must not be empty")
+        for choice in spec.choices:
             try:
-                return _coerce(arg, value, key)
+                apply_overrides(base, {name: choice}, section)  # builds the section: validates
             except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{key} = {value!r}: expected one of {_describe(kind)}")
-    if origin is Literal:
-        _require(value in args and type(value) in {type(a) for a in args}, key, value,
-                 f"must be one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(kind):
-        if value is None:
-            value = {}
-        _require(isinstance(value, dict), key, value, "must be a mapping")
-        return _build(kind, value, key)  # type: ignore[arg-type]
-    if origin is tuple:
-        _require(isinstance(value, list | tuple), key, value, "must be a list")
-        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        _require(isinstance(value, dict), key, value, "must be a mapping")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if kind is Any:
-        return value
-    if kind is bool:
-        _require(isinstance(value, bool), key, value, "must be true or false")
-        return value
-    if kind is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, value,
-                 "must be an integer")
-        return value
-    if kind is float:
-        # YAML reads 1e-4 (no dot) as a string; accept it as a number like a person would.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} = {value!r}: must be a number") from None
-        _require(isinstance(value, int | float) and not isinstance(value, bool), key, value,
-                 "must be a number")
-        return float(value)
-    if kind is str:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)  # a class label such as 1 is a string for matching purposes
-        _require(isinstance(value, str), key, value, "must be a string")
-        return value
-    raise TypeError(f"unsupported config type {kind!r} for {key}")
-
-
-def _describe(kind: Any) -> str:
-    args = typing.get_args(kind)
-    return " | ".join(str(list(typing.get_args(a))) if typing.get_origin(a) is Literal
-                      else getattr(a, "__name__", str(a)) for a in args)
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {name: _coerce(_field_type(cls, name), value, f"{prefix}.{name}" if prefix else name)
-              for name, value in raw.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        if prefix and not str(err).startswith(prefix):
-            raise ConfigError(f"{prefix}.{err}") from None
-        raise
+                raise ConfigError(f"{full}.choices: {err}") from None
+        return
+    require(spec.low is not None and spec.high is not None, full, spec,
+             "needs low and high, or choices")
+    assert spec.low is not None and spec.high is not None
+    require(spec.low < spec.high, f"{full}.low", spec.low, f"must be < high ({spec.high})")
+    require(not spec.log or spec.low > 0, f"{full}.low", spec.low, "must be > 0 with log: true")
+    require(field_type(type(base), name) in (int, float), full, key,
+             "a range needs a numeric key; use choices")
 
 
 def parse_params(raw: dict[str, Any] | None) -> Params:
     """Build typed Params from an already-parsed YAML mapping."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict | None):
         raise ConfigError(f"params: top level must be a mapping, got {type(raw).__name__}")
-    return _build(Params, raw, "")
+    for old, new in RENAMED.items():
+        section, _, key = old.partition(".")
+        if isinstance((raw or {}).get(section), dict) and key in raw[section]:  # type: ignore[index]
+            raise ConfigError(f"{old}: renamed to {new}")
+    return build(Params, raw or {})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -407,33 +304,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return parse_params(raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a config (or section) to dotted keys, e.g. for MLflow params."""
-    out: dict[str, Any] = {}
-    items = (dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj).items()
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and name != "tune.search_space":
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def apply_overrides(train: TrainConfig, model: ModelConfig,
-                    overrides: dict[str, Any]) -> tuple[TrainConfig, ModelConfig]:
-    """Return train/model sections with dotted `train.x` / `model.y` overrides applied."""
-    per: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if section not in per:
-            raise ConfigError(f"{key}: override must be a train.* or model.* key")
-        cls = TrainConfig if section == "train" else ModelConfig
-        per[section][name] = _coerce(_field_type(cls, name), value, key)
-    try:
-        return (dataclasses.replace(train, **per["train"]),
-                dataclasses.replace(model, **per["model"]))
-    except TypeError as err:
-        raise ConfigError(f"override: {err}") from None

@@ -6,18 +6,16 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import Split
+from pipeline.config import TrainConfig
+from pipeline.dataset import Split
 from pipeline.errors import PipelineError
 from pipeline.metrics import LOWER_IS_BETTER, monitor_scores
-from pipeline.models import build_model
 
 
 class TrainingDiverged(PipelineError):
@@ -52,7 +50,6 @@ class FitResult:
     samples_seen: int
     train_seconds: float
     device: str
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def select_device() -> torch.device:
@@ -212,15 +209,3 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
     for cb in callbacks:
         cb.on_fit_end(result)
     return result
-
-
-def build_and_fit(model_cfg: ModelConfig, cfg: TrainConfig, train: Split, val: Split,
-                  meta: dict[str, Any], *, seed: int, device: torch.device,
-                  monitor: str = "roc_auc", callbacks: Sequence[Callback] = (),
-                  batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  ) -> FitResult:
-    """Seed, build the model for the data in `meta`, and fit it: the unit train and tune share."""
-    seed_everything(seed, cfg.num_threads, device)
-    model = build_model(model_cfg, meta["input_shape"], meta["norm"])
-    return fit(model, train, val, cfg, seed=seed, device=device, monitor=monitor,
-               callbacks=callbacks, batch_transform=batch_transform)

@@ -70,7 +70,8 @@ def _cnn(in_channels: int, channels: Sequence[int], dropout: float,
     return nn.Sequential(*layers)
 
 
-def build_model(cfg: ModelConfig, input_shape: Sequence[int], norm: dict[str, Any]) -> Classifier:
+def build_model(cfg: ModelConfig, input_shape: Sequence[int], mean: Sequence[float],
+                std: Sequence[float]) -> Classifier:
     """Build the network for `cfg.type` on inputs of `input_shape` (without the batch dim)."""
     image = len(input_shape) == 3
     act = ACTIVATIONS[cfg.activation]
@@ -83,8 +84,8 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], norm: dict[str, An
         if not image:
             raise ConfigError(f"model.type = {cfg.type!r}: needs image data, but the inputs "
                               f"are a table with {n_in} features (use mlp or logreg)")
-        body = _cnn(input_shape[0], cfg.channels, cfg.dropout, act)
-    return Classifier(Standardize(norm["mean"], norm["std"], image), body)
+        body = _cnn(input_shape[0], cfg.conv_channels, cfg.dropout, act)
+    return Classifier(Standardize(mean, std, image), body)
 
 
 def save_model(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> None:
@@ -106,6 +107,6 @@ def load_model(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
         raise DataError(f"{folder / CONFIG_FILE}: not found; run the train stage first") from None
     model = build_model(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in config["model"].items()}),
-                        config["input_shape"], config["norm"])
+                        config["input_shape"], config["norm"]["mean"], config["norm"]["std"])
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     return model.eval(), config

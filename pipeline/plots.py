@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from pipeline.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -69,4 +74,32 @@ def save_figures(folder: str | Path, curves: dict[str, list[dict[str, float]]],
     ax2.legend(loc="center right")
     paths.append(folder / "training_curves.png")
     _save(fig, paths[-1])
+    return paths
+
+
+def save_study_figures(study: Any) -> list[Path]:
+    """Optuna's optimisation history, importances, parallel coordinates and slice plots (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # headless, and safe in worker processes
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    folder = Path(tempfile.mkdtemp(prefix="optuna-figures-"))
+    plots = {"optimization_history": ovm.plot_optimization_history,
+             "param_importances": ovm.plot_param_importances,
+             "parallel_coordinate": ovm.plot_parallel_coordinate, "slice": ovm.plot_slice}
+    paths = []
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as err:
+                log.info("skipping %s figure: %s", name, err)  # e.g. too few complete trials
+                continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        paths.append(folder / f"{name}.png")
+        figure.savefig(paths[-1], dpi=90, bbox_inches="tight")
+        plt.close(figure)
     return paths

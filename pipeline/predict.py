@@ -13,10 +13,11 @@ import pandas as pd
 
 from pipeline import serving, tracking
 from pipeline.config import load_params
-from pipeline.data import IMAGE_SUFFIXES, decode_image
 from pipeline.errors import DataError, PipelineError
 from pipeline.files import atomic_path
+from pipeline.images import IMAGE_SUFFIXES, decode_image
 from pipeline.progress import Progress
+from pipeline.tables import check_columns
 
 log = logging.getLogger("pipeline.predict")
 CHUNK = 512
@@ -67,12 +68,9 @@ def table_frame(path: Path, meta: dict, target: str | None) -> tuple[pd.DataFram
     if target and target in frame.columns:
         frame = frame.drop(columns=[target])
     expected = meta["table"]["columns"]
-    missing = [c for c in expected if c not in frame.columns]
-    extra = [str(c) for c in frame.columns if c not in expected]
-    if missing or extra:
-        raise DataError(f"{path}: columns do not match the model (missing: {missing or 'none'}; "
-                        f"unexpected: {extra or 'none'})")
-    return serving.conform_table(frame[expected], meta), [str(i) for i in frame.index]
+    check_columns(frame, expected, str(path))
+    return (serving.conform_table(frame[expected], meta["table"]["dtypes"]),
+            [str(i) for i in frame.index])
 
 
 def predict(model_uri: str, inputs: list[Path], output: Path, skip_bad: bool = False) -> int:

@@ -13,33 +13,37 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import serving
+from pipeline import serving, tracking
 from pipeline.config import RegisterConfig
+from pipeline.dataset import DatasetMeta, Split
+from pipeline.errors import PipelineError
 from pipeline.metrics import LOWER_IS_BETTER, binary_metrics
 from pipeline.models import CONFIG_FILE, WEIGHTS_FILE
+from pipeline.tags import Tag
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHAMPION, CHALLENGER = "champion", "challenger"
+# Test metrics copied onto each version as tags, for the registry UI.
+VERSION_METRICS = ("accuracy", "f1", "roc_auc", "average_precision", "log_loss", "brier")
 
 
-def log_raw_model(model_dir: str | Path, meta_path: str | Path, threshold: float,
-                  example: pd.DataFrame) -> mlflow.models.model.ModelInfo:
-    """Log the pyfunc (models-from-code) with weights, preprocessing metadata and threshold."""
-    import torch
-
-    meta = json.loads(Path(meta_path).read_text())
+def log_raw_model(model_dir: str | Path, meta_path: str | Path, meta: DatasetMeta,
+                  threshold: float, example: pd.DataFrame) -> str:
+    """Log the pyfunc (models-from-code) with weights, metadata and threshold; return its URI."""
     with tempfile.TemporaryDirectory() as tmp:
         serving_json = Path(tmp) / "serving.json"
-        serving_json.write_text(json.dumps({"threshold": threshold, "classes": meta["classes"]}))
+        serving_json.write_text(json.dumps({"threshold": threshold,
+                                            "classes": list(meta.classes)}))
         artifacts = {"weights": str(Path(model_dir) / WEIGHTS_FILE),
                      "model_config": str(Path(model_dir) / CONFIG_FILE),
                      "meta": str(meta_path), "serving": str(serving_json)}
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
             code_paths=[str(PACKAGE_DIR)], artifacts=artifacts,
             signature=serving.signature(meta), input_example=example,
@@ -47,21 +51,8 @@ def log_raw_model(model_dir: str | Path, meta_path: str | Path, threshold: float
             pip_requirements=[f"mlflow=={mlflow.__version__}",
                               f"torch=={torch.__version__.split('+')[0]}", "safetensors",
                               "pandas", "numpy", "pillow", "scikit-learn", "pyyaml"],
-            metadata={"pipeline": model_contract(meta, threshold)})
-
-
-def model_contract(meta: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """What a caller needs to build inputs: kind, classes, image geometry or CSV columns."""
-    contract: dict[str, Any] = {"kind": meta["kind"], "classes": meta["classes"],
-                                "threshold": threshold}
-    if meta["kind"] == "image":
-        contract["image"] = {"size": meta["image"]["size"],
-                             "channels": meta["image"]["channels"]}
-    else:
-        table = meta["table"]
-        contract["table"] = {"columns": table["columns"], "dtypes": table.get("dtypes", {}),
-                             "target": table["target"]}
-    return contract
+            metadata={"pipeline": serving.contract(meta, threshold)})
+    return info.model_uri
 
 
 def champion(client: MlflowClient, name: str) -> ModelVersion | None:
@@ -77,13 +68,12 @@ def score(model_uri: str, frame: pd.DataFrame, y: np.ndarray, positive: str,
     """Score a registered pyfunc on raw rows with its own preprocessing and threshold."""
     out = mlflow.pyfunc.load_model(model_uri).predict(frame)
     probs = out["probability"].to_numpy(dtype=np.float64)
-    # Threshold metrics use the model's own labels, so each model keeps its own threshold.
-    labels = (out["label"].to_numpy() == positive)
     metrics = binary_metrics(y, probs, 0.5)
-    pred = labels.astype(int)
-    threshold_metrics = binary_metrics(y, pred.astype(np.float64), 0.5)
+    # Threshold metrics use the model's own labels, so each model keeps its own threshold.
+    labels = (out["label"].to_numpy() == positive).astype(np.float64)
+    labelled = binary_metrics(y, labels, 0.5)
     for key in ("accuracy", "f1", "precision", "recall", "balanced_accuracy", "mcc"):
-        metrics[key] = threshold_metrics[key]
+        metrics[key] = labelled[key]
     return float(metrics[metric])
 
 
@@ -118,9 +108,25 @@ def decide(cfg: RegisterConfig, challenger_score: float, champion_score: float |
     if gain >= cfg.min_improvement and gain > 0:
         return Decision(True, f"{verdict} >= min_improvement {cfg.min_improvement}", metric,
                         challenger_score, champion_score, champion_version)
-    return Decision(False, f"{verdict} < required {max(cfg.min_improvement, 0):g} "
-                    "(and must be > 0)", metric, challenger_score, champion_score,
-                    champion_version)
+    return Decision(False, f"{verdict} < required {cfg.min_improvement:g} (and must be > 0)",
+                    metric, challenger_score, champion_score, champion_version)
+
+
+def gate(client: MlflowClient, cfg: RegisterConfig, version: str, frame: pd.DataFrame,
+         y: np.ndarray, positive: str) -> Decision:
+    """Score challenger and champion through their own pyfuncs on today's test rows; decide."""
+    challenger = score(f"models:/{cfg.model_name}/{version}", frame, y, positive, cfg.metric)
+    current = champion(client, cfg.model_name)
+    if current is None:
+        return decide(cfg, challenger, None, None)
+    try:
+        best = score(f"models:/{cfg.model_name}@{CHAMPION}", frame, y, positive, cfg.metric)
+    # An old champion whose artifacts are gone (OSError, MlflowException) or whose contract no
+    # longer fits today's data (PipelineError: other columns, image geometry) cannot compete.
+    except (MlflowException, PipelineError, OSError) as err:
+        return decide(cfg, challenger, None, str(current.version),
+                      f"{type(err).__name__}: {str(err)[:300]}")
+    return decide(cfg, challenger, best, str(current.version))
 
 
 def record(client: MlflowClient, name: str, version: str, decision: Decision) -> list[dict]:
@@ -136,8 +142,7 @@ def record(client: MlflowClient, name: str, version: str, decision: Decision) ->
     client.set_registered_model_alias(name, CHALLENGER, version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    model = client.get_registered_model(name)
-    n = sum(1 for key in model.tags if key.startswith("audit."))
+    n = sum(1 for key in client.get_registered_model(name).tags if key.startswith("audit."))
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "version": version,
              "champion_before": decision.champion_version,
              "champion_after": version if decision.promote else decision.champion_version,
@@ -152,15 +157,39 @@ def audit_trail(client: MlflowClient, name: str) -> list[dict]:
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("audit."))]
 
 
-def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
-    """Create (if needed) the registered model and a new version from a logged model URI."""
-    client = MlflowClient()
+def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
+    """Create (if needed) the registered model and a new version; return the version number."""
     try:
-        client.create_registered_model(name, description="Binary classifier on raw inputs; "
-                                       "aliases: champion (serving), challenger (latest).")
+        MlflowClient().create_registered_model(name, description="Binary classifier on raw "
+                                               "inputs; aliases: champion (serving), "
+                                               "challenger (latest).")
     except MlflowException as err:
-        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(
-                err):
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":  # it exists already: fine
             raise
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    return version
+    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: DatasetMeta,
+                      test: Split, metrics: dict[str, Any], lineage: dict[str, str]
+                      ) -> dict[str, Any]:
+    """Log and register the model of the active run, gate it, move aliases; return the report."""
+    client = MlflowClient()
+    frame = serving.raw_inputs(meta, test.ids)
+    run_id = mlflow.active_run().info.run_id
+    uri = log_raw_model(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
+                        frame.head(3))
+    tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS}, **lineage,
+            Tag.RUN_ID: run_id}
+    version = register(uri, cfg.model_name, tags)
+    decision = gate(client, cfg, version, frame, test.y, meta.positive_class)
+    trail = record(client, cfg.model_name, version, decision)
+    tracking.log_tags({Tag.REGISTERED_VERSION: version,
+                       Tag.GATE_DECISION: "promoted" if decision.promote else "rejected"})
+    log.info("%s v%s: %s — %s", cfg.model_name, version,
+             "champion" if decision.promote else "challenger only", decision.reason)
+    report = {"model_name": cfg.model_name, "version": version, "model_uri": uri,
+              "run_id": run_id, **asdict(decision),
+              "champion_version": version if decision.promote else decision.champion_version,
+              "audit": trail}
+    tracking.log_dict(report, "registration.json")
+    return report

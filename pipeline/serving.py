@@ -15,14 +15,14 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from PIL import Image
 
-from pipeline.data import decode_image, image_to_array, transform_table
+from pipeline.dataset import DatasetMeta
 from pipeline.engine import predict_proba
 from pipeline.errors import DataError
+from pipeline.images import decode_image, image_to_array
 from pipeline.models import load_model
+from pipeline.tables import transform_table
 
 IMAGE_COLUMNS = ("image", "pixels")
-# Files the pyfunc carries as artifacts: names → where the pipeline wrote them.
-ARTIFACTS = ("weights", "model_config", "meta", "serving")
 
 
 def _missing(value: Any) -> bool:
@@ -46,15 +46,16 @@ def pixels_to_array(pixels: Any, size: int, channels: int) -> np.ndarray:
     return image_to_array(Image.fromarray(arr), size, channels)
 
 
-def frame_to_features(frame: pd.DataFrame, meta: dict[str, Any]) -> np.ndarray:
+def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta) -> np.ndarray:
     """Raw rows (CSV columns, or image bytes/pixels) → model inputs with the saved preprocessing."""
-    if meta["kind"] == "table":
-        return transform_table(frame, meta["table"], where="model input")
+    if meta.table is not None:
+        return transform_table(frame, meta.table, where="model input")
+    assert meta.image is not None
     extra = [str(c) for c in frame.columns if c not in IMAGE_COLUMNS]
     if extra:
         raise DataError(f"model input: unexpected columns {extra}; image models take "
                         f"{list(IMAGE_COLUMNS)}")
-    size, channels = meta["image"]["size"], meta["image"]["channels"]
+    size, channels = meta.image.size, meta.image.channels
     rows = []
     for i in range(len(frame)):
         image = frame["image"].iloc[i] if "image" in frame else None
@@ -86,7 +87,7 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         if config_path.parent != folder:
             raise DataError(f"{config_path}: expected beside {context.artifacts['weights']}")
         self.model, self.config = load_model(folder)
-        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.meta = DatasetMeta.read(context.artifacts["meta"])
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         self.threshold = float(serving["threshold"])
         self.classes = list(serving["classes"])
@@ -100,38 +101,50 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": probs, "label": labels})
 
 
-def input_schema(meta: dict[str, Any]) -> Schema:
+def input_schema(meta: DatasetMeta) -> Schema:
     """The raw-input signature: original CSV columns (all optional), or image bytes/pixels."""
-    if meta["kind"] == "image":
+    if meta.image is not None:
         pixel_type: Any = Array(Array(DataType.double))
-        if meta["image"]["channels"] == 3:
+        if meta.image.channels == 3:
             pixel_type = Array(Array(Array(DataType.double)))
         return Schema([ColSpec(DataType.binary, "image", required=False),
                        ColSpec(pixel_type, "pixels", required=False)])
-    kinds = meta["table"].get("dtypes", {})
+    assert meta.table is not None
     types = {"bool": DataType.boolean, "string": DataType.string}
-    return Schema([ColSpec(types.get(kinds.get(c, "float"), DataType.double), c, required=False)
-                   for c in meta["table"]["columns"]])
+    return Schema([ColSpec(types.get(meta.table.dtypes.get(c, "float"), DataType.double), c,
+                           required=False) for c in meta.table.columns])
 
 
-def signature(meta: dict[str, Any]) -> ModelSignature:
+def signature(meta: DatasetMeta) -> ModelSignature:
     """Input schema from the training metadata; output probability + label."""
     return ModelSignature(inputs=input_schema(meta), outputs=Schema([
         ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "label")]))
 
 
-def raw_inputs(meta: dict[str, Any], ids: list[str]) -> pd.DataFrame:
-    """The raw rows behind processed sample ids: image file bytes, or the original CSV rows."""
-    source = Path(meta["path"])
-    if meta["kind"] == "image":
+def raw_inputs(meta: DatasetMeta, ids: list[str]) -> pd.DataFrame:
+    """The raw rows behind processed sample ids, typed as the signature wants them."""
+    source = Path(meta.path)
+    if meta.table is None:
         return pd.DataFrame({"image": [(source / i).read_bytes() for i in ids]})
     frame = pd.read_csv(source)
-    return frame.loc[[int(i) for i in ids]].drop(columns=[meta["table"]["target"]])
+    rows = frame.loc[[int(i) for i in ids]].drop(columns=[meta.table.target])
+    return conform_table(rows, meta.table.dtypes)
 
 
-def conform_table(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+def contract(meta: DatasetMeta, threshold: float) -> dict[str, Any]:
+    """What a caller needs to build inputs: kind, classes, image geometry or CSV columns."""
+    out: dict[str, Any] = {"kind": meta.kind, "classes": list(meta.classes),
+                           "threshold": threshold}
+    if meta.image is not None:
+        out["image"] = {"size": meta.image.size, "channels": meta.image.channels}
+    if meta.table is not None:
+        out["table"] = {"columns": list(meta.table.columns), "dtypes": meta.table.dtypes,
+                        "target": meta.table.target}
+    return out
+
+
+def conform_table(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
     """Cast CSV columns to the signature's types (ints → float) so MLflow accepts them."""
-    kinds = meta["table"].get("dtypes", {})
     out = frame.copy()
     for col in out.columns:
         if kinds.get(col) in ("float", "int"):

@@ -1,28 +1,31 @@
-"""The one MLflow importer for runs: store setup, run lifecycle, batched logging, lineage tags."""
+"""The MLflow boundary for runs: store setup, tag names, run lifecycle, batched logging, lineage."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import yaml
+import numpy as np
+import torch
 from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from pipeline.engine import Callback, FitResult
+from pipeline.lineage import dvc_hash, file_sha256, git_info
+from pipeline.procs import owner_gone
+from pipeline.tags import Tag
+from pipeline.typed import flatten
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-BATCH = 900  # below MLflow's 1000-entries-per-log_batch limit
-TAG_PID, TAG_HOST = "pipeline.pid", "pipeline.host"
 
 
 def tracking_uri() -> str:
@@ -32,14 +35,14 @@ def tracking_uri() -> str:
 
 def configure() -> MlflowClient:
     """Point MLflow at the configured store; call from entry points, never at import."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # noise in DVC logs
     mlflow.set_tracking_uri(tracking_uri())
     return MlflowClient()
 
 
 def artifact_root(uri: str) -> str | None:
     """For a SQLite store, keep artifacts in `mlartifacts/` beside the DB (never ./mlruns)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
+    if urlparse(uri).scheme != "sqlite":
         return None  # a server or database store decides its own artifact location
     db_path = Path(unquote(uri[len("sqlite:///"):]))
     return (db_path.resolve().parent / "mlartifacts").as_uri()
@@ -61,15 +64,9 @@ def experiment_id(name: str) -> str:
         return found.experiment_id
 
 
-def process_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def owner_tags() -> dict[str, str]:
+    """Host and pid of this process, so a later process can tell if a RUNNING run is orphaned."""
+    return {Tag.PID: str(os.getpid()), Tag.HOST: platform.node()}
 
 
 def end_orphaned_runs(exp_id: str) -> list[str]:
@@ -78,11 +75,9 @@ def end_orphaned_runs(exp_id: str) -> list[str]:
     ended = []
     for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
-        if tags.get(TAG_HOST) != platform.node() or TAG_PID not in tags:
-            continue
-        if int(tags[TAG_PID]) != os.getpid() and not process_alive(int(tags[TAG_PID])):
-            if tags.get("trial_state") == "RUNNING":
-                client.set_tag(run.info.run_id, "trial_state", "FAIL")  # as Optuna will see it
+        if owner_gone(tags.get(Tag.HOST), tags.get(Tag.PID)):
+            if tags.get(Tag.TRIAL_STATE) == "RUNNING":
+                client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "FAIL")  # as Optuna will see it
             client.set_terminated(run.info.run_id, "KILLED")
             ended.append(run.info.run_id)
     return ended
@@ -90,20 +85,17 @@ def end_orphaned_runs(exp_id: str) -> list[str]:
 
 @contextlib.contextmanager
 def start_run(experiment: str, run_name: str | None = None, run_id: str | None = None,
-              tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-              ) -> Iterator[mlflow.ActiveRun]:
-    """Start or resume a run; an exception ends it FAILED, Ctrl-C KILLED, never RUNNING."""
+              tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Start or resume a run and yield its id; an exception ends it FAILED, Ctrl-C KILLED."""
     exp_id = experiment_id(experiment)
     end_orphaned_runs(exp_id)
-    all_tags = {TAG_PID: str(os.getpid()), TAG_HOST: platform.node(), **(tags or {})}
-    if parent_run_id is not None:
-        all_tags["mlflow.parentRunId"] = parent_run_id
+    all_tags = {**owner_tags(), **(tags or {})}
     active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                               run_name=run_name, tags=all_tags if run_id is None else None)
     if run_id is not None:
         mlflow.set_tags(all_tags)
     try:
-        yield active
+        yield active.info.run_id
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
@@ -113,32 +105,69 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
     mlflow.end_run("FINISHED")
 
 
+@contextlib.contextmanager
+def model_run(experiment: str, weights: str | Path, run_name: str) -> Iterator[str]:
+    """Resume the run that trained these weights (found by their hash), or start a new one."""
+    sha = file_sha256(weights)
+    with start_run(experiment, run_name=run_name, run_id=find_run(experiment, Tag.MODEL_SHA, sha),
+                   tags={Tag.MODEL_SHA: sha}) as run_id:
+        yield run_id
+
+
+@dataclass
+class TrialRun:
+    """A nested run for one Optuna trial; set `state` (COMPLETE or PRUNED) before leaving."""
+
+    run_id: str
+    state: str = "RUNNING"
+
+
+# Optuna trial state → MLflow run status.
+_TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+@contextlib.contextmanager
+def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
+              params: dict[str, Any]) -> Iterator[TrialRun]:
+    """Child run of the study's parent run; its status mirrors the trial's final state."""
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
+        Tag.PARENT_RUN: parent_run_id, **owner_tags(), Tag.STUDY: study,
+        Tag.TRIAL_NUMBER: str(number), Tag.TRIAL_STATE: "RUNNING", Tag.STAGE: "tune"})
+    trial = TrialRun(run.info.run_id)
+    log_params(params, run_id=trial.run_id)
+    tick = time.perf_counter()
+    try:
+        yield trial
+    finally:
+        if trial.state not in _TRIAL_STATUS:
+            trial.state = "FAIL"  # left by an exception
+        client.log_metric(trial.run_id, "duration_seconds", time.perf_counter() - tick)
+        client.set_tag(trial.run_id, Tag.TRIAL_STATE, trial.state)
+        client.set_terminated(trial.run_id, _TRIAL_STATUS[trial.state])
+
+
 def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
-    """Log many params in few calls."""
-    client, run_id = MlflowClient(), run_id or mlflow.active_run().info.run_id
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+    """Log many params in one call (MlflowClient.log_batch splits at the server's limits)."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
-def log_metric_rows(rows: list[dict[str, float]], step_key: str = "epoch",
-                    run_id: str | None = None, prefix: str = "") -> None:
-    """Log per-step metric rows with as few log_batch calls as possible."""
-    client, run_id = MlflowClient(), run_id or mlflow.active_run().info.run_id
+def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
+    """Log scalar metrics (ints and floats; anything else is skipped) in one call."""
+    run_id = run_id or mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{prefix}{k}", float(v), now, int(row[step_key]))
-               for row in rows for k, v in row.items() if k != step_key]
-    for i in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[i:i + BATCH], synchronous=True)
+    MlflowClient().log_batch(run_id, metrics=[
+        Metric(k, float(v), now, 0) for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)])
 
 
 class EpochLogger(Callback):
-    """Buffers per-epoch metrics and flushes them to MLflow in batches (not one call per epoch)."""
+    """Buffers per-epoch metrics and sends them in batches, not one call per epoch."""
 
-    def __init__(self, run_id: str, flush_every: int = 10, prefix: str = "") -> None:
-        self.run_id, self.flush_every, self.prefix = run_id, flush_every, prefix
+    def __init__(self, run_id: str, flush_every: int = 10) -> None:
+        self.run_id, self.flush_every = run_id, flush_every
         self.buffer: list[dict[str, float]] = []
-        self.seconds = 0.0  # time spent logging, for the overhead benchmark
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.buffer.append(logs)
@@ -149,55 +178,35 @@ class EpochLogger(Callback):
         self.flush()
 
     def flush(self) -> None:
-        """Send buffered rows now."""
-        if self.buffer:
-            tick = time.perf_counter()
-            log_metric_rows(self.buffer, run_id=self.run_id, prefix=self.prefix)
-            self.buffer = []
-            self.seconds += time.perf_counter() - tick
+        """Send buffered rows now (also called when a trial is pruned)."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(row["epoch"]))
+                   for row in self.buffer for k, v in row.items() if k != "epoch"]
+        if metrics:
+            MlflowClient().log_batch(self.run_id, metrics=metrics)
+        self.buffer = []
 
 
-def git_info() -> dict[str, str]:
-    """Commit and dirty flag of the working tree ('unknown' outside git)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              timeout=30).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired):
-        return {"mlflow.source.git.commit": "unknown", "pipeline.git_dirty": "unknown"}
-    return {"mlflow.source.git.commit": commit, "pipeline.git_dirty": str(dirty).lower()}
+def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    """Set tags on a run (the active one by default)."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    for key, value in tags.items():
+        MlflowClient().set_tag(run_id, key, value)
 
 
-def content_md5(path: str | Path) -> str:
-    """md5 over a file or a folder's sorted (relative path, bytes); stable across machines."""
-    path = Path(path)
-    digest = hashlib.md5()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-        digest.update(hashlib.md5(file.read_bytes()).digest())
-    return digest.hexdigest()
+def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
+    """Upload files to the active run."""
+    for path in paths:
+        mlflow.log_artifact(str(path), folder)
 
 
-def dvc_hash(path: str | Path, lock: str | Path = "dvc.lock") -> str:
-    """DVC's md5 of a stage output from dvc.lock, else our own content md5 (outside DVC)."""
-    wanted = Path(path).as_posix().rstrip("/")
-    lock = Path(lock)
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        for stage in stages.values():
-            for out in stage.get("outs", []):
-                if out.get("path", "").rstrip("/") == wanted and "md5" in out:
-                    return str(out["md5"])
-    return content_md5(path)
+def log_dict(obj: Any, name: str) -> None:
+    """Store a JSON document as an artifact of the active run."""
+    mlflow.log_dict(obj, name)
 
 
 def runtime_tags(device: str, threads: int) -> dict[str, str]:
     """Library versions, device and thread count that produced a run."""
-    import torch
-
     return {"pipeline.torch": torch.__version__, "pipeline.device": device,
             "pipeline.threads": str(threads), "pipeline.python": platform.python_version(),
             "pipeline.mlflow": mlflow.__version__}
@@ -213,6 +222,16 @@ def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str
     mlflow.log_input(dataset, context=context)
 
 
+def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
+    """Log the network with MLflow's PyTorch flavour as a torch.export program (no pickle)."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.log_model(model, name="network", serialization_format="pt2",
+                             signature=infer_signature(example, output), input_example=example,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
 def find_run(experiment: str, tag: str, value: str) -> str | None:
     """Most recent run in `experiment` whose tag `tag` equals `value`."""
     exp = MlflowClient().get_experiment_by_name(experiment)
@@ -221,3 +240,35 @@ def find_run(experiment: str, tag: str, value: str) -> str | None:
     runs = MlflowClient().search_runs([exp.experiment_id], f"tags.`{tag}` = '{value}'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
+                        train: tuple[Any, str], val: tuple[Any, str], device: str) -> None:
+    """Params, lineage tags and dataset inputs of the active train run."""
+    log_params({"seed": sections["seed"], **{k: v for name, section in sections.items()
+                                             if name != "seed"
+                                             for k, v in flatten(section, f"{name}.").items()}})
+    log_tags({**git_info(), **runtime_tags(device, sections["train"].num_threads),
+              Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
+              Tag.AUGMENTED: dvc_hash(train[1]), Tag.PROCESSED: dvc_hash(val[1])})
+    log_dataset(train[0].X, train[0].y, "train", train[1], dvc_hash(train[1]), "training")
+    log_dataset(val[0].X, val[0].y, "val", val[1], dvc_hash(val[1]), "validation")
+
+
+def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:
+    """Weights hash (the key later stages resume this run by), timings, history, network."""
+    log_tags({Tag.MODEL_SHA: file_sha256(weights)})
+    log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+                 "samples_per_second": result.samples_seen / result.train_seconds})
+    log_dict({"history": result.history}, "train_history.json")
+    log_network(result.model, example)
+
+
+def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],
+                   reports: Path) -> None:
+    """Test metrics, the threshold rule, the test dataset and the report files."""
+    log_metrics({f"test_{k}": v for k, v in metrics.items()})
+    log_tags({Tag.THRESHOLD_RULE: metrics["threshold_rule"]})
+    log_dataset(test.X, test.y, "test", data_dir, dvc_hash(data_dir), "testing")
+    log_artifacts(figures, "plots")
+    log_artifacts([reports / "metrics.json", reports / "test_predictions.csv"])

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY: dict[str, Any] = {
     "seed": 0,
     "augment": {"copies": 1},
-    "model": {"type": "mlp", "hidden_sizes": [16], "channels": [4, 8]},
+    "model": {"type": "mlp", "hidden_sizes": [16], "conv_channels": [4, 8]},
     "train": {"epochs": 3, "batch_size": 16, "patience": 0},
     "tune": {"enabled": False, "n_trials": 3},
 }

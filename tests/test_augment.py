@@ -10,9 +10,11 @@ import torch
 
 from pipeline.augment import augment_images, augment_split
 from pipeline.config import AugmentConfig
-from pipeline.data import Split, load_splits
+from pipeline.dataset import ColumnStats, DatasetMeta, ImageSpec, Split, TableSpec, load_splits
 from pipeline.stages import augment as augment_stage
 from pipeline.stages import preprocess as preprocess_stage
+
+IMAGES = DatasetMeta("imagefolder", "x", ("a", "b"), image=ImageSpec(12, 1, (0.5,), (0.25,)))
 
 
 def image_split(n: int = 10) -> Split:
@@ -23,7 +25,7 @@ def image_split(n: int = 10) -> Split:
 
 def test_images_keep_labels_shapes_and_change_pixels() -> None:
     train = image_split()
-    out = augment_split(train, {"kind": "image"}, AugmentConfig(copies=3), seed=1)
+    out = augment_split(train, IMAGES, AugmentConfig(copies=3), seed=1)
     assert out.X.shape == (40, 1, 12, 12) and out.X.dtype == np.float32
     assert np.array_equal(out.y, np.tile(train.y, 4))
     assert np.array_equal(out.X[:10], train.X)  # originals kept
@@ -42,11 +44,11 @@ def test_parameters_are_drawn_per_sample() -> None:
 
 def test_seeded_and_disabled() -> None:
     train = image_split()
-    a = augment_split(train, {"kind": "image"}, AugmentConfig(), seed=5)
-    b = augment_split(train, {"kind": "image"}, AugmentConfig(), seed=5)
-    c = augment_split(train, {"kind": "image"}, AugmentConfig(), seed=6)
+    a = augment_split(train, IMAGES, AugmentConfig(), seed=5)
+    b = augment_split(train, IMAGES, AugmentConfig(), seed=5)
+    c = augment_split(train, IMAGES, AugmentConfig(), seed=6)
     assert np.array_equal(a.X, b.X) and not np.array_equal(a.X, c.X)
-    assert augment_split(train, {"kind": "image"}, AugmentConfig(enabled=False), 5) is train
+    assert augment_split(train, IMAGES, AugmentConfig(enabled=False), 5) is train
 
 
 def test_flips_only_when_enabled() -> None:
@@ -64,7 +66,9 @@ def test_table_jitter_numeric_only_and_oversample() -> None:
     x = np.concatenate([rng.normal(size=(12, 2)), np.eye(3)[rng.integers(0, 3, 12)]], 1)
     y = np.array([1.0] * 3 + [0.0] * 9, dtype=np.float32)
     train = Split(x.astype(np.float32), y, [str(i) for i in range(12)])
-    meta = {"kind": "table", "table": {"numeric": {"a": {}, "b": {}}}}
+    stats = ColumnStats(0.0, 0.0, 1.0)
+    meta = DatasetMeta("csv", "x", ("a", "b"), table=TableSpec(
+        "y", ("a", "b", "c"), {}, {"a": stats, "b": stats}, {"c": ("p", "q", "r")}))
     out = augment_split(train, meta, AugmentConfig(copies=1, oversample=True), seed=0)
     assert (out.y == 1).sum() == (out.y == 0).sum() == 18
     assert set(np.unique(out.X[:, 2:])) <= {0.0, 1.0}  # one-hot untouched
@@ -82,5 +86,5 @@ def test_stages_on_imagefolder_and_csv(tmp_path: Path, image_params: Path,
         after, ameta = load_splits(augmented, names=("train",))
         assert len(after["train"].y) == 2 * len(before["train"].y)  # copies: 1 in TINY
         assert after["train"].X.shape[1:] == before["train"].X.shape[1:]
-        assert ameta["augment"]["copies"] == 1
+        assert ameta.augment is not None and ameta.augment["copies"] == 1
         assert not (augmented / "X_val.npy").exists()  # val/test are never augmented

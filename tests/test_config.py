@@ -26,6 +26,11 @@ def test_empty_mapping_gives_defaults() -> None:
     assert parse_params({}) == Params()
 
 
+def test_params_yaml_states_exactly_the_defaults() -> None:
+    # Defaults live in config.py; params.yaml spells them out for users and must agree.
+    assert load_params(REPO / "params.yaml") == Params()
+
+
 def test_scientific_notation_without_dot_is_a_number() -> None:
     # PyYAML reads `1e-4` as a string; people write it that way all the time.
     params = parse_params(yaml.safe_load("train: {lr: 1e-4}"))
@@ -38,9 +43,9 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"data": {"split": {"train": 0.7, "val": 0.15, "test": 0.15, "x": 1}}}, "data.split.x"),
     ({"seed": "abc"}, "seed = 'abc': must be an integer"),
     ({"seed": 1.5}, "seed = 1.5"),
-    ({"data": {"image_size": 3}}, "data.image_size = 3: must be >= 4"),
+    ({"data": {"image_size": 3}}, "data.image_size = 3: must be in [4, 1024]"),
     ({"data": {"image_size": "big"}}, "data.image_size = 'big'"),
-    ({"data": {"source": "mnist"}}, "data.source = 'mnist': must be one of"),
+    ({"model": {"channels": [8]}}, "model.channels: renamed to model.conv_channels"),
     ({"data": {"channels": 2}}, "data.channels = 2"),
     ({"data": {"split": {"train": 1.2, "val": 0.1, "test": 0.1}}},
      "data.split.train = 1.2: must be in (0, 1)"),

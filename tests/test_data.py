@@ -12,10 +12,12 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig, SplitConfig, load_params
-from pipeline.data import load_splits, preprocess, transform_table
-from pipeline.errors import DataError
+from pipeline.data import preprocess
+from pipeline.dataset import load_splits
+from pipeline.errors import ConfigError, DataError
 from pipeline.stages import preprocess as preprocess_stage
-from tests.conftest import make_csv, make_imagefolder
+from pipeline.tables import transform_table
+from tests.conftest import REPO, make_csv, make_imagefolder
 
 HALF = SplitConfig(train=0.5, val=0.25, test=0.25)
 
@@ -41,7 +43,7 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_imagefolder_mixed_modes_and_sizes(imagefolder: Path, channels: int) -> None:
     splits, meta = preprocess(image_cfg(imagefolder, channels=channels), seed=0)
-    assert meta["classes"] == ["cat", "dog"] and meta["positive_class"] == "dog"
+    assert meta.classes == ("cat", "dog") and meta.positive_class == "dog"
     total = sum(len(s.y) for s in splits.values())
     assert total == 24
     for s in splits.values():
@@ -50,7 +52,7 @@ def test_imagefolder_mixed_modes_and_sizes(imagefolder: Path, channels: int) -> 
     # Every format in the fixture made it through.
     suffixes = {Path(i).suffix for s in splits.values() for i in s.ids}
     assert suffixes == {".png", ".jpg", ".bmp", ".gif", ".tiff", ".jpeg"}
-    assert meta["counts"]["train"] == {"cat": 6, "dog": 6}
+    assert meta.counts["train"] == {"cat": 6, "dog": 6}
 
 
 def test_no_sample_in_two_splits_and_stats_from_train_only(imagefolder: Path) -> None:
@@ -58,9 +60,9 @@ def test_no_sample_in_two_splits_and_stats_from_train_only(imagefolder: Path) ->
     ids = [set(s.ids) for s in splits.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     train = splits["train"].X
-    assert meta["image"]["mean"][0] == pytest.approx(float(train.mean()), rel=1e-5)
+    assert meta.image.mean[0] == pytest.approx(float(train.mean()), rel=1e-5)
     everything = np.concatenate([s.X for s in splits.values()])
-    assert meta["image"]["mean"][0] != pytest.approx(float(everything.mean()), rel=1e-5)
+    assert meta.image.mean[0] != pytest.approx(float(everything.mean()), rel=1e-5)
 
 
 def test_seed_changes_split(imagefolder: Path) -> None:
@@ -93,7 +95,7 @@ def test_corrupt_image_fails_naming_file(imagefolder: Path) -> None:
 def test_skip_corrupt_records_skipped_file(imagefolder: Path) -> None:
     (imagefolder / "cat" / "garbage.jpg").write_bytes(b"not a jpeg at all")
     splits, meta = preprocess(image_cfg(imagefolder, skip_corrupt=True), seed=0)
-    assert [s["file"] for s in meta["skipped"]] == ["cat/garbage.jpg"]
+    assert [s["file"] for s in meta.skipped] == ["cat/garbage.jpg"]
     assert sum(len(s.y) for s in splits.values()) == 24
 
 
@@ -139,18 +141,18 @@ def test_split_leaving_class_without_val_or_test(tmp_path: Path) -> None:
 
 def test_csv_categorical_nan_and_string_labels(table_csv: Path) -> None:
     splits, meta = preprocess(csv_cfg(table_csv), seed=0)
-    table = meta["table"]
-    assert meta["classes"] == ["ham", "spam"]
-    assert set(table["numeric"]) == {"x1", "x2", "flag"}
-    assert table["categorical"] == {"colour": ["blue", "green", "red"]}
-    assert meta["feature_names"][-3:] == ["colour=blue", "colour=green", "colour=red"]
+    table = meta.table
+    assert meta.classes == ("ham", "spam")
+    assert set(table.numeric) == {"x1", "x2", "flag"}
+    assert table.categorical == {"colour": ("blue", "green", "red")}
+    assert table.feature_names()[-3:] == ["colour=blue", "colour=green", "colour=red"]
     for s in splits.values():
         assert s.X.shape[1] == 6 and not np.isnan(s.X).any()
     # Statistics come from the training rows only.
     frame = pd.read_csv(table_csv)
     train_rows = frame.loc[[int(i) for i in splits["train"].ids]]
-    assert table["numeric"]["x1"]["median"] == pytest.approx(train_rows["x1"].median())
-    assert table["numeric"]["x1"]["median"] != pytest.approx(frame["x1"].median())
+    assert table.numeric["x1"].median == pytest.approx(train_rows["x1"].median())
+    assert table.numeric["x1"].median != pytest.approx(frame["x1"].median())
     # Train features are standardised with train statistics.
     assert splits["train"].X[:, 1].mean() == pytest.approx(0.0, abs=1e-5)
 
@@ -158,7 +160,7 @@ def test_csv_categorical_nan_and_string_labels(table_csv: Path) -> None:
 def test_unseen_category_and_nan_encode_as_zeros(table_csv: Path) -> None:
     _, meta = preprocess(csv_cfg(table_csv), seed=0)
     rows = pd.DataFrame({"x1": [np.nan], "x2": [0.0], "colour": ["purple"], "flag": [True]})
-    x = transform_table(rows, meta["table"])
+    x = transform_table(rows, meta.table)
     assert x.shape == (1, 6) and not np.isnan(x).any()
     assert x[0, 3:].tolist() == [0.0, 0.0, 0.0]
 
@@ -174,7 +176,7 @@ def test_label_kinds(tmp_path: Path, labels: list, positive: str | None,
     frame["label"] = [labels[i % 2] for i in range(len(frame))]
     frame.to_csv(path, index=False)
     _, meta = preprocess(csv_cfg(path, positive_class=positive), seed=0)
-    assert meta["classes"] == expected
+    assert list(meta.classes) == expected
 
 
 @pytest.mark.parametrize(("edit", "needle"), [
@@ -209,7 +211,7 @@ def test_transform_rejects_missing_and_extra_columns(table_csv: Path) -> None:
     _, meta = preprocess(csv_cfg(table_csv), seed=0)
     rows = pd.DataFrame({"x1": [1.0], "colour": ["red"], "flag": [True], "zzz": [1]})
     with pytest.raises(DataError, match=r"missing: \['x2'\]; unexpected: \['zzz'\]"):
-        transform_table(rows, meta["table"])
+        transform_table(rows, meta.table)
 
 
 # --- built-in sources -----------------------------------------------------------------------
@@ -219,17 +221,22 @@ def test_builtin_breast_cancer_written_once_as_csv(tmp_path: Path) -> None:
     cfg = DataConfig(source="breast_cancer", path=str(tmp_path / "bc.csv"),
                      positive_class="malignant")
     splits, meta = preprocess(cfg, seed=0)
-    assert meta["kind"] == "table" and meta["classes"] == ["benign", "malignant"]
+    assert meta.kind == "table" and meta.classes == ("benign", "malignant")
     assert sum(len(s.y) for s in splits.values()) == 569
     assert pd.read_csv(tmp_path / "bc.csv").shape == (569, 31)
 
 
+def test_unknown_source_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.source = 'mnist': must be one of \["):
+        preprocess(replace(csv_cfg(tmp_path / "x.csv"), source="mnist"), seed=0)
+
+
 def test_builtin_digits_is_an_imagefolder(tmp_path: Path) -> None:
-    cfg = replace(load_params().data, path=str(tmp_path / "digits"))
+    cfg = replace(load_params(REPO / "params.yaml").data, path=str(tmp_path / "digits"))
     splits, meta = preprocess(cfg, seed=0)
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["even", "odd"]
     assert sum(len(s.y) for s in splits.values()) == 1797
-    assert meta["input_shape"] == [1, 16, 16]
+    assert meta.input_shape == (1, 16, 16)
     loaded_twice = preprocess(cfg, seed=0)[0]["test"].X
     assert np.array_equal(loaded_twice, splits["test"].X)
 
@@ -244,6 +251,6 @@ def test_saved_meta_reproduces_processed_features(tmp_path: Path, csv_params: Pa
     out = tmp_path / "processed"
     preprocess_stage.main(["--params", str(csv_params), "--out", str(out)])
     splits, meta = load_splits(out)
-    frame = pd.read_csv(meta["path"]).drop(columns=["label"])
+    frame = pd.read_csv(meta.path).drop(columns=["label"])
     rows = frame.loc[[int(i) for i in splits["test"].ids]]
-    np.testing.assert_array_equal(transform_table(rows, meta["table"]), splits["test"].X)
+    np.testing.assert_array_equal(transform_table(rows, meta.table), splits["test"].X)

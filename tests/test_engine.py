@@ -9,23 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import Split
-from pipeline.engine import (
-    Callback,
-    TrainingDiverged,
-    build_and_fit,
-    pos_weight,
-    predict_proba,
-    select_device,
-)
+from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.dataset import DatasetMeta, ImageSpec, Split
+from pipeline.engine import Callback, TrainingDiverged, pos_weight, predict_proba, select_device
 from pipeline.errors import ConfigError
 from pipeline.metrics import monitor_scores
 from pipeline.models import WEIGHTS_FILE, build_model, load_model, save_model
+from pipeline.training import fit_model
 
 CPU = torch.device("cpu")
-META = {"input_shape": [1, 8, 8], "norm": {"mean": [0.5], "std": [0.25]}}
+META = DatasetMeta("imagefolder", "x", ("a", "b"), image=ImageSpec(8, 1, (0.5,), (0.25,)))
+AUG = AugmentConfig()
+
+
+def build_and_fit(model_cfg: ModelConfig, cfg: TrainConfig, train: Split, val: Split,
+                  **kw: object) -> object:
+    """fit_model on the tiny 1x8x8 images of this module."""
+    return fit_model(model_cfg, cfg, AUG, train, val, META, **kw)  # type: ignore[arg-type]
 
 
 def images(n: int, seed: int, noise: float = 0.3) -> Split:
@@ -41,7 +43,7 @@ def test_overfits_one_tiny_batch() -> None:
     cfg = TrainConfig(epochs=200, batch_size=16, lr=1e-2, patience=0, scheduler="none",
                       weight_decay=0.0)
     result = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(64,), dropout=0.0), cfg,
-                           batch, batch, META, seed=0, device=CPU, monitor="log_loss")
+                           batch, batch, seed=0, device=CPU, monitor="log_loss")
     assert result.history[-1]["train_loss"] < 0.01
     probs = predict_proba(result.model, batch.X)
     assert ((probs >= 0.5) == batch.y).all()
@@ -62,7 +64,7 @@ def test_early_stopping_restores_best_epoch() -> None:
     cfg = TrainConfig(epochs=60, batch_size=8, lr=0.05, patience=4, scheduler="none",
                       optimizer="sgd")
     recorder = Recorder()
-    result = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(32,)), cfg, train, val, META,
+    result = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(32,)), cfg, train, val,
                            seed=0, device=CPU, monitor="log_loss", callbacks=[recorder])
     losses = [row["val_log_loss"] for row in result.history]
     assert result.stopped_early and len(losses) < 60
@@ -76,8 +78,8 @@ def test_early_stopping_restores_best_epoch() -> None:
 
 def fit_and_save(folder: Path, model_type: str, seed: int = 3) -> str:
     cfg = TrainConfig(epochs=3, batch_size=8, patience=0)
-    model_cfg = ModelConfig(type=model_type, channels=(4, 8), hidden_sizes=(8,))
-    result = build_and_fit(model_cfg, cfg, images(32, 0), images(16, 1), META, seed=seed,
+    model_cfg = ModelConfig(type=model_type, conv_channels=(4, 8), hidden_sizes=(8,))
+    result = build_and_fit(model_cfg, cfg, images(32, 0), images(16, 1), seed=seed,
                            device=CPU)
     save_model(result.model, folder, {"model": {}})
     return hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
@@ -91,10 +93,10 @@ def test_rerun_is_byte_identical(tmp_path: Path, model_type: str) -> None:
 
 
 def test_save_load_roundtrip(tmp_path: Path) -> None:
-    model_cfg = ModelConfig(type="cnn", channels=(4, 8))
-    model = build_model(model_cfg, [1, 8, 8], META["norm"]).eval()
-    save_model(model, tmp_path, {"model": {"type": "cnn", "channels": [4, 8]},
-                                 "input_shape": [1, 8, 8], "norm": META["norm"]})
+    model_cfg = ModelConfig(type="cnn", conv_channels=(4, 8))
+    model = build_model(model_cfg, [1, 8, 8], [0.5], [0.25]).eval()
+    save_model(model, tmp_path, {"model": {"type": "cnn", "conv_channels": [4, 8]},
+                                 "input_shape": [1, 8, 8], "norm": {"mean": [0.5], "std": [0.25]}})
     loaded, _ = load_model(tmp_path)
     x = torch.rand(5, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
@@ -102,18 +104,29 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
 
 def test_model_shapes_and_cnn_on_table() -> None:
     for kind in ("logreg", "mlp", "cnn"):
-        model = build_model(ModelConfig(type=kind, channels=(4,)), [3, 8, 8],
-                            {"mean": [0.0] * 3, "std": [1.0] * 3})
+        model = build_model(ModelConfig(type=kind, conv_channels=(4,)), [3, 8, 8],
+                            [0.0] * 3, [1.0] * 3)
         assert model(torch.rand(2, 3, 8, 8)).shape == (2,)
-    table = build_model(ModelConfig(type="mlp"), [5], {"mean": [0.0], "std": [1.0]})
+    table = build_model(ModelConfig(type="mlp"), [5], [0.0], [1.0])
     assert table(torch.rand(4, 5)).shape == (4,)
     with pytest.raises(ConfigError, match=r"model\.type = 'cnn': needs image data"):
-        build_model(ModelConfig(type="cnn"), [5], {"mean": [0.0], "std": [1.0]})
+        build_model(ModelConfig(type="cnn"), [5], [0.0], [1.0])
 
 
-def test_loss_is_bce_with_logits_not_sigmoid() -> None:
-    model = build_model(ModelConfig(type="mlp"), [5], {"mean": [0.0], "std": [1.0]})
-    assert not any(isinstance(m, torch.nn.Sigmoid) for m in model.modules())
+def test_loss_is_bce_with_logits_on_one_raw_logit() -> None:
+    train, val = images(32, 0, noise=0.1), images(16, 1, noise=0.1)
+    cfg = TrainConfig(epochs=15, batch_size=8, lr=0.05, patience=0, scheduler="none")
+    result = build_and_fit(ModelConfig(type="logreg"), cfg, train, val, seed=0, device=CPU)
+    with torch.no_grad():
+        logits = result.model(torch.from_numpy(val.X))
+    # One unbounded logit per sample: a sigmoid inside the model could not leave [0, 1].
+    assert logits.shape == (16,) and logits.abs().max() > 1.0
+    # The reported validation loss is BCE-with-logits of exactly these outputs.
+    expected = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(val.y))
+    assert result.history[result.best_epoch - 1]["val_loss"] == pytest.approx(float(expected),
+                                                                   rel=1e-5)
+    np.testing.assert_allclose(predict_proba(result.model, val.X),
+                               torch.sigmoid(logits).double().numpy(), rtol=1e-6)
 
 
 def test_divergence_is_a_clear_error() -> None:
@@ -121,8 +134,7 @@ def test_divergence_is_a_clear_error() -> None:
     bad = images(16, 0)
     bad.X[0, 0, 0, 0] = np.inf
     with pytest.raises(TrainingDiverged, match=r"lower train\.lr"):
-        build_and_fit(ModelConfig(type="logreg"), cfg, bad, images(8, 1), META, seed=0,
-                      device=CPU)
+        build_and_fit(ModelConfig(type="logreg"), cfg, bad, images(8, 1), seed=0, device=CPU)
 
 
 def test_pos_weight_and_device_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,8 +151,8 @@ def test_class_weight_balanced_changes_training() -> None:
     train = images(30, 0)
     train = Split(train.X[:20], np.r_[np.ones(4), np.zeros(16)].astype(np.float32), train.ids)
     cfg = TrainConfig(epochs=2, batch_size=8, patience=0)
-    plain = build_and_fit(ModelConfig(type="logreg"), cfg, train, images(8, 1), META, seed=0,
+    plain = build_and_fit(ModelConfig(type="logreg"), cfg, train, images(8, 1), seed=0,
                           device=CPU)
     weighted = build_and_fit(ModelConfig(type="logreg"), replace(cfg, class_weight="balanced"),
-                             train, images(8, 1), META, seed=0, device=CPU)
+                             train, images(8, 1), seed=0, device=CPU)
     assert plain.history[0]["train_loss"] != weighted.history[0]["train_loss"]

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from pipeline.dataset import Split
+from pipeline.evaluation import evaluate
 from pipeline.metrics import better, binary_metrics, choose_threshold, curves
 
 
@@ -52,11 +54,20 @@ def test_youden_threshold_maximises_j(predictions) -> None:
         assert skm.recall_score(y, o) + skm.recall_score(1 - y, ~o) - 1 <= j + 1e-12
 
 
-def test_threshold_ignores_anything_but_validation(predictions) -> None:
+def test_evaluate_takes_the_threshold_from_validation_only(predictions) -> None:
     y, p = predictions
-    assert choose_threshold(y, p, 0.42) == 0.42
-    # Different "test" data cannot move a threshold computed from validation arrays only.
-    assert choose_threshold(y, p, "f1") == choose_threshold(y.copy(), p.copy(), "f1")
+    test = Split(np.zeros((50, 1), np.float32), y[:50], [str(i) for i in range(50)])
+    base = evaluate(y, p, test, p[:50], "f1")
+    assert base.metrics["threshold"] == choose_threshold(y, p, "f1")
+    # Other test labels and scores change the metrics, never the threshold.
+    flipped = Split(test.X, 1 - test.y, test.ids)
+    other = evaluate(y, p, flipped, p[::-1][:50].copy(), "f1")
+    assert other.metrics["threshold"] == base.metrics["threshold"]
+    assert other.metrics["accuracy"] != base.metrics["accuracy"]
+    # Other validation scores do move it; a fixed number is used as given.
+    assert evaluate(y, p ** 3, test, p[:50], "f1").metrics["threshold"] != base.metrics[
+        "threshold"]
+    assert evaluate(y, p, test, p[:50], 0.42).metrics["threshold"] == 0.42
 
 
 def test_curves_and_direction(predictions) -> None:

@@ -25,6 +25,7 @@ from pipeline import predict as predict_cli
 from pipeline.config import RegisterConfig
 from pipeline.registry import audit_trail, decide
 from pipeline.stages import register
+from pipeline.tags import Tag
 from tests.conftest import make_csv, make_imagefolder, run_stages, write_params
 
 NAME = "binary-classifier"
@@ -64,11 +65,14 @@ def test_first_version_is_champion_with_lineage_tags(image_model: dict) -> None:
     assert str(version.version) == "1"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
     tags = version.tags
-    for key in ("test_roc_auc", "test_accuracy", "dvc.data/processed", "git_commit",
-                "params_sha256", "run_id", "decision", "decision_reason"):
+    for key in ("test_roc_auc", "test_accuracy", Tag.PROCESSED, Tag.AUGMENTED, Tag.GIT_COMMIT,
+                Tag.PARAMS_SHA, Tag.MODEL_SHA, Tag.RUN_ID, "decision", "decision_reason"):
         assert key in tags, key
-    assert tags["run_id"] == report["run_id"]
-    run = client.get_run(tags["run_id"])
+    assert tags[Tag.RUN_ID] == report["run_id"] == version.run_id
+    run = client.get_run(tags[Tag.RUN_ID])
+    # One fact, one name: the run and the version carry the same lineage tags.
+    for key in (Tag.PROCESSED, Tag.AUGMENTED, Tag.MODEL_SHA):
+        assert run.data.tags[key] == tags[key], key
     assert run.info.status == "FINISHED"
     assert "test_roc_auc" in run.data.metrics  # same run as train + evaluate
 
@@ -124,9 +128,12 @@ def test_predict_cli_bad_image_fails_without_output(image_model: dict, capsys) -
     assert not out.exists()
     predict_cli.main(["--input", str(folder), "--output", str(out), "--skip-bad"])
     assert pd.read_csv(out)["id"].tolist() == [str(folder / "a.png")]
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
         predict_cli.main(["--model", "models:/no-such-model@champion", "--input", str(folder),
                           "--output", str(root / "x.csv")])
+    assert info.value.code == 2
+    assert "--model models:/no-such-model@champion" in capsys.readouterr().err
 
 
 def free_port() -> int:
@@ -228,9 +235,10 @@ def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path,
                                expected["probability"], atol=1e-6)
     # Missing and unexpected columns are named.
     raw.drop(columns=["x2"]).assign(zzz=1).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         predict_cli.main(["--input", str(tmp_path / "bad.csv"), "--output",
                           str(tmp_path / "bad_out.csv")])
+    assert info.value.code == 2
     assert not (tmp_path / "bad_out.csv").exists()
     with pytest.raises(Exception, match=r"missing: \['x2'\]"):
         model.predict(rows.drop(columns=["x2"]))

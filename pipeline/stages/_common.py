@@ -1,15 +1,16 @@
-"""Argument parsing, logging and error handling shared by every stage entry point."""
+"""What every stage entry point shares: arguments, params loading, logging and error exits."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 
+from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
+
+StageRun = Callable[[Params, argparse.Namespace], None]
 
 
 def parse_stage_args(argv: list[str] | None, description: str,
@@ -24,22 +25,26 @@ def parse_stage_args(argv: list[str] | None, description: str,
     return parser.parse_args(argv)
 
 
-def stage_entry(fn: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
-    """Wrap a stage main: set up logging, turn PipelineError into a message and exit code 2."""
+def setup_logging() -> None:
+    """INFO lines for our modules; third-party chatter (matplotlib, alembic) at WARNING."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("matplotlib", "alembic", "mlflow.store.db.utils"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    @functools.wraps(fn)
-    def wrapper(argv: list[str] | None = None) -> None:
-        # Download bars from MLflow's artifact client are noise in DVC logs.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-            # Third-party INFO chatter (matplotlib units, alembic migrations) drowns our lines.
-            for noisy in ("matplotlib", "alembic", "mlflow.store.db.utils"):
-                logging.getLogger(noisy).setLevel(logging.WARNING)
+
+def stage_main(description: str, paths: dict[str, str],
+               run: StageRun) -> Callable[[list[str] | None], None]:
+    """A stage's `main(argv)`: parse → load params → `run(params, args)`; errors exit 2."""
+
+    def main(argv: list[str] | None = None) -> None:
+        setup_logging()
+        args = parse_stage_args(argv, description, paths)
         try:
-            fn(argv)
+            run(load_params(args.params), args)
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    return wrapper
+    main.__doc__ = f"Entry point of the stage: {description.splitlines()[0]}"
+    return main

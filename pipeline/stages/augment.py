@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import argparse
+import dataclasses
 
 from pipeline.augment import augment_split
-from pipeline.config import load_params
-from pipeline.data import load_splits, save_splits, split_counts
-from pipeline.stages._common import parse_stage_args, stage_entry
+from pipeline.config import Params
+from pipeline.dataset import load_splits, save_splits
+from pipeline.stages._common import stage_main
+
+PATHS = {"data_dir": "data/processed", "out": "data/augmented"}
 
 
-@stage_entry
-def main(argv: list[str] | None = None) -> None:
-    """Run the augment stage."""
-    args = parse_stage_args(argv, __doc__, {"data_dir": "data/processed",
-                                            "out": "data/augmented"})
-    params = load_params(args.params)
+def run(params: Params, args: argparse.Namespace) -> None:
+    """Add `augment.copies` augmented copies of the training split."""
     splits, meta = load_splits(args.data_dir, names=("train",))
     train = augment_split(splits["train"], meta, params.augment, params.seed)
-    meta = {**meta, "augment": asdict(params.augment),
-            "counts": split_counts({"train": train}, meta["classes"])}
+    meta = dataclasses.replace(meta, augment=dataclasses.asdict(params.augment))
     save_splits(args.out, {"train": train}, meta)
 
+
+main = stage_main(__doc__, PATHS, run)
 
 if __name__ == "__main__":
     main()

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from pipeline.config import load_params
-from pipeline.data import preprocess, save_splits
-from pipeline.stages._common import parse_stage_args, stage_entry
+import argparse
+
+from pipeline.config import Params
+from pipeline.data import preprocess
+from pipeline.dataset import save_splits
+from pipeline.stages._common import stage_main
+
+PATHS = {"out": "data/processed"}
 
 
-@stage_entry
-def main(argv: list[str] | None = None) -> None:
-    """Run the preprocess stage."""
-    args = parse_stage_args(argv, __doc__, {"out": "data/processed"})
-    params = load_params(args.params)
+def run(params: Params, args: argparse.Namespace) -> None:
+    """Read and validate data.path, split it, write arrays and metadata."""
     splits, meta = preprocess(params.data, params.seed)
     save_splits(args.out, splits, meta)
 
+
+main = stage_main(__doc__, PATHS, run)
 
 if __name__ == "__main__":
     main()

@@ -2,49 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+import argparse
 
-from pipeline import tracking
-from pipeline.config import load_params
+from pipeline.config import Params
 from pipeline.files import write_json
-from pipeline.stages._common import parse_stage_args, stage_entry
-from pipeline.tune import TuneJob, log_study, parent_run, run_study, storage_url, study_name
+from pipeline.stages._common import stage_main
+from pipeline.study import storage_url
+from pipeline.tune import tune
 
-log = logging.getLogger(__name__)
+PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
+         "out": "models/best_params.json"}
 
 
-@stage_entry
-def main(argv: list[str] | None = None) -> None:
-    """Run the tune stage."""
-    args = parse_stage_args(argv, __doc__, {"data_dir": "data/processed",
-                                            "train_dir": "data/augmented",
-                                            "out": "models/best_params.json"})
-    params = load_params(args.params)
-    if not params.tune.enabled:
-        log.info("tune.enabled is false: train uses params.yaml as is")
-        write_json(args.out, {"enabled": False, "params": {}})
-        return
-    hashes = {path: tracking.dvc_hash(path) for path in (args.data_dir, args.train_dir)}
-    name = study_name(params, hashes)
-    storage = storage_url()
-    tracking.configure()
-    log.info("study %s in %s (%d trials, %d worker(s))", name, storage, params.tune.n_trials,
-             params.tune.n_workers)
-    with parent_run(params, name, storage) as run_id:
-        job = TuneJob(params=params, data_dir=args.data_dir, train_dir=args.train_dir,
-                      storage=storage, study_name=name, parent_run_id=run_id,
-                      experiment_id=tracking.experiment_id(params.mlflow.experiment),
-                      tracking_uri=tracking.tracking_uri())
-        study = run_study(job)
-        best = log_study(study, params.tune.metric)
-    log.info("best trial %d: val_%s=%.5f %s", best["trial"], params.tune.metric, best["value"],
-             best["params"])
-    write_json(Path(args.out), {"enabled": True, "params": best["params"],
-                                "metric": params.tune.metric, "value": best["value"],
-                                "trial": best["trial"], "study_name": name,
-                                "n_trials": params.tune.n_trials})
+def run(params: Params, args: argparse.Namespace) -> None:
+    """Run or resume the study; write the best trial's params (none when tuning is off)."""
+    write_json(args.out, tune(params, args.data_dir, args.train_dir, storage_url()))
 
+
+main = stage_main(__doc__, PATHS, run)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,52 @@
+"""The evaluate stage's work: threshold from validation, test metrics, curves and report files."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset import DatasetMeta, Split
+from pipeline.files import atomic_path, read_json, write_json
+from pipeline.metrics import binary_metrics, choose_threshold, curves
+from pipeline.plots import save_figures
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test-split metrics at the validation-chosen threshold, plus what the reports need."""
+
+    metrics: dict[str, Any]
+    curves: dict[str, list[dict[str, float]]]
+    test: Split
+    p_test: np.ndarray
+
+
+def evaluate(y_val: np.ndarray, p_val: np.ndarray, test: Split, p_test: np.ndarray,
+             rule: float | str) -> Evaluation:
+    """Choose the threshold on validation only (test never decides anything), score test."""
+    threshold = choose_threshold(y_val, p_val, rule)
+    metrics = {**binary_metrics(test.y, p_test, threshold), "threshold_rule": str(rule)}
+    return Evaluation(metrics, curves(test.y, p_test), test, p_test)
+
+
+def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta) -> list[Path]:
+    """metrics.json, DVC plot data, per-sample predictions and PNG figures; return the PNGs."""
+    metrics, test, classes = result.metrics, result.test, meta.classes
+    write_json(reports / "metrics.json", metrics)
+    for name, rows in result.curves.items():
+        write_json(reports / "plots" / f"{name}.json", rows)
+    predicted = result.p_test >= metrics["threshold"]
+    write_json(reports / "plots" / "confusion.json",
+               [{"actual": classes[int(a)], "predicted": classes[int(b)]}
+                for a, b in zip(test.y, predicted, strict=True)])
+    with atomic_path(reports / "test_predictions.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "probability", "predicted"])
+        for i, label, prob, pred in zip(test.ids, test.y, result.p_test, predicted, strict=True):
+            writer.writerow([i, classes[int(label)], f"{prob:.9f}", classes[int(pred)]])
+    history = read_json(reports / "train_history.json")
+    return save_figures(reports / "figures", result.curves, metrics, history, list(classes))

@@ -1,0 +1,61 @@
+"""Where a result came from: DVC output hashes, git commit, file hashes. No MLflow here."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from pipeline.tags import Tag
+
+
+def git_info() -> dict[str, str]:
+    """Commit and dirty flag of the working tree ('unknown' outside git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired):
+        return {Tag.GIT_COMMIT: "unknown", Tag.GIT_DIRTY: "unknown"}
+    return {Tag.GIT_COMMIT: commit, Tag.GIT_DIRTY: str(dirty).lower()}
+
+
+def content_md5(path: str | Path) -> str:
+    """md5 over a file or a folder's sorted (relative path, bytes); stable across machines."""
+    path = Path(path)
+    digest = hashlib.md5()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        digest.update(hashlib.md5(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def dvc_hash(path: str | Path, lock: str | Path = "dvc.lock") -> str:
+    """DVC's md5 of a stage output from dvc.lock, else our own content md5 (outside DVC)."""
+    wanted = Path(path).as_posix().rstrip("/")
+    lock = Path(lock)
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for out in stage.get("outs", []):
+                if out.get("path", "").rstrip("/") == wanted and "md5" in out:
+                    return str(out["md5"])
+    return content_md5(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file (the weights hash ties train, evaluate and register to one run)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def lineage_tags(data_dir: str, train_dir: str, weights: Path, model_config: Path
+                 ) -> dict[str, str]:
+    """Where a model came from: data hashes, commit, weights and effective-params hashes."""
+    return {Tag.PROCESSED: dvc_hash(data_dir), Tag.AUGMENTED: dvc_hash(train_dir),
+            Tag.GIT_COMMIT: git_info()[Tag.GIT_COMMIT], Tag.MODEL_SHA: file_sha256(weights),
+            Tag.PARAMS_SHA: file_sha256(model_config)}

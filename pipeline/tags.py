@@ -1,0 +1,24 @@
+"""Every tag name the pipeline writes, on MLflow runs and model versions: one fact, one name."""
+
+
+class Tag:
+    """Tag names, grouped by the fact they record."""
+
+    PID, HOST = "pipeline.pid", "pipeline.host"
+    STAGE = "pipeline.stage"
+    MODEL_SHA = "pipeline.model_sha256"
+    PROCESSED = "pipeline.dvc.data/processed"
+    AUGMENTED = "pipeline.dvc.data/augmented"
+    GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "pipeline.git_dirty"
+    PARAMS_SHA = "pipeline.params_sha256"
+    RUN_ID = "pipeline.run_id"
+    TUNED_KEYS = "pipeline.tuned_keys"
+    THRESHOLD_RULE = "pipeline.threshold_rule"
+    REGISTERED_VERSION = "pipeline.registered_version"
+    GATE_DECISION = "pipeline.gate_decision"
+    STUDY = "optuna.study_name"
+    STUDY_PARENT = "optuna.study_name_parent"
+    STORAGE = "optuna.storage"
+    TRIAL_NUMBER = "optuna.trial_number"
+    TRIAL_STATE = "optuna.trial_state"
+    PARENT_RUN = "mlflow.parentRunId"

@@ -1,0 +1,67 @@
+"""The one way a model is trained from params: the train stage and every tuning trial call it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.augment import online_transform
+from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.dataset import DatasetMeta, Split
+from pipeline.engine import Callback, FitResult, fit, seed_everything
+from pipeline.errors import ConfigError
+from pipeline.files import write_json
+from pipeline.models import WEIGHTS_FILE, build_model, save_model
+from pipeline.typed import apply_overrides
+
+
+def apply_tuned(train: TrainConfig, model: ModelConfig, overrides: dict[str, Any]
+                ) -> tuple[TrainConfig, ModelConfig]:
+    """Sections with dotted `train.x` / `model.y` values (tuned params) applied and validated."""
+    per: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in per:
+            raise ConfigError(f"{key}: a tuned key must be train.* or model.*")
+        per[section][name] = value
+    return (apply_overrides(train, per["train"], "train") if per["train"] else train,
+            apply_overrides(model, per["model"], "model") if per["model"] else model)
+
+
+def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
+              train: Split, val: Split, meta: DatasetMeta, *, seed: int, device: torch.device,
+              monitor: str = "roc_auc", callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Seed, build the network for `meta`, add online augmentation if asked, and fit."""
+    seed_everything(seed, train_cfg.num_threads, device)
+    model = build_model(model_cfg, meta.input_shape, *meta.norm)
+    transform = (online_transform(augment, seed, device)
+                 if train_cfg.online_augment and meta.kind == "image" else None)
+    return fit(model, train, val, train_cfg, seed=seed, device=device, monitor=monitor,
+               callbacks=callbacks, batch_transform=transform)
+
+
+def history_rows(result: FitResult) -> list[dict[str, float]]:
+    """Per-epoch curves without wall-clock fields, so the DVC output is reproducible."""
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in result.history]
+
+
+def save_training(result: FitResult, out: str | Path, reports: str | Path,
+                  model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
+                  meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
+    """Write the weights, the JSON that rebuilds the model, and the training reports."""
+    mean, std = meta.norm
+    config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+              "seed": seed, "input_shape": list(meta.input_shape),
+              "norm": {"mean": list(mean), "std": list(std)}, "classes": list(meta.classes),
+              "kind": meta.kind, "best_epoch": result.best_epoch, "tuned": tuned}
+    save_model(result.model, out, config)
+    history = history_rows(result)
+    write_json(Path(reports) / "train_metrics.json", {
+        "best_epoch": result.best_epoch, "epochs_run": len(history),
+        f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early})
+    write_json(Path(reports) / "train_history.json", history)
+    return Path(out) / WEIGHTS_FILE

@@ -1,0 +1,198 @@
+"""dvc.yaml is code: each stage's code deps are its import closure, its params what it reads."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.config import Params, load_params
+from tests.conftest import REPO
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(module: str) -> Path | None:
+    """The repo file defining `module` (a package's __init__.py), if it is ours."""
+    base = REPO / module.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def import_closure(start: Path) -> set[str]:
+    """Every pipeline/ module `start` imports, directly or not, at any depth or indentation."""
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from pipeline import tracking` imports the module pipeline.tracking.
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            todo += [f for n in names if n.split(".")[0] == "pipeline"
+                     if (f := module_file(n)) is not None]
+    return {p.relative_to(REPO).as_posix() for p in seen if p.name != "__init__.py"}
+
+
+def stage_module(stage: dict[str, Any]) -> str:
+    return next(w for w in stage["cmd"].split() if w.startswith("pipeline.stages."))
+
+
+# Code a stage runs without importing it: register logs pyfunc_model.py as a models-from-code
+# file and loads it back through MLflow to score the challenger and the champion.
+LOADED_BY_PATH = {"register": "pipeline.pyfunc_model"}
+
+
+def code_closure(name: str) -> set[str]:
+    """The pipeline/ files stage `name` runs: its module's import closure, plus loaded code."""
+    start = module_file(stage_module(STAGES[name]))
+    assert start is not None
+    files = import_closure(start)
+    if name in LOADED_BY_PATH:
+        extra = module_file(LOADED_BY_PATH[name])
+        assert extra is not None and extra.name in "".join(
+            p.read_text() for p in map(REPO.joinpath, files))
+        files |= import_closure(extra)
+    return files
+
+
+def test_package_init_files_hold_no_code() -> None:
+    # They are left out of the closures below: that is only sound while they run nothing.
+    for init in (REPO / "pipeline").rglob("__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+                   for n in body), init
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_code_deps_equal_import_closure(name: str) -> None:
+    listed = {d for d in STAGES[name]["deps"] if d.startswith("pipeline/")}
+    wanted = code_closure(name)
+    assert listed == wanted, (f"{name}: missing {sorted(wanted - listed)}, "
+                              f"extra {sorted(listed - wanted)}")
+
+
+def test_closure_follows_from_imports_and_nested_imports(tmp_path: Path) -> None:
+    # The checker itself: a stage importing tracking reaches lineage and tags through it.
+    closure = code_closure("evaluate")
+    assert {"pipeline/tracking.py", "pipeline/lineage.py", "pipeline/tags.py"} <= closure
+    assert "pipeline/tune.py" not in closure
+
+
+# --- params: what each stage reads --------------------------------------------------------
+
+
+def traced(obj: Any, reads: set[str], prefix: str = "") -> Any:
+    """A copy of a frozen config whose sections record each dotted leaf key read from them."""
+    cls = type(obj)
+    names = {f.name for f in dataclasses.fields(obj)}
+
+    class Traced(cls):  # type: ignore[misc, valid-type]
+        def __getattribute__(self, name: str) -> Any:
+            value = object.__getattribute__(self, name)
+            # Copies made by dataclasses.replace carry no trace: only the originals report.
+            trace = object.__getattribute__(self, "__dict__").get("_trace")
+            if trace is not None and name in names and not dataclasses.is_dataclass(value):
+                trace[1].add(trace[0] + name)
+            return value
+
+    copy = object.__new__(Traced)
+    for name in names:
+        value = object.__getattribute__(obj, name)
+        if dataclasses.is_dataclass(value):
+            value = traced(value, reads, f"{prefix}{name}.")
+        object.__setattr__(copy, name, value)
+    object.__setattr__(copy, "_trace", (prefix, reads))
+    return copy
+
+
+def leaves(entries: list[str]) -> set[str]:
+    """dvc.yaml params entries (a section or a dotted key) expanded to leaf keys."""
+    from pipeline.typed import flatten
+
+    every = set(flatten(Params()))
+    return {k for k in every for e in entries if k == e or k.startswith(f"{e}.")}
+
+
+def stage_args(module: Any, root: Path, **paths: str) -> argparse.Namespace:
+    from pipeline.stages._common import parse_stage_args
+
+    defaults = {name: str(root / default) for name, default in module.PATHS.items()}
+    argv = [x for name, value in {**defaults, **paths}.items()
+            for x in (f"--{name.replace('_', '-')}", value)]
+    return parse_stage_args(argv, "", module.PATHS)
+
+
+def run_traced(params_path: Path, root: Path, names: list[str], reads: dict[str, set[str]]
+               ) -> None:
+    """Run stages in order on one params file, each with its own read recorder."""
+    import importlib
+
+    for name in names:
+        module = importlib.import_module(f"pipeline.stages.{name.rstrip('2')}")
+        seen = reads.setdefault(name.rstrip("2"), set())
+        module.run(traced(load_params(params_path), seen), stage_args(module, root))
+
+
+@pytest.fixture(scope="module")
+def stage_reads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """Leaf keys each stage read over two runs that together take every code path."""
+    from tests.conftest import make_csv, make_imagefolder, write_params
+
+    root = tmp_path_factory.mktemp("reads")
+    reads: dict[str, set[str]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("OPTUNA_STORAGE", str(root / "optuna.journal"))
+        mp.chdir(root)
+        split = {"train": 0.5, "val": 0.25, "test": 0.25}
+        # Images (one corrupt), online augmentation, tuning on; register twice so the gate
+        # compares against a champion.
+        folder = make_imagefolder(root / "img")
+        (folder / "cat" / "corrupt.png").write_bytes(b"not a png")
+        images = write_params(root / "images.yaml", {
+            "data": {"source": "imagefolder", "path": str(folder), "positive_class": "dog",
+                     "image_size": 8, "skip_corrupt": True, "split": split},
+            "train": {"epochs": 2, "online_augment": True},
+            "tune": {"enabled": True, "n_trials": 2, "pruner": "none"}})
+        (root / "a").mkdir()
+        run_traced(images, root / "a", ["preprocess", "augment", "tune", "train", "evaluate",
+                                        "register", "register2"], reads)
+        # A table with tuning off: train reads the tuned keys from params.yaml instead.
+        table = write_params(root / "table.yaml", {
+            "data": {"source": "csv", "path": str(make_csv(root / "t.csv")), "target": "label",
+                     "positive_class": "spam", "split": split},
+            "tune": {"enabled": False}})
+        (root / "b").mkdir()
+        run_traced(table, root / "b", ["preprocess", "augment", "tune", "train"], reads)
+    return reads
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_params_equal_the_keys_the_stage_reads(name: str,
+                                               stage_reads: dict[str, set[str]]) -> None:
+    listed = leaves(STAGES[name].get("params", []))
+    read = stage_reads[name]
+    assert listed == read, f"{name}: missing {sorted(read - listed)}, extra {sorted(listed - read)}"
+
+
+def test_tracer_sees_reads_but_not_replaced_copies() -> None:
+    reads: set[str] = set()
+    params = traced(Params(), reads)
+    assert params.train.lr > 0 and params.data.split.train > 0
+    dataclasses.replace(params.train, lr=0.1).lr  # noqa: B018 (a read of the copy)
+    assert reads >= {"train.lr", "data.split.train"}
+    assert "train.epochs" in reads  # replace() read it from the original to copy it
