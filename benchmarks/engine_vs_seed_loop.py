@@ -4,7 +4,7 @@ Both sides train the same small CNN on the same ImageFolder files (the default d
 16x16) for the same epochs and batch size, on the CPU, with the same thread count (default: the
 engine's pinned ``train.num_threads``; ``--threads 1`` for the single-thread comparison):
 
-* engine: ``pipeline.engine.build_and_fit`` on the arrays the pipeline feeds it, as the train
+* engine: ``pipeline.training.fit_model`` on the arrays the pipeline feeds it, as the train
   stage runs it: the augment stage's output (``data/augmented``: decoded once, rotated/shifted
   once, the counterpart of the seed loop's per-epoch ``RandomRotation``; falls back to
   ``data/processed``), AdamW, cosine schedule, per-epoch validation, best-epoch restore, early
@@ -21,7 +21,8 @@ figure is the median of ``--repeats`` runs; engine and seed runs alternate, and 
 per repeat (same process, same moment) before the median.
 
 MLflow overhead: the engine trains again with ``pipeline.tracking.EpochLogger`` attached to a real
-run in a throw-away SQLite store; the figure is the logger's time as a share of training time.
+run in a throw-away SQLite store; the figure is the time spent in the logger's ``flush`` (timed
+by a subclass defined in this script) as a share of training time.
 
 Run from the repository root, after ``python -m pipeline.stages.preprocess`` (and the augment
 stage for the optional augmented-set line; ``dvc repro`` runs both)::
@@ -58,9 +59,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import Split, load_splits
-from pipeline.engine import FitResult, build_and_fit, predict_proba
+from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.dataset import DatasetMeta, Split, load_splits
+from pipeline.engine import FitResult, predict_proba
+from pipeline.training import fit_model
 
 TARGET_RATIO = 6.0
 TARGET_MLFLOW_SHARE = 2.0  # percent of training time
@@ -85,11 +87,12 @@ class Outcome:
 
 
 def engine_run(model_cfg: ModelConfig, train_cfg: TrainConfig, train: Split, val: Split,
-               test: Split, meta: dict[str, Any], seed: int,
+               test: Split, meta: DatasetMeta, seed: int,
                callbacks: Sequence[Any] = ()) -> tuple[Outcome, FitResult]:
-    """Fit with the engine and score the restored best-epoch model on the test split."""
-    result = build_and_fit(model_cfg, train_cfg, train, val, meta, seed=seed, device=CPU,
-                           callbacks=callbacks)
+    """Fit as the train stage does and score the restored best-epoch model on the test split."""
+    # online_augment is off (TrainConfig default), so the augment section is not used.
+    result = fit_model(model_cfg, train_cfg, AugmentConfig(), train, val, meta, seed=seed,
+                       device=CPU, callbacks=callbacks)
     auc = float(roc_auc_score(test.y, predict_proba(result.model, test.X)))
     return Outcome(result.samples_seen, result.train_seconds, auc), result
 
@@ -113,17 +116,17 @@ def seed_cnn(channels: Sequence[int], dropout: float) -> nn.Sequential:
 
 
 def imagefolder_subsets(root: Path, ids: dict[str, list[str]], splits: dict[str, Split],
-                        meta: dict[str, Any], size: int) -> tuple[Subset, Subset]:
+                        meta: DatasetMeta, size: int) -> tuple[Subset, Subset]:
     """torchvision ImageFolder train/test subsets holding exactly the engine's files."""
-    mean, std = meta["norm"]["mean"], meta["norm"]["std"]
+    mean, std = meta.norm
     common = [transforms.Grayscale(1), transforms.Resize((size, size))]
     tail = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     train_set = datasets.ImageFolder(
         str(root), transform=transforms.Compose([*common, transforms.RandomRotation(10), *tail]))
     test_set = datasets.ImageFolder(str(root), transform=transforms.Compose([*common, *tail]))
-    if train_set.classes[1] != meta["positive_class"]:
+    if train_set.classes[1] != meta.positive_class:
         raise SystemExit(f"{root}: class order {train_set.classes} does not put the positive "
-                         f"class {meta['positive_class']!r} second")
+                         f"class {meta.positive_class!r} second")
     where = {Path(path).relative_to(root).as_posix(): i
              for i, (path, _) in enumerate(train_set.samples)}
     subsets = []
@@ -146,7 +149,7 @@ def seed_loop_run(train_set: Subset, test_set: Subset, model_cfg: ModelConfig,
     torch.use_deterministic_algorithms(False)  # the seed document sets no such flag
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = seed_cnn(model_cfg.channels, model_cfg.dropout)
+    model = seed_cnn(model_cfg.conv_channels, model_cfg.dropout)
     loss_fn = nn.BCELoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     loader = DataLoader(train_set, batch_size=train_cfg.batch_size, shuffle=True, num_workers=0)
@@ -193,10 +196,10 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def check_inputs(test_set: Subset, test: Split, meta: dict[str, Any]) -> float:
+def check_inputs(test_set: Subset, test: Split, meta: DatasetMeta) -> float:
     """Largest pixel difference between the seed loop's test tensors and the engine's arrays."""
-    mean = torch.tensor(meta["norm"]["mean"]).reshape(-1, 1, 1)
-    std = torch.tensor(meta["norm"]["std"]).reshape(-1, 1, 1)
+    mean = torch.tensor(meta.norm[0]).reshape(-1, 1, 1)
+    std = torch.tensor(meta.norm[1]).reshape(-1, 1, 1)
     seed_x = torch.stack([test_set[i][0] * std + mean for i in range(len(test_set))])
     return float((seed_x - torch.from_numpy(test.X)).abs().max())
 
@@ -213,7 +216,7 @@ def profile_engine(fn: Callable[[], object], top: int) -> str:
 
 
 def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict[str, Split],
-                    meta: dict[str, Any], seed: int, repeats: int
+                    meta: DatasetMeta, seed: int, repeats: int
                     ) -> tuple[list[float], list[float], list[float]]:
     """Engine fits logged by EpochLogger into a temporary SQLite store: (share %, log s, fit s)."""
     with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as tmp:
@@ -222,15 +225,27 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
 
+        class TimedEpochLogger(tracking.EpochLogger):
+            """The production logger, plus the seconds its sends to MLflow take."""
+
+            seconds = 0.0
+
+            def flush(self) -> None:
+                tick = time.perf_counter()
+                try:
+                    super().flush()
+                finally:
+                    self.seconds += time.perf_counter() - tick
+
         tracking.configure()
         shares, logged, fitted = [], [], []
         for r in range(repeats):
-            with tracking.start_run("bench", run_name=f"engine-{r}") as run:
+            with tracking.start_run("bench", run_name=f"engine-{r}") as run_id:
                 tracking.log_params({**{f"model.{k}": v
                                         for k, v in dataclasses.asdict(model_cfg).items()},
                                      **{f"train.{k}": v
                                         for k, v in dataclasses.asdict(train_cfg).items()}})
-                logger = tracking.EpochLogger(run.info.run_id)
+                logger = TimedEpochLogger(run_id)
                 _, result = engine_run(model_cfg, train_cfg, splits["train"], splits["val"],
                                        splits["test"], meta, seed, callbacks=[logger])
             shares.append(100.0 * logger.seconds / result.train_seconds)
@@ -271,8 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     splits, meta = load_splits(args.data_dir)
-    root = Path(meta["path"])
-    size = int(meta["input_shape"][-1])
+    root = Path(meta.path)
+    size = int(meta.input_shape[-1])
     ids = {name: s.ids for name, s in splits.items()}
     model_cfg = ModelConfig()
     # The engine's defaults (= params.yaml's train section) with early stopping off, so both
@@ -294,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  torch {torch.__version__}, {os.cpu_count()} CPU cores, python "
           f"{sys.version.split()[0]}")
     print(f"  data {root} at {size}x{size}: train {len(train_set)}, val {len(splits['val'].y)}, "
-          f"test {len(test_set)}; model {model_cfg.type} channels {list(model_cfg.channels)}")
+          f"test {len(test_set)}; model {model_cfg.type} conv_channels "
+          f"{list(model_cfg.conv_channels)}")
     print(f"  {args.epochs} epochs, batch {args.batch_size}, {args.repeats} repeats, medians; "
           f"engine {train_cfg.optimizer} lr {train_cfg.lr} {train_cfg.scheduler}; "
           f"seed loop Adam lr {train_cfg.lr}")

@@ -82,7 +82,9 @@ import torch
 import pipeline.tune as tune_mod
 from pipeline import tracking
 from pipeline.config import Params, load_params
+from pipeline.engine import select_device
 from pipeline.metrics import LOWER_IS_BETTER
+from pipeline.tags import Tag
 
 # Also runs in the spawned 2-worker processes (they import this module as __mp_main__).
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -235,6 +237,7 @@ class OptunaClock:
         targets: list[tuple[Any, str, Any]] = [
             (study_cls, "optimize", self.wrap_optimize(study_cls.optimize)),
             (optuna, "create_study", self.wrap(optuna.create_study, "study open + storage")),
+            # open_study looks make_storage up in pipeline.tune (imported from pipeline.study).
             (tune_mod, "make_storage", self.wrap(tune_mod.make_storage,
                                                  "study open + storage")),
             (study_cls, "get_trials", self.wrap(study_cls.get_trials, "storage reads")),
@@ -298,12 +301,15 @@ def run_arm(params: Params, workdir: Path, args: argparse.Namespace, *, pruner: 
         noisy = not wait_idle(args.max_wait)
     start_load = load()
     clock = OptunaClock()
-    with Watch() as watch, tracking.start_run(EXPERIMENT, run_name=f"tune {name}") as run:
+    # The parent run as pipeline.tune.parent_run tags it; spawned workers find the MLflow store
+    # through MLFLOW_TRACKING_URI, which main() sets before any arm runs.
+    with Watch() as watch, tracking.start_run(EXPERIMENT, run_name=f"tune {name}", tags={
+            Tag.STUDY_PARENT: name, Tag.STUDY: name, Tag.STORAGE: storage,
+            Tag.STAGE: "tune"}) as run_id:
         job = tune_mod.TuneJob(params=job_params, data_dir=args.data_dir,
                                train_dir=args.train_dir, storage=storage, study_name=name,
-                               parent_run_id=run.info.run_id,
-                               experiment_id=tracking.experiment_id(EXPERIMENT),
-                               tracking_uri=tracking.tracking_uri())
+                               parent_run_id=run_id,
+                               experiment_id=tracking.experiment_id(EXPERIMENT))
         with clock.installed() if n_workers == 1 else contextlib.nullcontext(clock):
             tick = time.perf_counter()
             study = tune_mod.run_study(job)
@@ -507,8 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     print("tuning benchmark: pruners, Optuna overhead, workers")
     print(f"  {platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"optuna {optuna.__version__}, python {sys.version.split()[0]}, device "
-          f"{tune_mod.select_device()}")
-    print(f"  {args.params}: model {params.model.type} {list(params.model.channels)}, "
+          f"{select_device()}")
+    print(f"  {args.params}: model {params.model.type} {list(params.model.conv_channels)}, "
           f"epochs {params.train.epochs}, patience {params.train.patience}, threads "
           f"{params.train.num_threads}, metric val_{metric}, search space "
           f"{', '.join(params.tune.search_space)}")

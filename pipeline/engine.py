@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.config import TrainConfig
 from pipeline.dataset import Split
 from pipeline.errors import PipelineError
-from pipeline.metrics import LOWER_IS_BETTER, monitor_scores
+from pipeline.metrics import improvement, monitor_scores
 
 
 class TrainingDiverged(PipelineError):
@@ -144,8 +144,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
                  if cfg.scheduler == "cosine" else None)
     order_gen = torch.Generator().manual_seed(seed)  # batch order, independent of init draws
     use_amp = device.type == "cuda"
-    sign = -1.0 if monitor in LOWER_IS_BETTER else 1.0
-    best_score, best_epoch, best_state = -np.inf, 0, None
+    best_score, best_epoch, best_state = None, 0, None
     history: list[dict[str, float]] = []
     stale, stopped_early, samples = 0, False, 0
     for cb in callbacks:
@@ -186,8 +185,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
                 "lr": lr, "epoch_seconds": time.perf_counter() - tick,
                 **{f"val_{k}": v for k, v in scores.items()}}
         history.append(logs)
-        score = sign * logs[f"val_{monitor}"]
-        if score > best_score:
+        score = logs[f"val_{monitor}"]
+        if best_score is None or improvement(monitor, score, best_score) > 0:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
@@ -203,7 +202,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
         model.load_state_dict(best_state)
     model.eval()
     result = FitResult(model=model, history=history, best_epoch=best_epoch,
-                       best_score=sign * best_score, monitor=monitor,
+                       best_score=float(best_score if best_score is not None else np.nan),
+                       monitor=monitor,
                        stopped_early=stopped_early, samples_seen=samples,
                        train_seconds=time.perf_counter() - start, device=str(device))
     for cb in callbacks:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sklearn import metrics as skm
@@ -11,11 +11,14 @@ from sklearn import metrics as skm
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "loss"})
 
 
-def better(metric: str, candidate: float, incumbent: float) -> bool:
-    """True if `candidate` beats `incumbent` on `metric` (strictly)."""
-    if metric in LOWER_IS_BETTER:
-        return candidate < incumbent
-    return candidate > incumbent
+def direction(metric: str) -> Literal["minimize", "maximize"]:
+    """Whether `metric` is minimised (losses) or maximised (scores)."""
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+def improvement(metric: str, candidate: float, incumbent: float) -> float:
+    """How much `candidate` beats `incumbent` on `metric`: positive is better, either direction."""
+    return incumbent - candidate if metric in LOWER_IS_BETTER else candidate - incumbent
 
 
 def ranking_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:

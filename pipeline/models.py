@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,46 +47,51 @@ class Classifier(nn.Module):
         return self.body(self.norm(x)).squeeze(-1)
 
 
-def _mlp(n_in: int, hidden: Sequence[int], dropout: float, act: type[nn.Module]) -> nn.Sequential:
+def logreg(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
+    """One linear layer on the flattened input."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 1))
+
+
+def mlp(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
+    """Flatten, then Linear → activation → dropout per hidden width, then one logit."""
+    n_in, act = math.prod(input_shape), ACTIVATIONS[cfg.activation]
     layers: list[nn.Module] = [nn.Flatten()]
-    for width in hidden:
-        layers += [nn.Linear(n_in, width), act(), nn.Dropout(dropout)]
+    for width in cfg.hidden_sizes:
+        layers += [nn.Linear(n_in, width), act(), nn.Dropout(cfg.dropout)]
         n_in = width
     layers.append(nn.Linear(n_in, 1))
     return nn.Sequential(*layers)
 
 
-def _cnn(in_channels: int, channels: Sequence[int], dropout: float,
-         act: type[nn.Module]) -> nn.Sequential:
+def cnn(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
+    """Conv → BatchNorm → activation blocks, global average pooling, dropout, one logit."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model.type = {cfg.type!r}: needs image data, but the inputs are a "
+                          f"table with {math.prod(input_shape)} features (use mlp or logreg)")
+    in_channels, act = input_shape[0], ACTIVATIONS[cfg.activation]
     layers: list[nn.Module] = []
-    for i, width in enumerate(channels):
+    for i, width in enumerate(cfg.conv_channels):
         layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
                    nn.BatchNorm2d(width), act()]
         # Halve the resolution between blocks; the last block is pooled globally instead.
-        if i < len(channels) - 1:
+        if i < len(cfg.conv_channels) - 1:
             layers.append(nn.MaxPool2d(2))
         in_channels = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout),
                nn.Linear(in_channels, 1)]
     return nn.Sequential(*layers)
+
+
+# model.type → the body that maps standardised inputs to one logit.
+BUILDERS: dict[str, Callable[[ModelConfig, Sequence[int]], nn.Module]] = {
+    "logreg": logreg, "mlp": mlp, "cnn": cnn}
 
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], mean: Sequence[float],
                 std: Sequence[float]) -> Classifier:
     """Build the network for `cfg.type` on inputs of `input_shape` (without the batch dim)."""
-    image = len(input_shape) == 3
-    act = ACTIVATIONS[cfg.activation]
-    n_in = int(torch.tensor(list(input_shape)).prod())
-    if cfg.type == "logreg":
-        body: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 1))
-    elif cfg.type == "mlp":
-        body = _mlp(n_in, cfg.hidden_sizes, cfg.dropout, act)
-    else:
-        if not image:
-            raise ConfigError(f"model.type = {cfg.type!r}: needs image data, but the inputs "
-                              f"are a table with {n_in} features (use mlp or logreg)")
-        body = _cnn(input_shape[0], cfg.conv_channels, cfg.dropout, act)
-    return Classifier(Standardize(mean, std, image), body)
+    body = BUILDERS[cfg.type](cfg, input_shape)
+    return Classifier(Standardize(mean, std, image=len(input_shape) == 3), body)
 
 
 def save_model(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> None:

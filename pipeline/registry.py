@@ -22,7 +22,7 @@ from pipeline import serving, tracking
 from pipeline.config import RegisterConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.errors import PipelineError
-from pipeline.metrics import LOWER_IS_BETTER, binary_metrics
+from pipeline.metrics import binary_metrics, direction, improvement
 from pipeline.models import CONFIG_FILE, WEIGHTS_FILE
 from pipeline.tags import Tag
 
@@ -100,11 +100,10 @@ def decide(cfg: RegisterConfig, challenger_score: float, champion_score: float |
         return Decision(True, f"champion v{champion_version} cannot score the current test "
                         f"split ({champion_error})", metric, challenger_score, None,
                         champion_version)
-    gain = (champion_score - challenger_score if metric in LOWER_IS_BETTER
-            else challenger_score - champion_score)
-    direction = "lower" if metric in LOWER_IS_BETTER else "higher"
+    gain = improvement(metric, challenger_score, champion_score)
+    better = "lower" if direction(metric) == "minimize" else "higher"
     verdict = (f"test {metric} {challenger_score:.6f} vs champion v{champion_version} "
-               f"{champion_score:.6f} ({direction} is better): improvement {gain:+.6f}")
+               f"{champion_score:.6f} ({better} is better): improvement {gain:+.6f}")
     if gain >= cfg.min_improvement and gain > 0:
         return Decision(True, f"{verdict} >= min_improvement {cfg.min_improvement}", metric,
                         challenger_score, champion_score, champion_version)

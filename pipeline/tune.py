@@ -21,7 +21,7 @@ from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.engine import Callback, select_device
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lineage import dvc_hash
-from pipeline.metrics import LOWER_IS_BETTER
+from pipeline.metrics import direction
 from pipeline.plots import save_study_figures
 from pipeline.progress import Progress
 from pipeline.study import (
@@ -116,7 +116,7 @@ def open_study(job: TuneJob) -> optuna.Study:
     return optuna.create_study(
         study_name=job.study_name, storage=make_storage(job.storage, tune.n_workers),
         load_if_exists=True,
-        direction="minimize" if tune.metric in LOWER_IS_BETTER else "maximize",
+        direction=direction(tune.metric),
         # Different seeds per worker so parallel workers do not propose identical points.
         sampler=optuna.samplers.TPESampler(seed=job.params.seed + job.worker,
                                            n_startup_trials=5),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from pipeline.dataset import DatasetMeta, ImageSpec, Split
 from pipeline.engine import Callback, TrainingDiverged, pos_weight, predict_proba, select_device
 from pipeline.errors import ConfigError
 from pipeline.metrics import monitor_scores
-from pipeline.models import WEIGHTS_FILE, build_model, load_model, save_model
+from pipeline.models import BUILDERS, WEIGHTS_FILE, build_model, load_model, save_model
 from pipeline.training import fit_model
+from pipeline.typed import field_type
 
 CPU = torch.device("cpu")
 META = DatasetMeta("imagefolder", "x", ("a", "b"), image=ImageSpec(8, 1, (0.5,), (0.25,)))
@@ -100,6 +102,10 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     loaded, _ = load_model(tmp_path)
     x = torch.rand(5, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
+
+
+def test_every_model_type_in_the_schema_has_a_builder() -> None:
+    assert set(typing.get_args(field_type(ModelConfig, "type"))) == set(BUILDERS)
 
 
 def test_model_shapes_and_cnn_on_table() -> None:

@@ -8,7 +8,7 @@ from sklearn import metrics as skm
 
 from pipeline.dataset import Split
 from pipeline.evaluation import evaluate
-from pipeline.metrics import better, binary_metrics, choose_threshold, curves
+from pipeline.metrics import binary_metrics, choose_threshold, curves, direction, improvement
 
 
 @pytest.fixture
@@ -75,5 +75,7 @@ def test_curves_and_direction(predictions) -> None:
     points = curves(y, p)
     assert points["roc"][0]["fpr"] == 0.0 and points["roc"][-1]["tpr"] == 1.0
     assert all(0 <= r["fraction_positive"] <= 1 for r in points["calibration"])
-    assert better("log_loss", 0.1, 0.2) and better("roc_auc", 0.9, 0.8)
-    assert not better("brier", 0.3, 0.2)
+    assert improvement("log_loss", 0.1, 0.2) == pytest.approx(0.1)
+    assert improvement("roc_auc", 0.9, 0.8) == pytest.approx(0.1)
+    assert improvement("brier", 0.3, 0.2) < 0 and direction("brier") == "minimize"
+    assert direction("f1") == "maximize"
