@@ -10,15 +10,23 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.typed import deep_merge as merge
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def merge(base: dict, extra: dict) -> dict:
-    """Deep-merge two params mappings."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
+def parse_sets(items: list[str] | None) -> dict:
+    """`--set section.key=value` strings (values read as YAML) as a nested params mapping."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
     return out
 
 

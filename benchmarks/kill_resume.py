@@ -1,12 +1,15 @@
 """Acceptance check: SIGKILL `dvc repro` in the middle of tuning, rerun, inspect the study.
 
 Run from the repo root:  .venv/bin/python benchmarks/kill_resume.py [--trials 8] [--kill-after 3]
+                         [--set KEY=VALUE ...]
 
 In a fresh temporary copy of the repository (default params, fewer trials so it finishes in a
 few minutes), start `dvc repro`, wait until `--kill-after` trials have finished, SIGKILL the whole
 process group (dvc and the stage it runs), rerun `dvc repro`, then print the trial states, retries
 and MLflow run statuses. Passes when the study holds exactly n_trials complete+pruned trials, no
-RUNNING trial, no duplicate finished trial, and no RUNNING MLflow run.
+RUNNING trial, no duplicate finished trial, no RUNNING MLflow run, and no trial run still tagged
+optuna.trial_state=RUNNING.
+`--set` adds params.yaml overrides in the copy (e.g. train.epochs=10 for a quicker run).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
-from _workspace import clean_env, make_repo
+from _workspace import clean_env, make_repo, merge, parse_sets
 from mlflow.tracking import MlflowClient
+
+from pipeline.tags import Tag
 
 
 def study(dest: Path) -> optuna.Study | None:
@@ -42,10 +47,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--kill-after", type=int, default=3)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="params.yaml override in the copy (repeatable)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="kill-resume-") as tmp:
-        dest = make_repo(Path(tmp) / "repo", {"tune": {"n_trials": args.trials}})
+        dest = make_repo(Path(tmp) / "repo",
+                         merge(parse_sets(args.set), {"tune": {"n_trials": args.trials}}))
         log = (Path(tmp) / "first.log").open("w")
         proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env=clean_env(), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -78,8 +86,12 @@ def main() -> None:
         exp = client.get_experiment_by_name("binary-classification")
         runs = client.search_runs([exp.experiment_id], max_results=1000)
         print(f"MLflow run statuses: {dict(Counter(r.info.status for r in runs))}")
+        trial_tags = Counter(r.data.tags[Tag.TRIAL_STATE] for r in runs
+                             if Tag.TRIAL_STATE in r.data.tags)
+        print(f"MLflow trial runs by {Tag.TRIAL_STATE}: {dict(trial_tags)}")
         ok = (finished == args.trials and states["RUNNING"] == 0
-              and all(r.info.status != "RUNNING" for r in runs) and second.returncode == 0)
+              and all(r.info.status != "RUNNING" for r in runs)
+              and trial_tags["RUNNING"] == 0 and second.returncode == 0)
         print(f"n_trials={args.trials}: {finished} finished (complete+pruned), "
               f"{states['RUNNING']} running -> {'PASS' if ok else 'FAIL'}")
 

@@ -1,22 +1,26 @@
 """Acceptance walk-through of the champion/challenger gate on the default data.
 
-Run from the repo root:  .venv/bin/python benchmarks/registry_flow.py
+Run from the repo root:  .venv/bin/python benchmarks/registry_flow.py [--set tune.n_trials=2]
 
 In a fresh temporary copy of the repository: `dvc repro` (version 1 becomes champion), then
 `dvc exp run -S train.epochs=1` (a worse model: registered as challenger only), then candidate
 changes until one beats the champion by `register.min_improvement` on the gate metric (promoted).
-Prints every decision and the registry's audit trail.
+Prints every decision and the registry's audit trail. `--set key=value` (repeatable) overrides
+params.yaml in the copy before the first commit, e.g. fewer trials for a quick run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from _workspace import make_repo, run
+from _workspace import make_repo, parse_sets, run
 from mlflow.tracking import MlflowClient
+
+from pipeline.tags import Tag
 
 # Plausible improvements, tried in order until one is promoted.
 # `dvc exp run -S` edits the workspace params, so each candidate restores train.epochs itself.
@@ -35,8 +39,13 @@ def show(step: str, repo: Path, seconds: float) -> dict:
 
 def main() -> None:
     """Walk the gate through first version, worse run and better run."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="params.yaml override in the copy (repeatable), e.g. "
+                        "tune.n_trials=2")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="registry-flow-") as tmp:
-        repo = make_repo(Path(tmp) / "repo", commit=True)
+        repo = make_repo(Path(tmp) / "repo", parse_sets(args.set), commit=True)
         start = time.perf_counter()
         run(["dvc", "repro"], repo)
         show("dvc repro (fresh clone)", repo, time.perf_counter() - start)
@@ -58,8 +67,8 @@ def main() -> None:
                   f"{entry['challenger_score']:.5f} vs champion {entry['champion_score']}")
         champion = client.get_model_version_by_alias("binary-classifier", "champion")
         print(f"models:/binary-classifier@champion = v{champion.version}; tags: "
-              f"decision={champion.tags['decision']}, git_commit="
-              f"{champion.tags['git_commit'][:10]}, run_id={champion.tags['run_id']}")
+              f"decision={champion.tags['decision']}, {Tag.GIT_COMMIT}="
+              f"{champion.tags[Tag.GIT_COMMIT][:10]}, {Tag.RUN_ID}={champion.tags[Tag.RUN_ID]}")
 
 
 if __name__ == "__main__":

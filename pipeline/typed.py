@@ -134,3 +134,12 @@ def apply_overrides(section: Any, overrides: dict[str, Any], prefix: str) -> Any
         return dataclasses.replace(section, **values)
     except ConfigError as err:
         raise ConfigError(f"{prefix}.{err}") from None
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested params mappings merged key by key; `extra` wins (tests and benchmarks use it)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (deep_merge(out[key], value)
+                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
+    return out

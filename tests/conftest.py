@@ -11,6 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.typed import deep_merge as merge
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Fast settings shared by every tiny run; tests override what they exercise.
@@ -21,15 +23,6 @@ TINY: dict[str, Any] = {
     "train": {"epochs": 3, "batch_size": 16, "patience": 0},
     "tune": {"enabled": False, "n_trials": 3},
 }
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """Deep-merge two params mappings."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
-    return out
 
 
 def write_params(path: Path, overrides: dict) -> Path:
