@@ -188,11 +188,14 @@ def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> N
             "model": {"type": "logreg"}, "register": {"metric": "log_loss"}}
     bad = {"train": {"epochs": 1, "lr": 1e-5}}
     good = {"train": {"epochs": 20, "lr": 0.05}}
+    trained = {}
+    for name, overrides in (("bad", bad), ("good", good)):
+        params = write_params(tmp_path / f"{name}.yaml", {**base, **overrides})
+        trained[name] = params, run_stages(params, tmp_path / name)
     reports = []
-    for i, overrides in enumerate([bad, good, bad]):
-        params = write_params(tmp_path / f"p{i}.yaml", {**base, **overrides})
-        paths = run_stages(params, tmp_path / f"r{i}")
-        register.main(register_args(params, paths, tmp_path / f"reg{i}.json"))
+    # The bad model comes back after the good one: a new version, refused by the gate.
+    for i, name in enumerate(("bad", "good", "bad")):
+        register.main(register_args(*trained[name], tmp_path / f"reg{i}.json"))
         reports.append(json.loads((tmp_path / f"reg{i}.json").read_text()))
     assert [r["promote"] for r in reports] == [True, True, False]
     assert "improvement" in reports[1]["reason"] and reports[1]["champion_score"] is not None

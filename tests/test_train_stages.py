@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from pipeline.engine import predict_proba
 from pipeline.metrics import choose_threshold
 from pipeline.models import load_model
 from pipeline.stages import train
-from tests.conftest import run_stages, write_params
+from tests.conftest import make_imagefolder, run_stages, write_params
 
 
 def only_run(client: MlflowClient, name: str = "binary-classification"):
@@ -24,10 +25,24 @@ def only_run(client: MlflowClient, name: str = "binary-classification"):
     return runs[0]
 
 
-def test_train_and_evaluate_land_in_one_mlflow_run(tmp_path: Path, image_params: Path,
-                                                   mlflow_uri: str) -> None:
-    paths = run_stages(image_params, tmp_path)
-    client = MlflowClient(mlflow_uri)
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """train + evaluate once on the tiny ImageFolder, in a module-wide MLflow store."""
+    root = tmp_path_factory.mktemp("stages")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)  # dvc.lock / git lookups see an empty workspace
+        params = write_params(root / "params.yaml", {"data": {
+            "source": "imagefolder", "path": str(make_imagefolder(root / "images")),
+            "positive_class": "dog", "image_size": 8, "channels": 1,
+            "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+        yield {"root": root, "uri": uri, "paths": run_stages(params, root)}
+
+
+def test_train_and_evaluate_land_in_one_mlflow_run(image_run: dict) -> None:
+    paths, tmp_path = image_run["paths"], image_run["root"]
+    client = MlflowClient(image_run["uri"])
     run = only_run(client)
     assert run.info.status == "FINISHED"
     # Full flattened config as params.
@@ -64,9 +79,8 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tmp_path: Path, image_params:
     assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
-def test_threshold_is_chosen_on_validation(tmp_path: Path, image_params: Path,
-                                           mlflow_uri: str) -> None:
-    paths = run_stages(image_params, tmp_path)
+def test_threshold_is_chosen_on_validation(image_run: dict) -> None:
+    paths = image_run["paths"]
     splits, _ = load_splits(paths["processed"])
     model, _ = load_model(paths["models"])
     expected = choose_threshold(splits["val"].y, predict_proba(model, splits["val"].X), "f1")
