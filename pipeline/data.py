@@ -160,7 +160,7 @@ def preprocess(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], DatasetMet
             tuple(float(s) if s > 1e-6 else 1.0 for s in std)))
         arrays = {name: X[idx] for name, idx in parts.items()}
     else:
-        spec = fit_table_spec(frame.iloc[parts["train"]], cfg.target)
+        spec = fit_table_spec(frame.iloc[parts["train"]], cfg.target, cfg.path)
         meta = dataclasses.replace(meta, table=spec)
         arrays = {name: transform_table(frame.iloc[idx], spec, cfg.path)
                   for name, idx in parts.items()}

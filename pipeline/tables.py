@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,19 +27,46 @@ def read_table(cfg: DataConfig) -> tuple[pd.DataFrame, pd.Series]:
         raise DataError(f"{path}: cannot parse CSV ({err})") from None
     if frame.empty:
         raise DataError(f"{path}: CSV has a header but no rows")
+    check_unique_header(path)
     if cfg.target not in frame.columns:
         raise DataError(f"{path}: target column data.target = {cfg.target!r} not found "
                         f"(columns: {', '.join(map(str, frame.columns))})")
     target = frame.pop(cfg.target)
     if target.isna().any():
-        rows = list(np.flatnonzero(target.isna().to_numpy())[:5])
+        rows = [int(r) for r in np.flatnonzero(target.isna().to_numpy())[:5]]
         raise DataError(f"{path}: target column {cfg.target!r} has {int(target.isna().sum())} "
                         f"missing values (rows {rows})")
     if frame.shape[1] == 0:
         raise DataError(f"{path}: no feature columns besides target {cfg.target!r}")
     for col in frame.columns:
         check_numeric_column(path, frame[col])
+        check_finite(path, frame[col])
+        if frame[col].isna().all():
+            raise DataError(f"{path}: column {col!r} has no values (all missing); drop it")
     return frame, target
+
+
+def check_unique_header(path: Path) -> None:
+    """Reject repeated column names (pandas would silently rename the second to `name.1`)."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"{path}: column {name!r} appears more than once in the header")
+        seen.add(name)
+
+
+def check_finite(where: Path | str, column: pd.Series) -> None:
+    """Reject inf / overflowing numbers (1e999) in a numeric column, naming row and value."""
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return
+    values = column.to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(np.isinf(values))
+    if len(bad):
+        row = column.index[bad[0]]
+        raise DataError(f"{where}: column {column.name!r} row {row} holds {values[bad[0]]} "
+                        f"(not a finite number; {len(bad)} such value(s) in the column)")
 
 
 def check_numeric_column(path: Path | str, column: pd.Series) -> None:
@@ -58,7 +86,7 @@ def is_numeric(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
 
 
-def fit_table_spec(frame: pd.DataFrame, target: str) -> TableSpec:
+def fit_table_spec(frame: pd.DataFrame, target: str, where: str = "input") -> TableSpec:
     """Fit imputation values, standardisation and categorical vocabularies on training rows."""
     numeric, categorical, dtypes = {}, {}, {}
     for col in frame.columns:
@@ -70,7 +98,11 @@ def fit_table_spec(frame: pd.DataFrame, target: str) -> TableSpec:
             values = column.astype(float)
             median = float(values.median()) if values.notna().any() else 0.0
             filled = values.fillna(median)
-            std = float(filled.std(ddof=0))
+            with np.errstate(over="ignore"):
+                std = float(filled.std(ddof=0))
+            if not (np.isfinite(std) and np.isfinite(float(filled.mean()))):
+                raise DataError(f"{where}: column {col!r} values are too large to standardise "
+                                f"(max |x| = {float(filled.abs().max()):g}); rescale the column")
             numeric[str(col)] = ColumnStats(median, float(filled.mean()),
                                             std if std > 1e-12 else 1.0)
         else:
@@ -97,6 +129,7 @@ def transform_table(frame: pd.DataFrame, spec: TableSpec, where: str = "input") 
         if not is_numeric(column):
             check_numeric_column(where, column)
             column = pd.to_numeric(column, errors="coerce")
+        check_finite(where, column)
         values = column.astype(float).fillna(stats.median).to_numpy()
         parts.append(((values - stats.mean) / stats.std)[:, None])
     for col in (c for c in spec.columns if c in spec.categorical):

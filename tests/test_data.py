@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -191,6 +192,48 @@ def test_label_kinds(tmp_path: Path, labels: list, positive: str | None,
 def test_bad_csvs(table_csv: Path, edit, needle: str) -> None:
     edit(pd.read_csv(table_csv)).to_csv(table_csv, index=False)
     with pytest.raises(DataError, match=needle):
+        preprocess(csv_cfg(table_csv), seed=0)
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    # pandas would rename the second `label` to `label.1` and train on the label itself.
+    (lambda text: text.replace("label\n", "label,label\n", 1).replace(
+        ",ham\n", ",ham,ham\n").replace(",spam\n", ",spam,spam\n"),
+     r"column 'label' appears more than once in the header"),
+    (lambda text: text.replace("x1,x2", "x1,x1", 1), "column 'x1' appears more than once"),
+])
+def test_duplicate_header_names_the_column(table_csv: Path, edit, needle: str) -> None:
+    table_csv.write_text(edit(table_csv.read_text()))
+    with pytest.raises(DataError, match=needle):
+        preprocess(csv_cfg(table_csv), seed=0)
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("inf", r"column 'x2' row 4 holds inf \(not a finite number"),
+    ("-inf", r"column 'x2' row 4 holds -inf"),
+    ("1e999", r"column 'x2' row 4 holds inf"),
+])
+def test_non_finite_values_are_rejected_at_preprocess(tmp_path: Path, table_csv: Path,
+                                                      csv_params: Path, value: str, needle: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    frame = pd.read_csv(table_csv)
+    frame["x2"] = frame["x2"].astype(object)
+    frame.loc[4, "x2"] = value
+    frame.to_csv(table_csv, index=False)
+    out = tmp_path / "processed"
+    with pytest.raises(SystemExit) as info:
+        preprocess_stage.main(["--params", str(csv_params), "--out", str(out)])
+    assert info.value.code == 2 and re.search(needle, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_overflowing_and_empty_columns_are_rejected(table_csv: Path) -> None:
+    frame = pd.read_csv(table_csv)
+    frame.assign(x2=frame["x2"] * 1e300).to_csv(table_csv, index=False)
+    with pytest.raises(DataError, match=r"column 'x2' values are too large to standardise"):
+        preprocess(csv_cfg(table_csv), seed=0)
+    frame.assign(x2=np.nan).to_csv(table_csv, index=False)
+    with pytest.raises(DataError, match=r"column 'x2' has no values \(all missing\)"):
         preprocess(csv_cfg(table_csv), seed=0)
 
 
