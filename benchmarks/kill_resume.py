@@ -79,9 +79,13 @@ def main() -> None:
         assert s is not None
         states = Counter(t.state.name for t in s.trials)
         finished = states["COMPLETE"] + states["PRUNED"]
-        retried = [(t.number, t.system_attrs.get("failed_trial")) for t in s.trials
-                   if t.system_attrs.get("failed_trial") is not None]
-        print(f"trial states after rerun: {dict(states)}; retries (new, of): {retried}")
+        # A failed trial's params are redrawn by the next trial (the sampler is seeded from the
+        # study's progress), so show which trial repeated each failed one.
+        trials = s.trials
+        redrawn = [(t.number, t.params == trials[t.number + 1].params) for t in trials
+                   if t.state.name == "FAIL" and t.number + 1 < len(trials)]
+        print(f"trial states after rerun: {dict(states)}; failed trial → params redrawn by the "
+              f"next: {redrawn}")
         client = MlflowClient(f"sqlite:///{dest / 'mlflow.db'}")
         exp = client.get_experiment_by_name("binary-classification")
         runs = client.search_runs([exp.experiment_id], max_results=1000)

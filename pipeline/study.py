@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from pipeline.errors import ConfigError
@@ -20,9 +19,8 @@ from pipeline.procs import owner_gone
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "optuna.journal"
-# Trials that count toward tune.n_trials; failed ones are retried instead.
+# Trials that count toward tune.n_trials; failed ones are redrawn instead.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-MAX_RETRY = 3
 
 
 def storage_url() -> str:
@@ -35,22 +33,17 @@ def is_database(url: str) -> bool:
     return "://" in url and not url.startswith("journal://")
 
 
-def retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    """Optuna's own re-queue of a dead worker's trial with the same params."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-
-
 def make_storage(url: str, n_workers: int = 1) -> optuna.storages.BaseStorage:
     """Journal file by default (safe for parallel local workers); RDB with heartbeats for URLs."""
     if is_database(url):
         if url.startswith("sqlite") and n_workers > 1:
             raise ConfigError(f"tune.n_workers = {n_workers}: SQLite ({url}) is not safe for "
                               "parallel workers; use the default journal file or PostgreSQL")
-        # A worker on any host that stops beating has its trial failed and re-queued by others.
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                                          heartbeat_stale_trial_callback=retry_callback())
+        # A worker on any host that stops beating has its trial failed by the others; no
+        # re-queue is needed: the next trial redraws its params (see tune.make_sampler).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
+            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
     path = url.removeprefix("journal://")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
@@ -69,19 +62,21 @@ def mark_owner(trial: optuna.Trial) -> None:
     trial.set_user_attr("host", platform.node())
 
 
-def repair_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker on this host is gone and re-queue them (public API)."""
-    repaired = []
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker on this host is gone (public API: Study.tell).
+
+    They are not re-queued: the sampler is seeded from the study's progress, so the next trial
+    draws the dead one's params again -- all of them, even when it died between two suggestions.
+    """
+    failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not owner_gone(trial.user_attrs.get("host"), trial.user_attrs.get("pid")):
-            continue
-        failed = study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        if failed.state == TrialState.FAIL:
-            retry_callback()(study, failed)
-            repaired.append(trial.number)
-    if repaired:
-        log.warning("failed and re-queued trials %s left RUNNING by a dead worker", repaired)
-    return repaired
+        if owner_gone(trial.user_attrs.get("host"), trial.user_attrs.get("pid")):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial.number)
+    if failed:
+        log.warning("failed trials %s left RUNNING by a dead worker; their params are redrawn",
+                    failed)
+    return failed
 
 
 def count(study: optuna.Study) -> dict[str, int]:

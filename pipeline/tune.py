@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import optuna
 
 from pipeline import tracking
@@ -28,9 +29,9 @@ from pipeline.study import (
     FINISHED,
     ask_lock,
     count,
+    fail_dead_trials,
     make_storage,
     mark_owner,
-    repair_dead_trials,
 )
 from pipeline.tags import Tag
 from pipeline.training import apply_tuned, fit_model
@@ -110,16 +111,21 @@ class ReportToOptuna(Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
+def make_sampler(seed: int, worker: int, finished: int) -> optuna.samplers.TPESampler:
+    """TPE seeded from the study's progress, not from process start, so a resumed study
+    proposes what an uninterrupted one would have (its history is the same)."""
+    # Workers get their own streams so parallel workers do not propose identical points.
+    state = np.random.SeedSequence([seed, worker, finished]).generate_state(1)[0]
+    return optuna.samplers.TPESampler(seed=int(state), n_startup_trials=5)
+
+
 def open_study(job: TuneJob) -> optuna.Study:
-    """Create or load the study with a per-worker seeded TPE sampler."""
+    """Create or load the study (its sampler is replaced before every trial)."""
     tune = job.params.tune
     return optuna.create_study(
         study_name=job.study_name, storage=make_storage(job.storage, tune.n_workers),
-        load_if_exists=True,
-        direction=direction(tune.metric),
-        # Different seeds per worker so parallel workers do not propose identical points.
-        sampler=optuna.samplers.TPESampler(seed=job.params.seed + job.worker,
-                                           n_startup_trials=5),
+        load_if_exists=True, direction=direction(tune.metric),
+        sampler=make_sampler(job.params.seed, job.worker, 0),
         pruner=make_pruner(tune.pruner, job.params.train.epochs))
 
 
@@ -170,14 +176,19 @@ def run_worker(job: TuneJob, progress: Progress | None = None) -> None:
             return
         lock.acquire()
         try:
-            repair_dead_trials(study)
+            fail_dead_trials(study)
             counts = count(study)
             if counts.get("FAIL", 0) > 2 * tune.n_trials:
                 raise PipelineError(f"study {job.study_name}: {counts['FAIL']} failed trials; "
                                     "see the FAILED child runs in MLflow for the errors")
             # RUNNING trials count too: another worker is finishing them.
-            if sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "RUNNING")) >= tune.n_trials:
+            finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+            if finished + counts.get("RUNNING", 0) >= tune.n_trials:
                 return
+            # The trial after k finished ones draws from the same stream whether or not the
+            # study was interrupted (failed trials don't count), so a rerun repeats a killed
+            # trial's params and then proposes exactly what an uninterrupted study would.
+            study.sampler = make_sampler(job.params.seed, job.worker, finished)
 
             def objective(trial: optuna.Trial) -> float:
                 # The trial now exists as RUNNING, so other workers count it: release the lock.
@@ -272,5 +283,5 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
     log.info("best trial %d: val_%s=%.5f %s", best.number, params.tune.metric, best.value,
              best.params)
     return {"enabled": True, "params": best.params, "metric": params.tune.metric,
-            "value": best.value, "trial": best.number, "study_name": name,
+            "value": best.value, "study_name": name,
             "n_trials": params.tune.n_trials}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError
+from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
 from tests.conftest import make_csv, run_stages, stage_paths, write_params
 
@@ -62,9 +64,9 @@ def tune_args(params: Path, root: Path, out: str = "best_params.json") -> list[s
             p["augmented"], "--out", str(root / out)]
 
 
-def load_study(root: Path) -> optuna.Study:
+def load_study(root: Path, name: str = "optuna.journal") -> optuna.Study:
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(root / name)))
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -161,46 +163,84 @@ def test_sqlite_storage_refused_for_parallel_workers(tune_env: Path, monkeypatch
     assert not (tune_env / "best_params.json").exists()
 
 
-def test_resume_after_sigkill(tune_env: Path) -> None:
-    # Long enough trials that the kill lands inside one.
-    params = csv_tune_params(tune_env, rows=400, n_trials=3, pruner="none")
-    text = Path(params).read_text().replace("epochs: 6", "epochs: 150")
-    Path(params).write_text(text.replace("patience: 0", "patience: 0"))
-    run_stages(params, tune_env, upto="augment")
-    env = {**os.environ}
+def kill_inside_trial(params: Path, root: Path, journal: str, completed: int, out: str) -> int:
+    """Run the tune stage in a subprocess; SIGKILL it once `completed` trials are done and the
+    next one is running. Return the killed pid."""
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.tune",
-                             *tune_args(params, tune_env)], cwd=tune_env, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
+                             *tune_args(params, root, out)], cwd=root,
+                            env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
     try:
         while time.time() < deadline:
-            time.sleep(0.5)
-            if not (tune_env / "optuna.journal").exists():
+            time.sleep(0.2)
+            if not (root / journal).exists() or proc.poll() is not None:
                 continue
-            states = [t.state.name for t in load_study(tune_env).trials]
-            if "COMPLETE" in states and states[-1] == "RUNNING":
+            states = [t.state.name for t in load_study(root, journal).trials]
+            if states.count("COMPLETE") == completed and states[-1:] == ["RUNNING"]:
                 break
         else:
-            pytest.fail("tuning subprocess never reached a running second trial")
+            pytest.fail(f"tuning never reached a running trial after {completed} complete")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    tune_stage.main(tune_args(params, tune_env))
-    study = load_study(tune_env)
-    states = [t.state.name for t in study.trials]
-    assert "RUNNING" not in states
-    assert states.count("COMPLETE") == 3
-    killed = [t for t in study.trials if t.state.name == "FAIL"]
-    assert len(killed) == 1 and killed[0].user_attrs["pid"] == proc.pid
-    # Re-queued by Optuna's own retry callback, with the dead trial's params.
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert len(retried) == 1 and retried[0].params == killed[0].params
-    assert retried[0].state.name == "COMPLETE"
-    exp = MlflowClient().get_experiment_by_name("binary-classification")
-    runs = MlflowClient().search_runs([exp.experiment_id], max_results=500)
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    statuses = {r.data.tags.get("optuna.trial_number"): r.info.status for r in runs}
-    assert statuses[str(killed[0].number)] == "KILLED"
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_kill_anywhere_then_rerun_gives_the_uninterrupted_result(tune_env: Path,
+                                                                 monkeypatch) -> None:
+    # Trials long enough that the kill lands inside one; no pruning, so trials finish in order.
+    params = csv_tune_params(tune_env, rows=300, n_trials=7, pruner="none")
+    Path(params).write_text(Path(params).read_text().replace("epochs: 6", "epochs: 60"))
+    run_stages(params, tune_env, upto="augment")
+
+    def use_stores(name: str) -> str:
+        monkeypatch.setenv("OPTUNA_STORAGE", str(tune_env / f"{name}.journal"))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tune_env / name}.db")
+        return f"{name}.journal"
+
+    def tune_and_train(name: str) -> tuple[bytes, str]:
+        tune_stage.main(tune_args(params, tune_env, f"{name}.json"))
+        best = tune_env / f"{name}.json"
+        p = stage_paths(tune_env)
+        train_stage.main(["--params", str(params), "--data-dir", p["processed"], "--train-dir",
+                          p["augmented"], "--best-params", str(best), "--out",
+                          str(tune_env / name / "models"), "--reports",
+                          str(tune_env / name / "reports")])
+        weights = tune_env / name / "models" / "model.safetensors"
+        return best.read_bytes(), hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    def history(journal: str) -> list[tuple[dict, float]]:
+        return [(t.params, t.value) for t in load_study(tune_env, journal).trials
+                if t.state.name == "COMPLETE"]
+
+    use_stores("straight")
+    straight = tune_and_train("straight")
+    straight_history = history("straight.journal")
+    assert len(straight_history) == 7
+    # Kill inside a random start-up trial (after 2) and inside a TPE trial (after 5).
+    for completed in (2, 5):
+        name = f"killed{completed}"
+        journal = use_stores(name)
+        pid = kill_inside_trial(params, tune_env, journal, completed, f"{name}.json")
+        assert tune_and_train(name) == straight, f"killed after {completed} trials"
+        # Not just the same winner: the same trials, in the same order, with the same scores.
+        assert history(journal) == straight_history
+        study = load_study(tune_env, journal)
+        (killed,) = [t for t in study.trials if t.state.name == "FAIL"]
+        assert killed.number == completed and killed.user_attrs["pid"] == pid
+        # The next trial redraws the dead one's params (all of them, even if it died between
+        # two suggestions) and completes.
+        retried = study.trials[completed + 1]
+        assert retried.params.items() >= killed.params.items()
+        assert retried.params == straight_history[completed][0]
+        assert "RUNNING" not in [t.state.name for t in study.trials]
+        runs = MlflowClient().search_runs(
+            [MlflowClient().get_experiment_by_name("binary-classification").experiment_id])
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        statuses = {r.data.tags.get("optuna.trial_number"): r.info.status for r in runs}
+        assert statuses[str(completed)] == "KILLED"
 
 
 PG_URL = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
