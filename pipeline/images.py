@@ -23,7 +23,13 @@ def decode_image(source: str | Path | bytes, size: int, channels: int) -> np.nda
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             img.load()  # force the full decode so truncation is caught here, not later
             return image_to_array(img, size, channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        # PIL's own message shows a Python object repr for in-memory data: say it plainly.
+        raise DataError(f"{name}: not a readable image (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{name}: not a readable image (refused as a decompression bomb: "
+                        f"{err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{name}: not a readable image ({err})") from None
 
 

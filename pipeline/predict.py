@@ -17,7 +17,7 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.files import atomic_path
 from pipeline.images import IMAGE_SUFFIXES, decode_image
 from pipeline.progress import Progress
-from pipeline.tables import check_columns
+from pipeline.tables import check_columns, read_csv
 
 log = logging.getLogger("pipeline.predict")
 CHUNK = 512
@@ -61,10 +61,7 @@ def image_frame(files: list[Path], size: int, channels: int,
 
 def table_frame(path: Path, meta: dict, target: str | None) -> tuple[pd.DataFrame, list[str]]:
     """Read a CSV of raw rows; drop the label column if present; columns must match training."""
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: CSV is empty") from None
+    frame = read_csv(path, "--input CSV file")
     if target and target in frame.columns:
         frame = frame.drop(columns=[target])
     expected = meta["table"]["columns"]

@@ -14,20 +14,31 @@ from pipeline.dataset import ColumnStats, TableSpec
 from pipeline.errors import DataError
 
 
+def read_csv(path: Path, what: str = "CSV file") -> pd.DataFrame:
+    """Read a UTF-8 CSV with a unique header and at least one row, or say what is wrong."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: CSV is empty") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); "
+                        "save the CSV as UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: cannot parse CSV ({str(err).strip()})") from None
+    if frame.empty:
+        raise DataError(f"{path}: CSV has a header but no rows")
+    check_unique_header(path)
+    return frame
+
+
 def read_table(cfg: DataConfig) -> tuple[pd.DataFrame, pd.Series]:
     """Read a CSV; return feature frame and raw target; reject what cannot be learned from."""
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"data.path = {cfg.path!r}: CSV file not found")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: CSV is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot parse CSV ({err})") from None
-    if frame.empty:
-        raise DataError(f"{path}: CSV has a header but no rows")
-    check_unique_header(path)
+    frame = read_csv(path)
     if cfg.target not in frame.columns:
         raise DataError(f"{path}: target column data.target = {cfg.target!r} not found "
                         f"(columns: {', '.join(map(str, frame.columns))})")

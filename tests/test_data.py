@@ -16,6 +16,7 @@ from pipeline.config import DataConfig, SplitConfig, load_params
 from pipeline.data import preprocess
 from pipeline.dataset import load_splits
 from pipeline.errors import ConfigError, DataError
+from pipeline.images import decode_image
 from pipeline.stages import preprocess as preprocess_stage
 from pipeline.tables import transform_table
 from tests.conftest import REPO, make_csv, make_imagefolder
@@ -91,6 +92,24 @@ def test_corrupt_image_fails_naming_file(imagefolder: Path) -> None:
     bad.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(DataError, match=r"broken\.png.*not a readable image"):
         preprocess(image_cfg(imagefolder), seed=0)
+
+
+def test_decompression_bomb_is_a_bad_image(imagefolder: Path, monkeypatch) -> None:
+    # A real bomb is a 14000x14000 PNG of 190 KB; a lower PIL limit triggers the same path.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (100, 100)).save(imagefolder / "dog" / "bomb.png")
+    # (The fixture's largest images, 32x32, stay under PIL's error limit of 2 x 1000 pixels.)
+    with pytest.raises(DataError, match=r"bomb\.png: not a readable image \(refused as a "
+                                        r"decompression bomb"):
+        preprocess(image_cfg(imagefolder), seed=0)
+    _, meta = preprocess(image_cfg(imagefolder, skip_corrupt=True), seed=0)
+    assert [s["file"] for s in meta.skipped] == ["dog/bomb.png"]
+
+
+def test_unknown_bytes_message_shows_no_python_internals() -> None:
+    with pytest.raises(DataError) as info:
+        decode_image(b"definitely not an image", 8, 1)
+    assert str(info.value) == "<bytes>: not a readable image (unknown or unsupported format)"
 
 
 def test_skip_corrupt_records_skipped_file(imagefolder: Path) -> None:

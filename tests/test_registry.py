@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -212,8 +213,9 @@ def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> N
     assert reports[2]["audit"] == trail
 
 
-def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path,
-                                                            mlflow_uri: str) -> None:
+def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path, mlflow_uri: str,
+                                                            capsys: pytest.CaptureFixture
+                                                            ) -> None:
     csv = make_csv(tmp_path / "t.csv", rows=80)
     params = write_params(tmp_path / "p.yaml", {"data": {
         "source": "csv", "path": str(csv), "target": "label", "positive_class": "spam",
@@ -245,6 +247,25 @@ def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path,
     assert not (tmp_path / "bad_out.csv").exists()
     with pytest.raises(Exception, match=r"missing: \['x2'\]"):
         model.predict(rows.drop(columns=["x2"]))
+    # Bad CSVs are one line naming the file, exit 2, nothing written: no tracebacks.
+    good = (tmp_path / "test_rows.csv").read_text()
+    cases = {
+        "missing.csv": (None, r"missing\.csv: --input CSV file not found"),
+        "latin1.csv": (good.replace("red", "r\xe9d").encode("latin-1"), r"not UTF-8 text"),
+        "quote.csv": (good.replace("red", '"red', 1).encode(), r"cannot parse CSV"),
+        "inf.csv": (raw.assign(x1=[np.inf] + list(raw["x1"][1:])).to_csv(index=False).encode(),
+                    r"column 'x1' row 0 holds inf"),
+    }
+    for name, (content, needle) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            predict_cli.main(["--input", str(tmp_path / name), "--output",
+                              str(tmp_path / "out.csv")])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and re.search(needle, err), (name, err)
+        assert "Traceback" not in err and not (tmp_path / "out.csv").exists()
 
 
 def test_decide_directions() -> None:
