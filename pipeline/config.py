@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +9,8 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.typed import apply_overrides, build, field_type, in_range, require
+from pipeline.space import SearchParam, check_search_param
+from pipeline.typed import build, in_range, require
 
 # Keys that existed once: loading them fails with a pointer to the new name.
 RENAMED = {"model.channels": "model.conv_channels"}
@@ -166,16 +166,6 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class SearchParam:
-    """One tuned key: a numeric range (optionally log-scaled) or a list of choices."""
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
-
-
-@dataclass(frozen=True)
 class TuneConfig:
     """Optuna study settings."""
 
@@ -250,34 +240,7 @@ class Params:
         require(self.seed >= 0, "seed", self.seed, "must be >= 0")
         if self.tune.enabled:
             for key, spec in self.tune.search_space.items():
-                _check_search_param(key, spec, self.train, self.model)
-
-
-def _check_search_param(key: str, spec: SearchParam, train: TrainConfig,
-                        model: ModelConfig) -> None:
-    """A tuned key must name a train/model field, with a valid range or valid choices."""
-    full = f"tune.search_space.{key}"
-    section, _, name = key.partition(".")
-    base = {"train": train, "model": model}.get(section)
-    require(base is not None and name in {f.name for f in dataclasses.fields(base)}, full, key,
-             "is not a train.* or model.* key")
-    if spec.choices is not None:
-        require(spec.low is None and spec.high is None, full, spec,
-                 "give either choices or low/high, not both")
-        require(len(spec.choices) > 0, f"{full}.choices", list(spec.choices), "must not be empty")
-        for choice in spec.choices:
-            try:
-                apply_overrides(base, {name: choice}, section)  # builds the section: validates
-            except ConfigError as err:
-                raise ConfigError(f"{full}.choices: {err}") from None
-        return
-    require(spec.low is not None and spec.high is not None, full, spec,
-             "needs low and high, or choices")
-    assert spec.low is not None and spec.high is not None
-    require(spec.low < spec.high, f"{full}.low", spec.low, f"must be < high ({spec.high})")
-    require(not spec.log or spec.low > 0, f"{full}.low", spec.low, "must be > 0 with log: true")
-    require(field_type(type(base), name) in (int, float), full, key,
-             "a range needs a numeric key; use choices")
+                check_search_param(key, spec, self.train, self.model)
 
 
 def parse_params(raw: dict[str, Any] | None) -> Params:
@@ -300,6 +263,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        # An empty file is almost always a mistake (a bad merge, a truncated copy), not a wish
+        # for the defaults: say so instead of training on values nobody chose.
+        raise ConfigError(f"{path}: params file is empty; start from the repository's "
+                          "params.yaml")
     try:
         return parse_params(raw)
     except ConfigError as err:

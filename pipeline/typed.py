@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -42,6 +43,9 @@ def coerce(kind: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return coerce(options[0], value, key)  # Optional[X]: X's own message is clearest
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce(arg, value, key)
@@ -79,6 +83,7 @@ def coerce(kind: Any, value: Any, key: str) -> Any:
                 raise ConfigError(f"{key} = {value!r}: must be a number") from None
         require(isinstance(value, int | float) and not isinstance(value, bool), key, value,
                  "must be a number")
+        require(math.isfinite(value), key, value, "must be a finite number")
         return float(value)
     if kind is str:
         if isinstance(value, int | float) and not isinstance(value, bool):

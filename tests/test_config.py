@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.config import Params, load_params, parse_params
 from pipeline.errors import ConfigError
-from pipeline.stages import preprocess
+from pipeline.stages import preprocess, validate
 from tests.conftest import REPO
 
 
@@ -57,6 +57,8 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"augment": {"rotation": 400}}, "augment.rotation = 400.0"),
     ({"augment": "on"}, "augment = 'on': must be a mapping"),
     ({"train": {"lr": 0}}, "train.lr = 0.0: must be > 0"),
+    ({"train": {"lr": float("inf")}}, "train.lr = inf: must be a finite number"),
+    ({"train": {"weight_decay": float("nan")}}, "train.weight_decay = nan: must be a finite"),
     ({"train": {"optimizer": "lbfgs"}}, "train.optimizer = 'lbfgs'"),
     ({"model": {"hidden_sizes": 64}}, "model.hidden_sizes = 64: must be a list"),
     ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold = 1.5"),
@@ -78,6 +80,9 @@ def test_error_names_the_file(tmp_path: Path) -> None:
     path.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(path)
+    path.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: params file is empty"):
+        load_params(path)
 
 
 def test_stage_exits_nonzero_and_writes_nothing(tmp_path: Path,
@@ -91,3 +96,25 @@ def test_stage_exits_nonzero_and_writes_nothing(tmp_path: Path,
     assert "must sum to 1" in capsys.readouterr().err
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [params]
+
+
+@pytest.mark.parametrize(("path", "ok"), [
+    ("data/raw/digits", True), ("data/raw/my.csv", True), ("data/elsewhere", False),
+    ("/tmp/abs/images", False), ("data/raw/../../outside", False),
+])
+def test_validate_stage_refuses_data_dvc_cannot_track(tmp_path: Path, path: str, ok: bool,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"path": path}}))
+    argv = ["--params", str(params), "--dvc-yaml", str(REPO / "dvc.yaml"),
+            "--out", str(tmp_path / "check.json")]
+    if ok:
+        validate.main(argv)
+        assert (tmp_path / "check.json").read_text() == '{\n  "params": "valid"\n}\n'
+        return
+    with pytest.raises(SystemExit) as info:
+        validate.main(argv)
+    assert info.value.code == 2
+    assert f"data.path = {path!r}: not inside the preprocess stage's DVC dependencies (data/raw)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "check.json").exists()

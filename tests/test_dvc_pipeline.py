@@ -100,6 +100,23 @@ def test_two_fresh_clones_give_identical_lock_hashes(two_clones: tuple[Path, Pat
         assert lock_outs(a, stage) == lock_outs(b, stage), stage
 
 
+def test_any_bad_params_edit_fails_every_repro(two_clones: tuple[Path, Path]) -> None:
+    repo = two_clones[0]
+    params = repo / "params.yaml"
+    good = params.read_text()
+    try:
+        for typo in ("sede: 1\n", "trian: {lr: 0.1}\n"):
+            params.write_text(good + typo)
+            for _ in range(2):  # and again: a failed validation is not remembered as done
+                proc = sh(repo, "dvc", "repro", check=False)
+                assert proc.returncode != 0
+                assert f"{typo.split(':')[0]}: unknown key" in proc.stderr + proc.stdout
+    finally:
+        params.write_text(good)
+    out = sh(repo, "dvc", "repro").stdout
+    assert "Data and pipelines are up to date" in out
+
+
 def ran(out: str) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 

@@ -34,6 +34,14 @@ from tests.conftest import make_csv, run_stages, stage_paths, write_params
     ({"train.optimizer": {"low": 1, "high": 2}}, "a range needs a numeric key"),
     ({"train.lr": {"low": 0.1}}, "needs low and high, or choices"),
     ({"train.lr": {"lo": 0.1, "high": 1}}, "tune.search_space.train.lr.lo: unknown key"),
+    # Ranges must lie inside the key's own allowed range.
+    ({"model.dropout": {"low": 0.1, "high": 2.0}},
+     "tune.search_space.model.dropout.high: model.dropout = 2.0: must be in [0, 1)"),
+    ({"train.batch_size": {"low": 0, "high": 64}},
+     "tune.search_space.train.batch_size.low: train.batch_size = 0: must be >= 1"),
+    ({"train.batch_size": {"low": 1.5, "high": 64}}, "train.batch_size = 1.5: must be an integer"),
+    ({"train.lr": {"low": 1e-4, "high": float("inf"), "log": True}},
+     "tune.search_space.train.lr.high = inf: must be a finite number"),
 ])
 def test_search_space_rejections(space: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
