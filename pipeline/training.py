@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, fit, seed_everything
 from pipeline.errors import ConfigError
-from pipeline.files import write_json
+from pipeline.files import read_json, write_json
 from pipeline.models import WEIGHTS_FILE, build_model, save_model
 from pipeline.typed import apply_overrides
+
+log = logging.getLogger(__name__)
 
 
 def apply_tuned(train: TrainConfig, model: ModelConfig, overrides: dict[str, Any]
@@ -30,6 +33,23 @@ def apply_tuned(train: TrainConfig, model: ModelConfig, overrides: dict[str, Any
         per[section][name] = value
     return (apply_overrides(train, per["train"], "train") if per["train"] else train,
             apply_overrides(model, per["model"], "model") if per["model"] else model)
+
+
+def load_tuned(best_params: str | Path, train: TrainConfig, model: ModelConfig
+               ) -> tuple[dict[str, Any], TrainConfig, ModelConfig]:
+    """Tuned values from best_params.json (if any) applied over params.yaml, saying which win."""
+    path = Path(best_params)
+    tuned = read_json(path)["params"] if path.is_file() else {}
+    sections = {"train": train, "model": model}
+    for key, value in sorted(tuned.items()):
+        section, _, name = key.partition(".")
+        mine = getattr(sections[section], name) if section in sections else None
+        if mine != value:
+            # A user who set this key in params.yaml (dvc exp run -S) must learn it was unused.
+            log.info("%s: tuned value %r (from %s) replaces params.yaml's %r; to train with "
+                     "yours, drop %s from tune.search_space or set tune.enabled: false",
+                     key, value, path, mine, key)
+    return (tuned, *apply_tuned(train, model, tuned))
 
 
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,10 +109,12 @@ def test_failing_stage_leaves_run_failed(tmp_path: Path, image_params: Path,
 
 
 def test_csv_pipeline_and_tuned_params_applied(tmp_path: Path, table_csv: Path,
-                                               mlflow_uri: str) -> None:
+                                               mlflow_uri: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     params = write_params(tmp_path / "params.yaml", {"data": {
         "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "model": {"type": "logreg"}})
+    caplog.set_level(logging.INFO, logger="pipeline.training")
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "best_params.json").write_text(json.dumps(
         {"params": {"train.lr": 0.0123, "train.batch_size": 8}}))
@@ -121,6 +124,10 @@ def test_csv_pipeline_and_tuned_params_applied(tmp_path: Path, table_csv: Path,
     run = only_run(MlflowClient(mlflow_uri))
     assert run.data.params["train.lr"] == "0.0123"
     assert run.data.tags["pipeline.tuned_keys"] == "train.batch_size,train.lr"
+    # An explicit params.yaml value that tuning overrides is reported, key by key.
+    assert ("train.lr: tuned value 0.0123 (from " in caplog.text
+            and "replaces params.yaml's 0.003; to train with yours, drop train.lr from "
+                "tune.search_space or set tune.enabled: false" in caplog.text)
 
 
 def test_online_augmentation_changes_training_but_stays_reproducible(

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.dataset import load_splits
 from pipeline.engine import select_device
-from pipeline.files import read_json
 from pipeline.progress import EpochProgress
 from pipeline.stages._common import stage_main
 from pipeline.tags import Tag
-from pipeline.training import apply_tuned, fit_model, save_training
+from pipeline.training import fit_model, load_tuned, save_training
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
          "best_params": "models/best_params.json", "out": "models", "reports": "reports"}
@@ -23,8 +21,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     """Train with params.yaml plus the tuned values in best_params.json, in a new MLflow run."""
     processed, meta = load_splits(args.data_dir, names=("val",))
     train, val = load_splits(args.train_dir, names=("train",))[0]["train"], processed["val"]
-    tuned = read_json(args.best_params)["params"] if Path(args.best_params).is_file() else {}
-    train_cfg, model_cfg = apply_tuned(params.train, params.model, tuned)
+    tuned, train_cfg, model_cfg = load_tuned(args.best_params, params.train, params.model)
     device = select_device()
     tracking.configure()
     with tracking.start_run(params.mlflow.experiment, run_name="train",
