@@ -168,6 +168,17 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
     return str(mlflow.register_model(model_uri, name, tags=tags).version)
 
 
+def undecided_version(client: MlflowClient, name: str, model_sha: str) -> ModelVersion | None:
+    """The newest version of these weights that never got a gate decision, if any."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None  # no such registered model yet
+    pending = [v for v in versions
+               if v.tags.get(Tag.MODEL_SHA) == model_sha and "decision" not in v.tags]
+    return max(pending, key=lambda v: int(v.version), default=None)
+
+
 def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: DatasetMeta,
                       test: Split, metrics: dict[str, Any], lineage: dict[str, str]
                       ) -> dict[str, Any]:
@@ -175,11 +186,18 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
     client = MlflowClient()
     frame = serving.raw_inputs(meta, test.ids)
     run_id = mlflow.active_run().info.run_id
-    uri = log_raw_model(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
-                        frame.head(3))
-    tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS}, **lineage,
-            Tag.RUN_ID: run_id}
-    version = register(uri, cfg.model_name, tags)
+    pending = undecided_version(client, cfg.model_name, lineage[Tag.MODEL_SHA])
+    if pending is not None:
+        # A register killed after creating the version: finish that one, don't add another.
+        version, uri = str(pending.version), str(pending.source)
+        log.info("%s v%s of these weights has no gate decision yet: completing it",
+                 cfg.model_name, version)
+    else:
+        uri = log_raw_model(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
+                            frame.head(3))
+        tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS}, **lineage,
+                Tag.RUN_ID: run_id}
+        version = register(uri, cfg.model_name, tags)
     decision = gate(client, cfg, version, frame, test.y, meta.positive_class)
     trail = record(client, cfg.model_name, version, decision)
     tracking.log_tags({Tag.REGISTERED_VERSION: version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -253,7 +254,7 @@ def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path, mlfl
         "missing.csv": (None, r"missing\.csv: --input CSV file not found"),
         "latin1.csv": (good.replace("red", "r\xe9d").encode("latin-1"), r"not UTF-8 text"),
         "quote.csv": (good.replace("red", '"red', 1).encode(), r"cannot parse CSV"),
-        "inf.csv": (raw.assign(x1=[np.inf] + list(raw["x1"][1:])).to_csv(index=False).encode(),
+        "inf.csv": (raw.assign(x1=[np.inf, *raw["x1"][1:]]).to_csv(index=False).encode(),
                     r"column 'x1' row 0 holds inf"),
     }
     for name, (content, needle) in cases.items():
@@ -276,3 +277,26 @@ def test_decide_directions() -> None:
     low = RegisterConfig(metric="log_loss", min_improvement=0.0)
     assert decide(low, 0.2, 0.3, "1").promote and not decide(low, 0.3, 0.2, "1").promote
     assert decide(cfg, 0.5, None, "1", "KeyError: x").promote
+
+
+def test_register_killed_after_creating_the_version_is_completed_on_rerun(
+        image_model: dict) -> None:
+    root, paths = image_model["root"], image_model["paths"]
+    params = root / "idem.yaml"
+    params.write_text(image_model["params"].read_text() + "register: {model_name: idem}\n")
+    client = MlflowClient(image_model["uri"])
+    # What a register killed right after `create_model_version` leaves: a version of these
+    # weights with its lineage tags but no decision and no alias.
+    weights = Path(paths["models"]) / "model.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    client.create_registered_model("idem")
+    first = client.get_model_version_by_alias(NAME, "champion")
+    client.create_model_version("idem", first.source, run_id=first.run_id,
+                                tags={Tag.MODEL_SHA: sha})
+    register.main(register_args(params, paths, root / "idem.json"))
+    report = json.loads((root / "idem.json").read_text())
+    assert report["version"] == "1" and report["promote"] is True
+    versions = client.search_model_versions("name = 'idem'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert client.get_model_version("idem", "1").tags["decision"] == "promoted"
+    assert str(client.get_model_version_by_alias("idem", "champion").version) == "1"
