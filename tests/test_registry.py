@@ -284,6 +284,7 @@ def test_register_killed_after_creating_the_version_is_completed_on_rerun(
     root, paths = image_model["root"], image_model["paths"]
     params = root / "idem.yaml"
     params.write_text(image_model["params"].read_text() + "register: {model_name: idem}\n")
+    mlflow.set_tracking_uri(image_model["uri"])  # earlier tests pointed MLflow elsewhere
     client = MlflowClient(image_model["uri"])
     # What a register killed right after `create_model_version` leaves: a version of these
     # weights with its lineage tags but no decision and no alias.
