@@ -203,6 +203,9 @@ class MlflowConfig:
     experiment: str = "binary-classification"
     """MLflow experiment that receives every run of this pipeline."""
 
+    def __post_init__(self) -> None:
+        require(bool(self.experiment.strip()), "experiment", self.experiment, "must not be empty")
+
 
 @dataclass(frozen=True)
 class RegisterConfig:

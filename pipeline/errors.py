@@ -11,3 +11,7 @@ class ConfigError(PipelineError, ValueError):
 
 class DataError(PipelineError, ValueError):
     """Raw or processed data cannot be used as given."""
+
+
+class StoreError(PipelineError):
+    """The MLflow tracking store or the Optuna storage cannot be used (missing, corrupt, down)."""

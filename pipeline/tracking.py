@@ -16,10 +16,13 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.engine import Callback, FitResult
+from pipeline.errors import StoreError
 from pipeline.lineage import dvc_hash, file_sha256, git_info
 from pipeline.procs import owner_gone
 from pipeline.tags import Tag
@@ -33,11 +36,33 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+# What a broken store raises: MLflow's own errors, or the database driver's underneath them.
+STORE_ERRORS = (MlflowException, SQLAlchemyError)
+
+
+def store_error(err: Exception) -> StoreError:
+    """One line naming the store and its complaint, instead of a driver traceback."""
+    text = getattr(err, "message", None) or str(err)
+    return StoreError(f"MLFLOW_TRACKING_URI={tracking_uri()}: tracking store failed: "
+                      f"{text.splitlines()[0] if text else type(err).__name__}")
+
+
 def configure() -> MlflowClient:
-    """Point MLflow at the configured store; call from entry points, never at import."""
+    """Point MLflow at the configured store and check it answers; call from entry points."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # noise in DVC logs
-    mlflow.set_tracking_uri(tracking_uri())
-    return MlflowClient()
+    uri = tracking_uri()
+    if urlparse(uri).scheme == "sqlite" and uri != "sqlite://":
+        folder = Path(unquote(uri[len("sqlite:///"):])).parent
+        if not folder.is_dir():
+            # SQLite would silently start an empty store somewhere nobody looks.
+            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: folder {folder} does not exist")
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient()
+        client.search_experiments(max_results=1)
+    except STORE_ERRORS as err:
+        raise store_error(err) from None
+    return client
 
 
 def artifact_root(uri: str) -> str | None:
@@ -87,8 +112,11 @@ def end_orphaned_runs(exp_id: str) -> list[str]:
 def start_run(experiment: str, run_name: str | None = None, run_id: str | None = None,
               tags: dict[str, str] | None = None) -> Iterator[str]:
     """Start or resume a run and yield its id; an exception ends it FAILED, Ctrl-C KILLED."""
-    exp_id = experiment_id(experiment)
-    end_orphaned_runs(exp_id)
+    try:
+        exp_id = experiment_id(experiment)
+        end_orphaned_runs(exp_id)
+    except STORE_ERRORS as err:
+        raise store_error(err) from None
     all_tags = {**owner_tags(), **(tags or {})}
     active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                               run_name=run_name, tags=all_tags if run_id is None else None)
@@ -99,6 +127,12 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
+    except STORE_ERRORS as err:
+        # The store failed mid-run; ending the run may fail too, and then the next run's
+        # end_orphaned_runs marks it KILLED.
+        with contextlib.suppress(*STORE_ERRORS):
+            mlflow.end_run("FAILED")
+        raise store_error(err) from None
     except BaseException:
         mlflow.end_run("FAILED")
         raise

@@ -58,6 +58,7 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"augment": "on"}, "augment = 'on': must be a mapping"),
     ({"train": {"lr": 0}}, "train.lr = 0.0: must be > 0"),
     ({"train": {"lr": float("inf")}}, "train.lr = inf: must be a finite number"),
+    ({"mlflow": {"experiment": " "}}, "mlflow.experiment = ' ': must not be empty"),
     ({"train": {"weight_decay": float("nan")}}, "train.weight_decay = nan: must be a finite"),
     ({"train": {"optimizer": "lbfgs"}}, "train.optimizer = 'lbfgs'"),
     ({"model": {"hidden_sizes": 64}}, "model.hidden_sizes = 64: must be a list"),

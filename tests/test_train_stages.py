@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,28 @@ def test_online_augmentation_changes_training_but_stays_reproducible(
 
     plain, online, again = fit("plain", False), fit("online", True), fit("again", True)
     assert online != plain and online == again
+
+
+@pytest.mark.parametrize(("store", "needle"), [
+    ("garbage", r"MLFLOW_TRACKING_URI=sqlite:///.*/mlflow\.db: tracking store failed: "),
+    ("missing", r"MLFLOW_TRACKING_URI=sqlite:///.*/nowhere/mlflow\.db: folder .*nowhere does "
+                r"not exist"),
+])
+def test_unusable_tracking_store_is_one_line(tmp_path: Path, image_params: Path, store: str,
+                                             needle: str, monkeypatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    paths = run_stages(image_params, tmp_path, upto="augment")
+    db = tmp_path / ("nowhere" if store == "missing" else "") / "mlflow.db"
+    if store == "garbage":
+        db.write_text("this is not a database " * 10)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with pytest.raises(SystemExit) as info:
+        train.main(["--params", str(image_params), "--data-dir", paths["processed"],
+                    "--train-dir", paths["augmented"], "--out", paths["models"],
+                    "--reports", paths["reports"]])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and re.search(needle, err) and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nowhere").exists()  # no store created somewhere unexpected
+    assert not Path(paths["models"], "model.safetensors").exists()
