@@ -11,8 +11,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from PIL import Image
 
 from pipeline.dataset import DatasetMeta
@@ -95,7 +97,16 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Probabilities and labels for raw inputs (see README: 'Serving')."""
-        X = frame_to_features(pd.DataFrame(model_input), self.meta)
+        frame = pd.DataFrame(model_input)
+        try:
+            if len(frame.columns) == 0:
+                # MLflow drops columns the signature does not know before we see the rows.
+                raise DataError(f"model input has none of the columns this model reads "
+                                f"({', '.join(input_schema(self.meta).input_names())})")
+            X = frame_to_features(frame, self.meta)
+        except DataError as err:
+            # A bad request (HTTP 400 when served) with our message, not a server traceback.
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         probs = predict_proba(self.model, X) if len(X) else np.zeros(0)
         labels = [self.classes[int(p >= self.threshold)] for p in probs]
         return pd.DataFrame({"probability": probs, "label": labels})
@@ -104,11 +115,10 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
 def input_schema(meta: DatasetMeta) -> Schema:
     """The raw-input signature: original CSV columns (all optional), or image bytes/pixels."""
     if meta.image is not None:
-        pixel_type: Any = Array(Array(DataType.double))
-        if meta.image.channels == 3:
-            pixel_type = Array(Array(Array(DataType.double)))
+        # Any: integer 0-255 and float 0-1 pixel arrays are both accepted (pixels_to_array);
+        # a double array type would make MLflow refuse JSON integers.
         return Schema([ColSpec(DataType.binary, "image", required=False),
-                       ColSpec(pixel_type, "pixels", required=False)])
+                       ColSpec(AnyType(), "pixels", required=False)])
     assert meta.table is not None
     types = {"bool": DataType.boolean, "string": DataType.string}
     return Schema([ColSpec(types.get(meta.table.dtypes.get(c, "float"), DataType.double), c,

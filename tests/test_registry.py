@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from pipeline.config import RegisterConfig
 from pipeline.registry import audit_trail, decide
 from pipeline.stages import register
 from pipeline.tags import Tag
-from tests.conftest import make_csv, make_imagefolder, run_stages, write_params
+from tests.conftest import REPO, make_csv, make_imagefolder, run_stages, write_params
 
 NAME = "binary-classifier"
 
@@ -138,6 +139,18 @@ def test_predict_cli_bad_image_fails_without_output(image_model: dict, capsys) -
     assert "--model models:/no-such-model@champion" in capsys.readouterr().err
 
 
+def post(port: int, body: dict) -> dict:
+    """POST JSON to a served model; return the status and the decoded JSON body."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return {"status": response.status, "body": json.loads(response.read())}
+    except urllib.error.HTTPError as err:
+        return {"status": err.code, "body": json.loads(err.read())}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -173,9 +186,22 @@ def test_mlflow_models_serve_matches_cli(image_model: dict) -> None:
             f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        # The README's raw-pixels request, exactly as printed there (integer pixels).
+        readme = (REPO / "README.md").read_text()
+        (payload,) = re.findall(r"""-d '(\{"dataframe_split": \{"columns": \["pixels"\].*?)'""",
+                                readme)
+        pixels = post(port, json.loads(payload))
+        assert pixels["status"] == 200 and len(pixels["body"]["predictions"]) == 1
+        # Requests it cannot read: 400, our one-line message, no server stack trace.
+        unknown = post(port, {"dataframe_split": {"columns": ["foo"], "data": [[1]]}})
+        broken = post(port, {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFu"]]}})
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert unknown["status"] == 400
+    assert "none of the columns this model reads (image, pixels)" in unknown["body"]["message"]
+    assert broken["status"] == 400 and "row 0: not a readable image" in broken["body"]["message"]
+    assert "stack_trace" not in unknown["body"] and "stack_trace" not in broken["body"]
     served = pd.DataFrame(answer["predictions"])
     cli = pd.read_csv(out)
     np.testing.assert_allclose(served["probability"], cli["probability"], atol=1e-6)
