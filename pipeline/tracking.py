@@ -77,6 +77,15 @@ def experiment_id(name: str) -> str:
     """Id of experiment `name`, created with a local artifact root when the store is SQLite."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
+    expected = artifact_root(tracking_uri())
+    if found is not None and expected is not None and found.artifact_location != expected:
+        # A SQLite store copied from another checkout still points at that checkout's
+        # artifacts: new runs would write there. MLflow cannot move an experiment's root.
+        raise StoreError(f"MLFLOW_TRACKING_URI={tracking_uri()}: experiment {name!r} keeps its "
+                         f"artifacts in {found.artifact_location}, not beside this store "
+                         f"({expected}); the store was copied from elsewhere. Point "
+                         "MLFLOW_TRACKING_URI at the original store, or move this mlflow.db "
+                         "aside to start a fresh one")
     if found is not None:
         return found.experiment_id
     try:

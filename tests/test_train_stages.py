@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,24 @@ def test_unusable_tracking_store_is_one_line(tmp_path: Path, image_params: Path,
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "nowhere").exists()  # no store created somewhere unexpected
     assert not Path(paths["models"], "model.safetensors").exists()
+
+
+def test_copied_store_does_not_write_into_the_original(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import tracking
+    from pipeline.errors import StoreError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    tracking.configure()
+    tracking.experiment_id("exp")
+    shutil.copy(tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}")
+    tracking.configure()
+    with pytest.raises(StoreError, match=r"experiment 'exp' keeps its artifacts in .*/a/mlartifacts"
+                                         r", not beside this store \(.*/b/mlartifacts\)"):
+        tracking.experiment_id("exp")
+    other = MlflowClient().get_experiment(tracking.experiment_id("other"))
+    assert other.artifact_location.endswith("/b/mlartifacts")  # new experiments follow the store
+    assert not (tmp_path / "a" / "mlartifacts").exists()
