@@ -57,3 +57,21 @@ def test_files_stay_small(path: Path) -> None:
 def test_stage_is_a_short_run_over_library_calls(path: Path) -> None:
     (run,) = [n for n in tree(path).body if isinstance(n, ast.FunctionDef) and n.name == "run"]
     assert run.end_lineno is not None and run.end_lineno - run.lineno + 1 <= 20
+
+
+def test_e2e_repos_ignore_what_a_user_did_in_the_checkout(tmp_path: Path) -> None:
+    import yaml
+
+    from pipeline.config import Params, parse_params
+    from tests.test_dvc_pipeline import make_repo, sh
+
+    checkout = tmp_path / "checkout"
+    sh(tmp_path, "git", "clone", "-q", str(REPO), str(checkout))
+    # What the README's own `dvc exp run -S train.lr=0.01` leaves behind, plus stray files.
+    params = checkout / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.003", "lr: 0.01"))
+    (checkout / "pipeline" / "scratch.py").write_text("raise SystemExit('not ours')\n")
+    repo = make_repo(tmp_path / "repo", {"seed": 7}, source=checkout)
+    built = parse_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    assert built.train.lr == Params().train.lr and built.seed == 7
+    assert not (repo / "pipeline" / "scratch.py").exists()

@@ -41,15 +41,16 @@ def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return proc
 
 
-def make_repo(dest: Path, overrides: dict) -> Path:
+def make_repo(dest: Path, overrides: dict, source: Path = REPO) -> Path:
     """A fresh git + DVC repo of the tracked pipeline files, with default params + overrides."""
     dest.mkdir()
-    # Tracked files only: whatever else lies in a developer's tree (data, stores) stays out.
-    tracked = sh(REPO, "git", "ls-files", "pipeline", "data/raw", "dvc.yaml", ".gitignore",
+    # Tracked files only, and params from the code's defaults: whatever a user did in their
+    # checkout (untracked files, an edited params.yaml) cannot change what the tests run.
+    tracked = sh(source, "git", "ls-files", "pipeline", "data/raw", "dvc.yaml", ".gitignore",
                  ".dvcignore").stdout.split()
     for name in tracked:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, dest / name)
+        shutil.copy(source / name, dest / name)
     defaults = json.loads(json.dumps(dataclasses.asdict(Params())))  # tuples → lists
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(defaults, overrides), sort_keys=False))
     sh(dest, "git", "init", "-q")
