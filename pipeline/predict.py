@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     tracking.configure()
     uri = args.model or default_model_uri(args.params)
     try:
+        # Inputs first: a typo in a path should not wait for (or blame) the model download.
+        for item in args.input:
+            if not item.exists():
+                raise DataError(f"--input {item}: no such file or folder")
         n = predict(uri, args.input, args.output, args.skip_bad)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
