@@ -206,7 +206,8 @@ def test_label_kinds(tmp_path: Path, labels: list, positive: str | None,
      "exactly 2 distinct labels, found 3"),
     (lambda f: f.assign(x2=f["x2"].astype(object).where(f.index != 4, "twelve")),
      r"column 'x2' is numeric but row 4 holds text 'twelve'"),
-    (lambda f: f.assign(label=f["label"].where(f.index != 2, None)), "1 missing values"),
+    (lambda f: f.assign(label=f["label"].where(f.index != 2, None)),
+     r"1 missing values \(rows \[2\]\)$"),
 ])
 def test_bad_csvs(table_csv: Path, edit, needle: str) -> None:
     edit(pd.read_csv(table_csv)).to_csv(table_csv, index=False)

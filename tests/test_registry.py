@@ -129,7 +129,12 @@ def test_predict_cli_bad_image_fails_without_output(image_model: dict, capsys) -
     assert info.value.code == 2
     assert "broken.png" in capsys.readouterr().err
     assert not out.exists()
-    predict_cli.main(["--input", str(folder), "--output", str(out), "--skip-bad"])
+    # A decompression bomb is one more bad image (PIL's limit lowered so a small file is one).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        Image.new("L", (100, 100)).save(folder / "bomb.png")
+        predict_cli.main(["--input", str(folder), "--output", str(out), "--skip-bad"])
+    (folder / "bomb.png").unlink()
     assert pd.read_csv(out)["id"].tolist() == [str(folder / "a.png")]
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
