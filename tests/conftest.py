@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,16 @@ def csv_params(tmp_path: Path, table_csv: Path) -> Path:
     return write_params(tmp_path / "params.yaml", {"data": {
         "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+
+
+@contextlib.contextmanager
+def module_store(root: Path) -> Iterator[str]:
+    """For module-scoped fixtures: a real MLflow SQLite store under `root`, cwd in `root`."""
+    with pytest.MonkeyPatch.context() as mp:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)  # dvc.lock / git lookups see an empty workspace
+        yield uri
 
 
 @pytest.fixture

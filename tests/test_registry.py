@@ -29,7 +29,7 @@ from pipeline.config import RegisterConfig
 from pipeline.registry import audit_trail, decide
 from pipeline.stages import register
 from pipeline.tags import Tag
-from tests.conftest import REPO, make_csv, make_imagefolder, run_stages, write_params
+from tests.conftest import REPO, make_csv, make_imagefolder, module_store, run_stages, write_params
 
 NAME = "binary-classifier"
 
@@ -44,10 +44,7 @@ def register_args(params: Path, paths: dict[str, str], out: Path) -> list[str]:
 def image_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """One registered image model (champion v1) in a module-wide MLflow store."""
     root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
+    with module_store(root) as uri:
         images = make_imagefolder(root / "images", per_class=16)
         params = write_params(root / "params.yaml", {"data": {
             "source": "imagefolder", "path": str(images), "positive_class": "dog",

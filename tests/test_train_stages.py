@@ -18,7 +18,7 @@ from pipeline.engine import predict_proba
 from pipeline.metrics import choose_threshold
 from pipeline.models import load_model
 from pipeline.stages import train
-from tests.conftest import make_imagefolder, run_stages, write_params
+from tests.conftest import make_imagefolder, module_store, run_stages, write_params
 
 
 def only_run(client: MlflowClient, name: str = "binary-classification"):
@@ -32,10 +32,7 @@ def only_run(client: MlflowClient, name: str = "binary-classification"):
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """train + evaluate once on the tiny ImageFolder, in a module-wide MLflow store."""
     root = tmp_path_factory.mktemp("stages")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)  # dvc.lock / git lookups see an empty workspace
+    with module_store(root) as uri:
         params = write_params(root / "params.yaml", {"data": {
             "source": "imagefolder", "path": str(make_imagefolder(root / "images")),
             "positive_class": "dog", "image_size": 8, "channels": 1,
