@@ -13,20 +13,16 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import numpy as np
-import torch
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.engine import Callback, FitResult
 from pipeline.errors import StoreError
-from pipeline.lineage import dvc_hash, file_sha256, git_info
+from pipeline.lineage import file_sha256
 from pipeline.procs import owner_gone
 from pipeline.tags import Tag
-from pipeline.typed import flatten
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -248,33 +244,6 @@ def log_dict(obj: Any, name: str) -> None:
     mlflow.log_dict(obj, name)
 
 
-def runtime_tags(device: str, threads: int) -> dict[str, str]:
-    """Library versions, device and thread count that produced a run."""
-    return {"pipeline.torch": torch.__version__, "pipeline.device": device,
-            "pipeline.threads": str(threads), "pipeline.python": platform.python_version(),
-            "pipeline.mlflow": mlflow.__version__}
-
-
-def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str,
-                context: str) -> None:
-    """Record a dataset input on the active run with the DVC hash as its digest."""
-    from mlflow.data.sources import LocalArtifactDatasetSource
-
-    dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36],
-                                     source=LocalArtifactDatasetSource(str(source)))
-    mlflow.log_input(dataset, context=context)
-
-
-def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
-    """Log the network with MLflow's PyTorch flavour as a torch.export program (no pickle)."""
-    model = model.cpu().eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(model, name="network", serialization_format="pt2",
-                             signature=infer_signature(example, output), input_example=example,
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-
-
 def find_run(experiment: str, tag: str, value: str) -> str | None:
     """Most recent run in `experiment` whose tag `tag` equals `value`."""
     exp = MlflowClient().get_experiment_by_name(experiment)
@@ -283,35 +252,3 @@ def find_run(experiment: str, tag: str, value: str) -> str | None:
     runs = MlflowClient().search_runs([exp.experiment_id], f"tags.`{tag}` = '{value}'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
-
-
-def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
-                        train: tuple[Any, str], val: tuple[Any, str], device: str) -> None:
-    """Params, lineage tags and dataset inputs of the active train run."""
-    log_params({"seed": sections["seed"], **{k: v for name, section in sections.items()
-                                             if name != "seed"
-                                             for k, v in flatten(section, f"{name}.").items()}})
-    log_tags({**git_info(), **runtime_tags(device, sections["train"].num_threads),
-              Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
-              Tag.AUGMENTED: dvc_hash(train[1]), Tag.PROCESSED: dvc_hash(val[1])})
-    log_dataset(train[0].X, train[0].y, "train", train[1], dvc_hash(train[1]), "training")
-    log_dataset(val[0].X, val[0].y, "val", val[1], dvc_hash(val[1]), "validation")
-
-
-def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:
-    """Weights hash (the key later stages resume this run by), timings, history, network."""
-    log_tags({Tag.MODEL_SHA: file_sha256(weights)})
-    log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-                 "samples_per_second": result.samples_seen / result.train_seconds})
-    log_dict({"history": result.history}, "train_history.json")
-    log_network(result.model, example)
-
-
-def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],
-                   reports: Path) -> None:
-    """Test metrics, the threshold rule, the test dataset and the report files."""
-    log_metrics({f"test_{k}": v for k, v in metrics.items()})
-    log_tags({Tag.THRESHOLD_RULE: metrics["threshold_rule"]})
-    log_dataset(test.X, test.y, "test", data_dir, dvc_hash(data_dir), "testing")
-    log_artifacts(figures, "plots")
-    log_artifacts([reports / "metrics.json", reports / "test_predictions.csv"])

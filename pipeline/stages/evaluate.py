@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline import records, tracking
 from pipeline.config import Params
 from pipeline.dataset import load_splits
 from pipeline.engine import predict_proba, seed_everything
@@ -29,7 +29,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     tracking.configure()
     with tracking.model_run(params.mlflow.experiment, Path(args.model_dir) / WEIGHTS_FILE,
                             "evaluate"):
-        tracking.log_evaluation(result.metrics, splits["test"], args.data_dir, figures,
+        records.log_evaluation(result.metrics, splits["test"], args.data_dir, figures,
                                 Path(args.reports))
 
 

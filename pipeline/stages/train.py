@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import tracking
+from pipeline import records, tracking
 from pipeline.config import Params
 from pipeline.dataset import load_splits
 from pipeline.engine import select_device
@@ -28,14 +28,14 @@ def run(params: Params, args: argparse.Namespace) -> None:
                             tags={Tag.STAGE: "train"}) as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
-        tracking.log_training_inputs(sections, tuned, (train, args.train_dir),
+        records.log_training_inputs(sections, tuned, (train, args.train_dir),
                                      (val, args.data_dir), str(device))
         result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
                            seed=params.seed, device=device,
                            callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
         weights = save_training(result, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
-        tracking.log_training_result(result, weights, val.X[:4])
+        records.log_training_result(result, weights, val.X[:4])
 
 
 main = stage_main(__doc__, PATHS, run)
