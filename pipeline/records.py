@@ -3,6 +3,7 @@ the network, the evaluation files."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,17 @@ def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
 def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
                         train: tuple[Any, str], val: tuple[Any, str], device: str) -> None:
     """Params, lineage tags and dataset inputs of the active train run."""
-    tracking.log_params({"seed": sections["seed"], **{k: v for name, section in sections.items()
-                                             if name != "seed"
-                                             for k, v in flatten(section, f"{name}.").items()}})
+    tracking.log_params(flatten({name: dataclasses.asdict(section)
+                                 if dataclasses.is_dataclass(section) else section
+                                 for name, section in sections.items()}))
+    # DVC hashes once per folder (outside DVC they mean hashing every file).
+    hashes = {folder: dvc_hash(folder) for _, folder in (train, val)}
     tracking.log_tags({**git_info(), **runtime_tags(device, sections["train"].num_threads),
-              Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
-              Tag.AUGMENTED: dvc_hash(train[1]), Tag.PROCESSED: dvc_hash(val[1])})
-    log_dataset(train[0].X, train[0].y, "train", train[1], dvc_hash(train[1]), "training")
-    log_dataset(val[0].X, val[0].y, "val", val[1], dvc_hash(val[1]), "validation")
+                       Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
+                       Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]})
+    for (split, folder), name, context in ((train, "train", "training"),
+                                           (val, "val", "validation")):
+        log_dataset(split.X, split.y, name, folder, hashes[folder], context)
 
 
 def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:

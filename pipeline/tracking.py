@@ -43,15 +43,21 @@ def store_error(err: Exception) -> StoreError:
                       f"{text.splitlines()[0] if text else type(err).__name__}")
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI (None for other stores and in-memory)."""
+    if urlparse(uri).scheme != "sqlite" or uri == "sqlite://":
+        return None
+    return Path(unquote(uri[len("sqlite:///"):]))
+
+
 def configure() -> MlflowClient:
     """Point MLflow at the configured store and check it answers; call from entry points."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # noise in DVC logs
     uri = tracking_uri()
-    if urlparse(uri).scheme == "sqlite" and uri != "sqlite://":
-        folder = Path(unquote(uri[len("sqlite:///"):])).parent
-        if not folder.is_dir():
-            # SQLite would silently start an empty store somewhere nobody looks.
-            raise StoreError(f"MLFLOW_TRACKING_URI={uri}: folder {folder} does not exist")
+    db = sqlite_file(uri)
+    if db is not None and not db.parent.is_dir():
+        # SQLite would silently start an empty store somewhere nobody looks.
+        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: folder {db.parent} does not exist")
     mlflow.set_tracking_uri(uri)
     try:
         client = MlflowClient()
@@ -63,10 +69,9 @@ def configure() -> MlflowClient:
 
 def artifact_root(uri: str) -> str | None:
     """For a SQLite store, keep artifacts in `mlartifacts/` beside the DB (never ./mlruns)."""
-    if urlparse(uri).scheme != "sqlite":
-        return None  # a server or database store decides its own artifact location
-    db_path = Path(unquote(uri[len("sqlite:///"):]))
-    return (db_path.resolve().parent / "mlartifacts").as_uri()
+    db = sqlite_file(uri)
+    # A server or database store decides its own artifact location.
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 def experiment_id(name: str) -> str:

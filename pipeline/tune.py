@@ -163,7 +163,6 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
 
 def run_worker(job: TuneJob, progress: Progress | None = None) -> None:
     """Run trials until the study holds tune.n_trials complete + pruned trials."""
-    tracking.configure()
     tune = job.params.tune
     processed, meta = load_splits(job.data_dir, names=("val",))
     train = load_splits(job.train_dir, names=("train",))[0]["train"]
@@ -218,6 +217,7 @@ def progress_fields(study: optuna.Study) -> dict[str, Any]:
 def _spawned_worker(job: TuneJob) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{job.worker}: "
                         "%(message)s")
+    tracking.configure()  # a spawned process starts with MLflow unconfigured
     run_worker(job)
 
 
