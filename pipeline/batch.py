@@ -1,0 +1,97 @@
+"""Batch prediction: raw CSV rows or image files → the pyfunc → id, probability, label (CSV)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipeline import serving
+from pipeline.errors import DataError
+from pipeline.files import atomic_path
+from pipeline.images import IMAGE_SUFFIXES, decode_image
+from pipeline.progress import Progress
+from pipeline.tables import check_columns, read_csv
+
+log = logging.getLogger("pipeline.predict")
+CHUNK = 512
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Image files from folders (recursive, sorted) and explicit file arguments."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and
+                            p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"--input {item}: no such file or folder")
+    if not files:
+        raise DataError(f"--input {', '.join(map(str, inputs))}: no image files found")
+    return files
+
+
+def image_frame(files: list[Path], size: int, channels: int,
+                skip_bad: bool) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Read image bytes; a file that does not decode is an error naming it (or skipped)."""
+    rows, ids, skipped = [], [], []
+    for file in files:
+        data = file.read_bytes()
+        try:
+            decode_image(data, size, channels)  # validate here so the error can name the file
+        except DataError as err:
+            message = f"{file}: {str(err).removeprefix('<bytes>: ')}"
+            if not skip_bad:
+                raise DataError(f"{message} (use --skip-bad to skip it)") from None
+            log.warning("skipping %s", message)
+            skipped.append(str(file))
+            continue
+        rows.append(data)
+        ids.append(str(file))
+    return pd.DataFrame({"image": rows}), ids, skipped
+
+
+def table_frame(path: Path, meta: dict, target: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """Read a CSV of raw rows; drop the label column if present; columns must match training."""
+    frame = read_csv(path, "--input CSV file")
+    if target and target in frame.columns:
+        frame = frame.drop(columns=[target])
+    expected = meta["table"]["columns"]
+    check_columns(frame, expected, str(path))
+    return (serving.conform_table(frame[expected], meta["table"]["dtypes"]),
+            [str(i) for i in frame.index])
+
+
+def predict(model_uri: str, inputs: list[Path], output: Path, skip_bad: bool = False) -> int:
+    """Predict every input row/file with the pyfunc and write the CSV atomically; return rows."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    # The metadata logged with the model is the contract: kind, columns, image geometry.
+    meta = (model.metadata.metadata or {}).get("pipeline")
+    if not meta:
+        raise DataError(f"--model {model_uri}: not a model registered by this pipeline "
+                        "(no 'pipeline' metadata)")
+    if meta["kind"] == "table":
+        if len(inputs) != 1 or inputs[0].suffix.lower() != ".csv":
+            raise DataError(f"--input: this model takes one CSV file, got {list(map(str, inputs))}")
+        frame, ids = table_frame(inputs[0], meta, meta["table"]["target"])
+    else:
+        files = collect_images(inputs)
+        frame, ids, _ = image_frame(files, meta["image"]["size"], meta["image"]["channels"],
+                                    skip_bad)
+    parts = []
+    progress = Progress(max(1, -(-len(frame) // CHUNK)), "predict", every=10)
+    for start in range(0, len(frame), CHUNK):
+        parts.append(model.predict(frame.iloc[start:start + CHUNK]))
+        progress.update(rows=min(start + CHUNK, len(frame)))
+    progress.close()
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {"probability": np.zeros(0), "label": []})
+    out.insert(0, "id", ids)
+    with atomic_path(output) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.9f")
+    return len(out)

@@ -1,0 +1,26 @@
+"""The predict CLI answers --help and argument errors without loading MLflow, torch or pandas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("mlflow", "torch", "pandas", "sklearn")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--output", "x.csv"],
+                                  ["--input", "no/such/folder", "--output", "x.csv"]])
+def test_help_and_argument_errors_import_nothing_heavy(argv: list[str], tmp_path) -> None:
+    # Imports, not seconds: a timing threshold would pass or fail with the machine's load.
+    code = ("import sys\nfrom pipeline import predict\ntry:\n"
+            f"    predict.main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+            f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    exit_code, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert loaded == "[]", proc.stdout + proc.stderr
+    assert exit_code == ("0" if argv == ["--help"] else "2")
+    if len(argv) == 4:
+        assert "--input no/such/folder: no such file or folder" in proc.stderr
