@@ -1,26 +1,48 @@
-"""Optuna study storage: journal file or database, the trial-count lock, dead-trial repair."""
+"""Optuna study identity, sampler and pruner; storage (journal file or database), the
+trial-count lock and dead-trial repair.
+
+Several hosts can share one study on PostgreSQL: the "count, then start a trial" lock is an
+advisory lock in that database, and a worker that dies anywhere stops beating its heartbeat,
+so any other worker fails its trial and re-queues the same params.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import platform
-import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
-from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.config import Params
 from pipeline.errors import ConfigError
+from pipeline.locks import Lock, lock_for
 from pipeline.procs import owner_gone
+from pipeline.services import check_database
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "optuna.journal"
 # Trials that count toward tune.n_trials; failed ones are redrawn instead.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A trial killed on another host is retried with its params at most this many times.
+MAX_RETRY = 3
+
+
+def heartbeat_seconds() -> int:
+    """PIPELINE_HEARTBEAT_SECONDS (default 10): a dead worker's trial fails after 3 missed beats."""
+    value = os.environ.get("PIPELINE_HEARTBEAT_SECONDS", "10")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"PIPELINE_HEARTBEAT_SECONDS = {value!r}: must be a whole number >= 1")
+    return int(value)
 
 
 def storage_url() -> str:
@@ -39,21 +61,24 @@ def make_storage(url: str, n_workers: int = 1) -> optuna.storages.BaseStorage:
         if url.startswith("sqlite") and n_workers > 1:
             raise ConfigError(f"tune.n_workers = {n_workers}: SQLite ({url}) is not safe for "
                               "parallel workers; use the default journal file or PostgreSQL")
-        # A worker on any host that stops beating has its trial failed by the others; no
-        # re-queue is needed: the next trial redraws its params (see tune.make_sampler).
+        check_database(url, "OPTUNA_STORAGE")  # seconds, not the driver's minutes, when down
+        beat = heartbeat_seconds()
+        # A worker on any host that stops beating has its trial failed by the others, and the
+        # callback re-queues its params, so whichever host asks next reruns exactly that trial.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
-            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=beat, grace_period=3 * beat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     path = url.removeprefix("journal://")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
 
 
-def ask_lock(storage: str, study_name: str) -> FileLock:
-    """Serialises 'count trials, then start one' between local workers so none overshoots."""
-    if is_database(storage):
-        return FileLock(str(Path(tempfile.gettempdir()) / f"optuna-{study_name}.lock"))
-    return FileLock(storage.removeprefix("journal://") + ".ask.lock")
+def ask_lock(storage: str, study_name: str) -> Lock:
+    """Serialises 'count trials, then start one' between workers so none overshoots: in the
+    database itself for PostgreSQL (all hosts), beside the file for SQLite and journals."""
+    return lock_for(storage, f"optuna-{study_name}")
 
 
 def mark_owner(trial: optuna.Trial) -> None:
@@ -62,21 +87,37 @@ def mark_owner(trial: optuna.Trial) -> None:
     trial.set_user_attr("host", platform.node())
 
 
-def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker on this host is gone (public API: Study.tell).
+def fail_dead_trials(study: optuna.Study, storage: str) -> list[int]:
+    """Fail RUNNING trials whose worker is gone; return their numbers.
 
-    They are not re-queued: the sampler is seeded from the study's progress, so the next trial
-    draws the dead one's params again -- all of them, even when it died between two suggestions.
+    On this host a dead pid is seen at once. In a database, heartbeats catch workers on any
+    host (after the grace period) and re-queue their params. A journal's dead trials are not
+    re-queued: the sampler is seeded from the study's progress, so the next trial draws the
+    dead one's params again -- all of them, even when it died between two suggestions.
     """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running:
         if owner_gone(trial.user_attrs.get("host"), trial.user_attrs.get("pid")):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(trial.number)
+            if is_database(storage):
+                retry(study, trial)
+    if is_database(storage):
+        optuna.storages.fail_stale_trials(study)  # public API; runs the retry callback
+        now = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        failed += [t.number for t in running
+                   if t.number not in failed and now[t.number] == TrialState.FAIL]
     if failed:
-        log.warning("failed trials %s left RUNNING by a dead worker; their params are redrawn",
-                    failed)
-    return failed
+        log.warning("failed trials %s left RUNNING by a dead worker; their params are rerun",
+                    sorted(failed))
+    return sorted(failed)
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Re-queue a dead trial's params the way heartbeat failures are (Optuna's own callback)."""
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
 
 
 def count(study: optuna.Study) -> dict[str, int]:
@@ -85,3 +126,40 @@ def count(study: optuna.Study) -> dict[str, int]:
     for trial in study.get_trials(deepcopy=False):
         out[trial.state.name] = out.get(trial.state.name, 0) + 1
     return out
+
+
+def study_name(params: Params, data_hashes: dict[str, str]) -> str:
+    """Name derived from everything a trial reads, so a rerun resumes the same study."""
+    tuned = set(params.tune.search_space)
+    # Untuned train/model values; the tuned ones are never read (the sampler supplies them).
+    fixed = {f"{section}.{f.name}": getattr(getattr(params, section), f.name)
+             for section in ("train", "model")
+             for f in dataclasses.fields(getattr(params, section))
+             if f"{section}.{f.name}" not in tuned}
+    key = {"data": data_hashes, "fixed": fixed, "seed": params.seed,
+           "space": {k: dataclasses.asdict(v) for k, v in params.tune.search_space.items()},
+           "metric": params.tune.metric, "pruner": params.tune.pruner,
+           "augment": (dataclasses.asdict(params.augment) if fixed.get("train.online_augment")
+                       else None)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{params.mlflow.experiment}-{digest[:12]}"
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Pruner from tune.pruner; warm-up avoids judging trials on their noisy first epochs."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min(4, epochs - 1))
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=epochs,
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(seed: int, worker: int, finished: int) -> optuna.samplers.TPESampler:
+    """TPE seeded from the study's progress, not from process start, so a resumed study
+    proposes what an uninterrupted one would have (its history is the same)."""
+    # Workers get their own streams so parallel workers do not propose identical points.
+    state = np.random.SeedSequence([seed, worker, finished]).generate_state(1)[0]
+    return optuna.samplers.TPESampler(seed=int(state), n_startup_trials=5)

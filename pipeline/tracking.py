@@ -20,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.engine import Callback, FitResult
 from pipeline.errors import StoreError
-from pipeline.lineage import file_sha256
+from pipeline.lineage import dvc_experiment_tags, file_sha256, pipeline_run_name
 from pipeline.procs import owner_gone
+from pipeline.services import check_database, check_server, is_http, mask
 from pipeline.tags import Tag
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -39,7 +40,7 @@ STORE_ERRORS = (MlflowException, SQLAlchemyError)
 def store_error(err: Exception) -> StoreError:
     """One line naming the store and its complaint, instead of a driver traceback."""
     text = getattr(err, "message", None) or str(err)
-    return StoreError(f"MLFLOW_TRACKING_URI={tracking_uri()}: tracking store failed: "
+    return StoreError(f"MLFLOW_TRACKING_URI={mask(tracking_uri())}: tracking store failed: "
                       f"{text.splitlines()[0] if text else type(err).__name__}")
 
 
@@ -58,6 +59,11 @@ def configure() -> MlflowClient:
     if db is not None and not db.parent.is_dir():
         # SQLite would silently start an empty store somewhere nobody looks.
         raise StoreError(f"MLFLOW_TRACKING_URI={uri}: folder {db.parent} does not exist")
+    # Fail in seconds, not after MLflow's minutes of retries, on a dead or mistyped service.
+    if is_http(uri):
+        check_server(uri)
+    elif db is None:
+        check_database(uri, "MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         client = MlflowClient()
@@ -128,8 +134,10 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
     except STORE_ERRORS as err:
         raise store_error(err) from None
     all_tags = {**owner_tags(), **(tags or {})}
+    # A resumed run keeps its name (MLflow would rename it to run_name).
     active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                              run_name=run_name, tags=all_tags if run_id is None else None)
+                              run_name=run_name if run_id is None else None,
+                              tags=all_tags if run_id is None else None)
     if run_id is not None:
         mlflow.set_tags(all_tags)
     try:
@@ -150,11 +158,13 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
 
 
 @contextlib.contextmanager
-def model_run(experiment: str, weights: str | Path, run_name: str) -> Iterator[str]:
+def model_run(experiment: str, weights: str | Path) -> Iterator[str]:
     """Resume the run that trained these weights (found by their hash), or start a new one."""
     sha = file_sha256(weights)
-    with start_run(experiment, run_name=run_name, run_id=find_run(experiment, Tag.MODEL_SHA, sha),
-                   tags={Tag.MODEL_SHA: sha}) as run_id:
+    found = find_run(experiment, Tag.MODEL_SHA, sha)
+    # Only a new run (the trainer's is gone) takes a name and experiment tags; resuming keeps them.
+    tags = {Tag.MODEL_SHA: sha, **({} if found else dvc_experiment_tags())}
+    with start_run(experiment, run_name=pipeline_run_name(), run_id=found, tags=tags) as run_id:
         yield run_id
 
 
@@ -164,6 +174,7 @@ class TrialRun:
 
     run_id: str
     state: str = "RUNNING"
+    pruned_at: int | None = None  # epoch of the pruner's decision
 
 
 # Optuna trial state → MLflow run status.
@@ -188,7 +199,31 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
             trial.state = "FAIL"  # left by an exception
         client.log_metric(trial.run_id, "duration_seconds", time.perf_counter() - tick)
         client.set_tag(trial.run_id, Tag.TRIAL_STATE, trial.state)
+        if trial.state == "PRUNED" and trial.pruned_at is not None:
+            # KILLED shows red in the UI: the name and a tag column say it was the pruner.
+            client.set_tag(trial.run_id, Tag.PRUNED_AT, str(trial.pruned_at))
+            client.update_run(trial.run_id, name=f"trial-{number} pruned@{trial.pruned_at}")
         client.set_terminated(trial.run_id, _TRIAL_STATUS[trial.state])
+
+
+def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> None:
+    """End the RUNNING child runs of trials that Optuna failed (their worker died anywhere)."""
+    if not numbers:
+        return
+    client = MlflowClient()
+    wanted = {str(n) for n in numbers}  # tag filters have no IN
+    for run in client.search_runs([experiment_id], f"tags.`{Tag.STUDY}` = '{study}' and "
+                                  "attributes.status = 'RUNNING'", max_results=1000):
+        if run.data.tags.get(Tag.TRIAL_NUMBER) not in wanted:
+            continue
+        client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "FAIL")
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+def create_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    """Create a run without making it this process's active run; return its id."""
+    run = MlflowClient().create_run(experiment_id(experiment), run_name=run_name, tags=tags)
+    return run.info.run_id
 
 
 def log_params(params: dict[str, Any], run_id: str | None = None) -> None:

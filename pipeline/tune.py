@@ -1,19 +1,13 @@
-"""Optuna tuning: study identity, sampling, pruning, the trial objective and the worker loop."""
+"""Optuna tuning: the trial objective, the worker loop, the study's parent run, tune and join."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import optuna
 
 from pipeline import tracking
@@ -22,51 +16,30 @@ from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.engine import Callback, select_device
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lineage import dvc_hash
+from pipeline.locks import lock_for
 from pipeline.metrics import direction
 from pipeline.plots import save_study_figures
 from pipeline.progress import Progress
+from pipeline.services import check_database, mask
 from pipeline.study import (
     FINISHED,
     ask_lock,
     count,
     fail_dead_trials,
+    is_database,
+    make_pruner,
+    make_sampler,
     make_storage,
     mark_owner,
+    study_name,
 )
 from pipeline.tags import Tag
 from pipeline.training import apply_tuned, fit_model
 from pipeline.typed import field_type
 
 log = logging.getLogger(__name__)
-
-
-def study_name(params: Params, data_hashes: dict[str, str]) -> str:
-    """Name derived from everything a trial reads, so a rerun resumes the same study."""
-    tuned = set(params.tune.search_space)
-    # Untuned train/model values; the tuned ones are never read (the sampler supplies them).
-    fixed = {f"{section}.{f.name}": getattr(getattr(params, section), f.name)
-             for section in ("train", "model")
-             for f in dataclasses.fields(getattr(params, section))
-             if f"{section}.{f.name}" not in tuned}
-    key = {"data": data_hashes, "fixed": fixed, "seed": params.seed,
-           "space": {k: dataclasses.asdict(v) for k, v in params.tune.search_space.items()},
-           "metric": params.tune.metric, "pruner": params.tune.pruner,
-           "augment": (dataclasses.asdict(params.augment) if fixed.get("train.online_augment")
-                       else None)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{params.mlflow.experiment}-{digest[:12]}"
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Pruner from tune.pruner; warm-up avoids judging trials on their noisy first epochs."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min(4, epochs - 1))
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=epochs,
-                                              reduction_factor=3)
-    return optuna.pruners.NopPruner()
+# How often a worker with nothing to start looks at the others' trials again.
+POLL_SECONDS = 2.0
 
 
 def suggest(trial: optuna.Trial, space: dict[str, SearchParam]) -> dict[str, Any]:
@@ -111,22 +84,22 @@ class ReportToOptuna(Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
-def make_sampler(seed: int, worker: int, finished: int) -> optuna.samplers.TPESampler:
-    """TPE seeded from the study's progress, not from process start, so a resumed study
-    proposes what an uninterrupted one would have (its history is the same)."""
-    # Workers get their own streams so parallel workers do not propose identical points.
-    state = np.random.SeedSequence([seed, worker, finished]).generate_state(1)[0]
-    return optuna.samplers.TPESampler(seed=int(state), n_startup_trials=5)
-
-
 def open_study(job: TuneJob) -> optuna.Study:
     """Create or load the study (its sampler is replaced before every trial)."""
     tune = job.params.tune
-    return optuna.create_study(
-        study_name=job.study_name, storage=make_storage(job.storage, tune.n_workers),
-        load_if_exists=True, direction=direction(tune.metric),
-        sampler=make_sampler(job.params.seed, job.worker, 0),
-        pruner=make_pruner(tune.pruner, job.params.train.epochs))
+    storage = make_storage(job.storage, tune.n_workers)
+    # Optuna logs "A new study created" in one process and "Using an existing study" in each
+    # other worker; tune() says once which study runs where.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(
+            study_name=job.study_name, storage=storage, load_if_exists=True,
+            direction=direction(tune.metric),
+            sampler=make_sampler(job.params.seed, job.worker, 0),
+            pruner=make_pruner(tune.pruner, job.params.train.epochs))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
@@ -161,45 +134,57 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
         return result.best_score
 
 
-def run_worker(job: TuneJob, progress: Progress | None = None) -> None:
-    """Run trials until the study holds tune.n_trials complete + pruned trials."""
+def run_worker(job: TuneJob, progress: Progress | None = None,
+               study: optuna.Study | None = None) -> optuna.Study:
+    """Run trials until the study holds tune.n_trials complete + pruned trials; return it.
+
+    It waits for trials that other workers (on any host) are running, so it returns only when
+    the study is finished, and reruns the params of a trial whose worker died.
+    """
     tune = job.params.tune
     processed, meta = load_splits(job.data_dir, names=("val",))
     train = load_splits(job.train_dir, names=("train",))[0]["train"]
-    study = open_study(job)
+    study = study or open_study(job)
     lock = ask_lock(job.storage, job.study_name)
     started = time.monotonic()
     while True:
         if tune.timeout is not None and time.monotonic() - started > tune.timeout:
             log.info("worker %d: tune.timeout reached", job.worker)
-            return
+            return study
         lock.acquire()
         try:
-            fail_dead_trials(study)
+            dead = fail_dead_trials(study, job.storage)
             counts = count(study)
             if counts.get("FAIL", 0) > 2 * tune.n_trials:
                 raise PipelineError(f"study {job.study_name}: {counts['FAIL']} failed trials; "
                                     "see the FAILED child runs in MLflow for the errors")
-            # RUNNING trials count too: another worker is finishing them.
             finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-            if finished + counts.get("RUNNING", 0) >= tune.n_trials:
-                return
-            # The trial after k finished ones draws from the same stream whether or not the
-            # study was interrupted (failed trials don't count), so a rerun repeats a killed
-            # trial's params and then proposes exactly what an uninterrupted study would.
-            study.sampler = make_sampler(job.params.seed, job.worker, finished)
+            if finished >= tune.n_trials:
+                return study
+            # RUNNING trials count too: another worker is finishing them (or dies, and its
+            # trial is failed and re-queued above, on a later pass).
+            busy = finished + counts.get("RUNNING", 0) >= tune.n_trials
+            if not busy:
+                # The trial after k finished ones draws from the same stream whether or not
+                # the study was interrupted (failed trials don't count), so a rerun repeats a
+                # killed trial's params and then proposes what an uninterrupted study would.
+                study.sampler = make_sampler(job.params.seed, job.worker, finished)
 
-            def objective(trial: optuna.Trial) -> float:
-                # The trial now exists as RUNNING, so other workers count it: release the lock.
-                lock.release()
-                return run_trial(job, trial, train, processed["val"], meta)
+                def objective(trial: optuna.Trial) -> float:
+                    # The trial now exists as RUNNING, so other workers count it: unlock.
+                    lock.release()
+                    return run_trial(job, trial, train, processed["val"], meta)
 
-            # optimize (not ask/tell) so database storages get Optuna's heartbeat thread.
-            study.optimize(objective, n_trials=1, catch=(PipelineError,), gc_after_trial=False)
+                # optimize (not ask/tell) so database storages get Optuna's heartbeat thread.
+                study.optimize(objective, n_trials=1, catch=(PipelineError,),
+                               gc_after_trial=False)
         finally:
             if lock.is_locked:
                 lock.release()
-        if progress is not None:
+        tracking.end_trial_runs(job.experiment_id, job.study_name, dead)
+        if busy:
+            time.sleep(POLL_SECONDS)
+        elif progress is not None:
             progress.update(**progress_fields(study))
 
 
@@ -227,10 +212,11 @@ def run_study(job: TuneJob) -> optuna.Study:
     progress = Progress(tune.n_trials, "tune", every=1)
     try:
         if tune.n_workers == 1:
-            run_worker(job, progress)
-            return open_study(job)
+            return run_worker(job, progress)
         ctx = multiprocessing.get_context("spawn")
-        workers = [ctx.Process(target=_spawned_worker, args=(replace(job, worker=i),))
+        # Worker numbers continue from job.worker, so hosts joining with distinct bases never
+        # share a sampler stream.
+        workers = [ctx.Process(target=_spawned_worker, args=(replace(job, worker=job.worker + i),))
                    for i in range(tune.n_workers)]
         for worker in workers:
             worker.start()
@@ -250,26 +236,33 @@ def run_study(job: TuneJob) -> optuna.Study:
         progress.close()
 
 
-@contextlib.contextmanager
-def parent_run(params: Params, name: str, storage: str) -> Iterator[str]:
-    """One MLflow parent run per study, resumed when the study is resumed."""
+def parent_run_id(params: Params, name: str, storage: str) -> str:
+    """The study's one parent run: found by its tag, or created under a lock all hosts see."""
     experiment = params.mlflow.experiment
-    existing = tracking.find_run(experiment, Tag.STUDY_PARENT, name)
-    with tracking.start_run(experiment, run_name=f"tune {name}", run_id=existing, tags={
-            Tag.STUDY_PARENT: name, Tag.STUDY: name,
-            Tag.STORAGE: storage, Tag.STAGE: "tune"}) as run_id:
-        yield run_id
+    with lock_for(storage, f"parent-{name}"):
+        return tracking.find_run(experiment, Tag.STUDY_PARENT, name) or tracking.create_run(
+            experiment, f"tune {name}", {Tag.STUDY_PARENT: name, Tag.STUDY: name,
+                                         Tag.STORAGE: mask(storage), Tag.STAGE: "tune"})
+
+
+def open_services(params: Params, data_dir: str, train_dir: str, storage: str) -> str:
+    """Check the Optuna storage and the tracking store answer (fast); return the study name."""
+    if is_database(storage):
+        check_database(storage, "OPTUNA_STORAGE")
+    tracking.configure()
+    return study_name(params, {p: dvc_hash(p) for p in (data_dir, train_dir)})
 
 
 def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[str, Any]:
     """Run (or resume) the study for these params and data; return what best_params.json holds."""
     if not params.tune.enabled:
         return {"enabled": False, "params": {}}
-    name = study_name(params, {p: dvc_hash(p) for p in (data_dir, train_dir)})
-    tracking.configure()
-    log.info("study %s in %s (%d trials, %d worker(s))", name, storage, params.tune.n_trials,
+    name = open_services(params, data_dir, train_dir, storage)
+    log.info("study %s in %s (%d trials, %d worker(s) here; other hosts may join with "
+             "`python -m pipeline.tune_worker`)", name, mask(storage), params.tune.n_trials,
              params.tune.n_workers)
-    with parent_run(params, name, storage) as run_id:
+    run_id = parent_run_id(params, name, storage)
+    with tracking.start_run(params.mlflow.experiment, run_id=run_id):
         job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
                       tracking.experiment_id(params.mlflow.experiment))
         study = run_study(job)
@@ -285,3 +278,19 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
     return {"enabled": True, "params": best.params, "metric": params.tune.metric,
             "value": best.value, "study_name": name,
             "n_trials": params.tune.n_trials}
+
+
+def join(params: Params, data_dir: str, train_dir: str, storage: str, worker: int,
+         n_workers: int) -> optuna.Study:
+    """Work on the current study from another host until it holds tune.n_trials trials."""
+    if not is_database(storage):
+        raise ConfigError(f"OPTUNA_STORAGE = {storage!r}: workers on other hosts need the "
+                          "team's database (postgresql://...), not a local journal file")
+    name = open_services(params, data_dir, train_dir, storage)
+    log.info("joining study %s in %s as worker %d (%d process(es))", name, mask(storage),
+             worker, n_workers)
+    run_id = parent_run_id(params, name, storage)
+    params = replace(params, tune=replace(params.tune, n_workers=n_workers))
+    job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
+                  tracking.experiment_id(params.mlflow.experiment), worker)
+    return run_study(job)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +155,57 @@ def run_stages(params: Path, root: Path, upto: str = "evaluate") -> dict[str, st
     evaluate.main([*common, "--data-dir", p["processed"], "--model-dir", p["models"],
                    "--reports", p["reports"]])
     return p
+
+
+# This machine kind (and CI) runs PostgreSQL on loopback with trust auth: tests that need it fail,
+# never skip, when it is missing.
+PG_ADMIN = os.environ.get("PIPELINE_TEST_POSTGRES_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TeamServer:
+    """A real `mlflow server` on PostgreSQL (started by pipeline.team) and its exports."""
+
+    url: str
+    optuna: str
+    prefix: str
+    state: Path
+    log: Path
+
+
+@contextlib.contextmanager
+def team_server(root: Path, auth: bool = False) -> Iterator[TeamServer]:
+    """Start the team's server with uniquely named databases; stop it and drop them after."""
+    from pipeline.team import drop_database, start_server, stop_server
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "mlflow-server.log"
+    with pytest.MonkeyPatch.context() as mp:
+        if auth:
+            mp.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-" + uuid.uuid4().hex)
+        process = None
+        try:
+            process, exports = start_server(PG_ADMIN, prefix, root / "state", port=free_port(),
+                                            auth=auth, workers=2, log=log)
+            yield TeamServer(exports["MLFLOW_TRACKING_URI"], exports["OPTUNA_STORAGE"], prefix,
+                             root / "state", log)
+        finally:
+            if process is not None:
+                stop_server(process)
+            for suffix in ("mlflow", "optuna", "auth"):
+                drop_database(PG_ADMIN, f"{prefix}_{suffix}")
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    """One tracking server on PostgreSQL for a test module (no auth, loopback)."""
+    with team_server(tmp_path_factory.mktemp("team")) as server:
+        yield server

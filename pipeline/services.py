@@ -1,0 +1,106 @@
+"""Shared services (tracking server, databases): masked URLs and fast reachability checks.
+
+MLflow retries an unreachable server for minutes and SQLAlchemy waits on a dead host for the
+OS timeout; a stage checks its services once, up front, with short timeouts, and stops with one
+line naming the (masked) URL and what failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlalchemy
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from pipeline.errors import StoreError
+
+# Seconds a probe may wait for a connection or an answer (the issue's budget is ~30 s in all).
+TIMEOUT = 10
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for messages, logs and tags."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query,
+                       parts.fragment))
+
+
+def is_http(url: str) -> bool:
+    """True for an MLflow tracking server URL."""
+    return urlsplit(url).scheme in ("http", "https")
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost readable cause of a connection failure."""
+    reason = getattr(err, "reason", err)
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host ({reason.strerror})"
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return f"no answer within {TIMEOUT} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is the server running on that port?)"
+    return str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+
+
+def check_server(uri: str, name: str = "MLFLOW_TRACKING_URI") -> None:
+    """Ask a tracking server for one experiment: refused, 401/403, 404 and non-MLflow fail fast."""
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+        data=json.dumps({"max_results": 1}).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    where = f"{name}={mask(uri)}"
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            who = f"user {user!r}" if user else "no MLFLOW_TRACKING_USERNAME/PASSWORD set"
+            raise StoreError(f"{where}: the server refused the credentials (401, {who})") \
+                from None
+        if err.code == 403:
+            raise StoreError(f"{where}: user {user!r} may not read experiments (403)") from None
+        if err.code == 404:
+            raise StoreError(f"{where}: no MLflow tracking API at this URL (404); check the "
+                             "host, port and path") from None
+        raise StoreError(f"{where}: the server answered HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise StoreError(f"{where}: cannot connect: {_reason(err)}") from None
+    try:
+        json.loads(body or b"{}")
+    except ValueError:
+        raise StoreError(f"{where}: the answer is not MLflow's (not JSON); check the URL") \
+            from None
+
+
+def check_database(url: str, name: str) -> None:
+    """Open and close one connection to a SQLAlchemy URL (PostgreSQL, MySQL, SQLite)."""
+    where = f"{name}={mask(url)}"
+    # connect_timeout is the PostgreSQL/MySQL drivers' own bound on a dead or mistyped host.
+    args = {} if url.startswith("sqlite") else {"connect_timeout": TIMEOUT}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=args, poolclass=sqlalchemy.NullPool)
+    except (ArgumentError, ImportError, ValueError) as err:
+        raise StoreError(f"{where}: not a usable database URL: {err}") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as err:
+        text = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise StoreError(f"{where}: cannot connect: {text[0] if text else type(err).__name__}") \
+            from None
+    finally:
+        engine.dispose()
