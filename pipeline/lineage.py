@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,24 @@ def git_info() -> dict[str, str]:
     except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired):
         return {Tag.GIT_COMMIT: "unknown", Tag.GIT_DIRTY: "unknown"}
     return {Tag.GIT_COMMIT: commit, Tag.GIT_DIRTY: str(dirty).lower()}
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """Name and baseline commit of the `dvc exp run` experiment running this stage, else {}."""
+    # DVC exports both to every stage it runs for an experiment (dvc/repo/experiments/queue).
+    name = os.environ.get("DVC_EXP_NAME")
+    if not name:
+        return {}
+    return {Tag.DVC_EXP: name, Tag.DVC_EXP_BASELINE: os.environ.get("DVC_EXP_BASELINE_REV", "")}
+
+
+def pipeline_run_name() -> str:
+    """Name of the pipeline's MLflow run: the DVC experiment's, else repro@<short commit>."""
+    # No "+dirty": `dvc repro` has rewritten dvc.lock by the time train runs, so it would be
+    # on every run; the git_dirty tag keeps that fact.
+    commit = git_info()[Tag.GIT_COMMIT]
+    return (dvc_experiment_tags().get(Tag.DVC_EXP)
+            or ("repro" if commit == "unknown" else f"repro@{commit[:7]}"))
 
 
 def content_md5(path: str | Path) -> str:

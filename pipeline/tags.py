@@ -16,6 +16,12 @@ class Tag:
     THRESHOLD_RULE = "pipeline.threshold_rule"
     REGISTERED_VERSION = "pipeline.registered_version"
     GATE_DECISION = "pipeline.gate_decision"
+    # `dvc exp run` experiment that made a run; a row of `dvc exp show` finds its run by it.
+    DVC_EXP, DVC_EXP_BASELINE = "pipeline.dvc_exp", "pipeline.dvc_exp_baseline"
+    # Run whose evaluate produced this run's test metrics (itself, or an earlier run of the
+    # same weights and test data when DVC skipped evaluate for byte-identical weights).
+    TEST_METRICS_FROM = "pipeline.test_metrics_from"
+    PRUNED_AT = "pipeline.pruned_at_epoch"
     STUDY = "optuna.study_name"
     STUDY_PARENT = "optuna.study_name_parent"
     STORAGE = "optuna.storage"

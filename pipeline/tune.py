@@ -76,9 +76,10 @@ class ReportToOptuna(Callback):
     """Report the validation metric each epoch and prune when the pruner says so."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+        self.trial, self.metric, self.epoch = trial, metric, 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch = epoch  # the run's name says where a pruned trial stopped
         self.trial.report(logs[f"val_{self.metric}"], epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -119,14 +120,14 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     with tracking.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
                             {**values, "worker": job.worker}) as run:
         logger = tracking.EpochLogger(run.run_id)
+        reporter = ReportToOptuna(trial, params.tune.metric)
         try:
             result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
                                seed=params.seed, device=select_device(),
-                               monitor=params.tune.metric,
-                               callbacks=[ReportToOptuna(trial, params.tune.metric), logger])
+                               monitor=params.tune.metric, callbacks=[reporter, logger])
         except optuna.TrialPruned:
             logger.flush()
-            run.state = "PRUNED"
+            run.state, run.pruned_at = "PRUNED", reporter.epoch
             raise
         run.state = "COMPLETE"
         tracking.log_metrics({"objective": result.best_score, "best_epoch": result.best_epoch},

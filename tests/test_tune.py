@@ -102,6 +102,11 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(tune_env: Path) -> No
         run = by_number[trial.number]
         assert run.data.tags["optuna.trial_state"] == trial.state.name
         assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[trial.state.name]
+        # KILLED reads as a crash in the UI: the name and a tag say the pruner stopped it, where.
+        pruned = trial.state.name == "PRUNED"
+        epoch = max(trial.intermediate_values) if pruned else None
+        assert run.info.run_name == f"trial-{trial.number}" + (f" pruned@{epoch}" if pruned else "")
+        assert run.data.tags.get("pipeline.pruned_at_epoch") == (str(epoch) if pruned else None)
         assert float(run.data.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
         assert "duration_seconds" in run.data.metrics
     parent_id = {r.data.tags["mlflow.parentRunId"] for r in children}

@@ -13,6 +13,7 @@ from pipeline.engine import predict_proba, seed_everything
 from pipeline.evaluation import evaluate, write_reports
 from pipeline.models import WEIGHTS_FILE, load_model
 from pipeline.stages._common import stage_main
+from pipeline.tags import Tag
 
 log = logging.getLogger(__name__)
 PATHS = {"data_dir": "data/processed", "model_dir": "models", "reports": "reports"}
@@ -27,10 +28,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
     result = evaluate(splits["val"].y, p_val, splits["test"], p_test, params.evaluate.threshold)
     figures = write_reports(Path(args.reports), result, meta)
     tracking.configure()
-    with tracking.model_run(params.mlflow.experiment, Path(args.model_dir) / WEIGHTS_FILE,
-                            "evaluate"):
+    with tracking.model_run(params.mlflow.experiment,
+                            Path(args.model_dir) / WEIGHTS_FILE) as run_id:
         records.log_evaluation(result.metrics, splits["test"], args.data_dir, figures,
                                 Path(args.reports))
+        tracking.log_tags({Tag.TEST_METRICS_FROM: run_id})  # evaluated here, not adopted
 
 
 main = stage_main(__doc__, PATHS, run)

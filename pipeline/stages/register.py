@@ -22,7 +22,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     splits, meta = load_splits(args.data_dir, names=("test",))
     weights = Path(args.model_dir) / WEIGHTS_FILE
     tracking.configure()
-    with tracking.model_run(params.mlflow.experiment, weights, "register"):
+    with tracking.model_run(params.mlflow.experiment, weights):
         lineage = lineage_tags(args.data_dir, args.train_dir, weights,
                                         Path(args.model_dir) / CONFIG_FILE)
         report = registry.register_and_gate(params.register, args.model_dir, args.data_dir, meta,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import records, tracking
+from pipeline import records, tracking, views
 from pipeline.config import Params
 from pipeline.dataset import load_splits
 from pipeline.engine import select_device
 from pipeline.progress import EpochProgress
 from pipeline.stages._common import stage_main
-from pipeline.tags import Tag
 from pipeline.training import fit_model, load_tuned, save_training
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
@@ -24,8 +23,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params.train, params.model)
     device = select_device()
     tracking.configure()
-    with tracking.start_run(params.mlflow.experiment, run_name="train",
-                            tags={Tag.STAGE: "train"}) as run_id:
+    with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
         records.log_training_inputs(sections, tuned, (train, args.train_dir),
@@ -36,6 +34,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         weights = save_training(result, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
         records.log_training_result(result, weights, val.X[:4])
+        views.adopt_test_metrics(run_id)
 
 
 main = stage_main(__doc__, PATHS, run)

@@ -1,0 +1,90 @@
+"""What the team sees in MLflow: the pipeline run's name, a saved runs-table view with the
+metrics that matter, and test metrics carried to a rerun whose weights DVC found unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.lineage import dvc_experiment_tags, pipeline_run_name
+from pipeline.tags import Tag
+
+# MLflow's UI (3.x) lists experiment tags with this prefix under "Views" and opens one with
+# `?viewStateShareKey=<key>`; its runs table otherwise shows no metric column by default.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "pipeline"
+# Without it a 3.x UI may open the experiment as a GenAI one (traces) instead of its runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Test metrics of pipeline runs (and the register gate's default), a trial's validation score.
+COLUMNS = ("test_roc_auc", "test_log_loss", "test_accuracy", "test_f1", "objective")
+
+
+def view_url(experiment_id: str) -> str:
+    """Path (after the server's address) that opens the runs table in the pipeline's view."""
+    return (f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
+def table_view() -> dict:
+    """The runs-table state MLflow's UI saves for a view: columns, sort, expanded parents."""
+    columns = [f"metrics.`{m}`" for m in COLUMNS] + [
+        f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.PRUNED_AT, Tag.TEST_METRICS_FROM)] + [
+        "params.`model.type`", "params.`train.lr`"]
+    return {"selectedColumns": columns, "orderByKey": "attributes.start_time",
+            "orderByAsc": False, "runsExpanded": {}}
+
+
+def share_table_view(experiment_id: str) -> None:
+    """Save the pipeline's view in the experiment once (a teammate's edits to it are kept)."""
+    client = MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    now = int(time.time() * 1000)
+    if VIEW_TAG_PREFIX + VIEW_KEY not in tags:
+        envelope = {"name": "Pipeline: test metrics", "createdAt": now, "updatedAt": now,
+                    "state": json.dumps(table_view())}
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(envelope))
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
+    if "mlflow.note.content" not in tags:  # never overwrite a description someone wrote
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", (
+            "Runs of the DVC pipeline, each named after its `dvc exp run` experiment (tag "
+            f"`{Tag.DVC_EXP}`) or `repro@<commit>`; Optuna trials nest under their study's "
+            f"run. Test metrics as columns: **Views → Pipeline: test metrics**, or "
+            f"[open that view]({view_url(experiment_id)})."))
+
+
+@contextlib.contextmanager
+def pipeline_run(experiment: str, stage: str) -> Iterator[str]:
+    """Start the pipeline's run, named and tagged after its DVC experiment; share the view."""
+    with tracking.start_run(experiment, run_name=pipeline_run_name(),
+                            tags={Tag.STAGE: stage, **dvc_experiment_tags()}) as run_id:
+        share_table_view(MlflowClient().get_run(run_id).info.experiment_id)
+        yield run_id
+
+
+def adopt_test_metrics(run_id: str) -> str | None:
+    """Copy test metrics from the latest earlier run of the same weights and test data."""
+    # DVC skips evaluate when train reproduces its weights byte for byte (a tuned key changed,
+    # a rerun): without this the new run, the one named after the experiment, would have none.
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    query = (f"tags.`{Tag.MODEL_SHA}` = '{run.data.tags[Tag.MODEL_SHA]}' and "
+             f"tags.`{Tag.PROCESSED}` = '{run.data.tags[Tag.PROCESSED]}'")
+    for earlier in client.search_runs([run.info.experiment_id], query, max_results=50,
+                                      order_by=["attributes.start_time DESC"]):
+        test = {k: v for k, v in earlier.data.metrics.items() if k.startswith("test_")}
+        if earlier.info.run_id == run_id or not test:
+            continue
+        tracking.log_metrics(test, run_id)
+        source = earlier.data.tags.get(Tag.TEST_METRICS_FROM, earlier.info.run_id)
+        tracking.log_tags({Tag.TEST_METRICS_FROM: source,
+                           Tag.THRESHOLD_RULE: earlier.data.tags.get(Tag.THRESHOLD_RULE, "")},
+                          run_id)
+        return source
+    return None

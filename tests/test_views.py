@@ -1,0 +1,106 @@
+"""What the team sees in MLflow: run names, the shared runs-table view, adopted test metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.lineage import pipeline_run_name
+from pipeline.stages import evaluate, train
+from pipeline.views import COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX
+from tests.conftest import make_imagefolder, module_store, run_stages, write_params
+
+USER_NOTE = "Our team's notes about this experiment."
+
+
+@pytest.fixture(scope="module")
+def three_experiments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`dvc exp run` as DVC runs stages: train + evaluate under one experiment name; train
+    alone under another, reproducing the same weights (DVC then skips evaluate); evaluate alone
+    under a third (say, only evaluate.threshold changed)."""
+    root = tmp_path_factory.mktemp("views")
+    with module_store(root) as uri, pytest.MonkeyPatch.context() as mp:
+        client = MlflowClient(uri)
+        # A description someone already wrote must survive the pipeline's own.
+        exp_id = client.create_experiment("binary-classification",
+                                          artifact_location=(root / "mlartifacts").as_uri())
+        client.set_experiment_tag(exp_id, "mlflow.note.content", USER_NOTE)
+        params = write_params(root / "params.yaml", {"data": {
+            "source": "imagefolder", "path": str(make_imagefolder(root / "images")),
+            "positive_class": "dog", "image_size": 8, "channels": 1,
+            "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+        # What DVC exports to every stage of an experiment (checked with a real `dvc exp run`
+        # in tests/test_dvc_pipeline.py).
+        mp.setenv("DVC_EXP_NAME", "first-exp")
+        mp.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+        paths = run_stages(params, root)
+        mp.setenv("DVC_EXP_NAME", "second-exp")
+        train.main(["--params", str(params), "--data-dir", paths["processed"],
+                    "--train-dir", paths["augmented"], "--out", paths["models"],
+                    "--reports", paths["reports"],
+                    "--best-params", str(root / "models" / "best_params.json")])
+        runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
+        mp.setenv("DVC_EXP_NAME", "third-exp")
+        evaluate.main(["--params", str(params), "--data-dir", paths["processed"],
+                       "--model-dir", paths["models"], "--reports", paths["reports"]])
+        after = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
+        yield {"client": client, "exp_id": exp_id, "runs": runs, "after": after}
+
+
+def test_run_is_named_after_the_dvc_experiment_and_resuming_keeps_the_name(
+        three_experiments: dict) -> None:
+    first = three_experiments["runs"][0]
+    # evaluate resumed train's run (test metrics are there) without renaming it "evaluate".
+    assert first.info.run_name == "first-exp"
+    assert first.data.tags["pipeline.dvc_exp"] == "first-exp"
+    assert first.data.tags["pipeline.dvc_exp_baseline"] == "a" * 40
+    assert "test_roc_auc" in first.data.metrics
+    assert first.data.tags["pipeline.test_metrics_from"] == first.info.run_id
+    # A later experiment's evaluate resumes the latest run of these weights: no new run, and
+    # neither its name nor its experiment tag changes.
+    after = three_experiments["after"]
+    assert [r.info.run_id for r in after] == [r.info.run_id for r in three_experiments["runs"]]
+    assert after[1].info.run_name == "second-exp"
+    assert after[1].data.tags["pipeline.dvc_exp"] == "second-exp"
+    assert after[1].data.tags["pipeline.test_metrics_from"] == after[1].info.run_id
+
+
+def test_retrain_with_identical_weights_adopts_the_test_metrics(three_experiments: dict) -> None:
+    first, second = three_experiments["runs"]
+    assert second.info.run_name == "second-exp"
+    assert second.data.tags["pipeline.model_sha256"] == first.data.tags["pipeline.model_sha256"]
+    test = {k: v for k, v in first.data.metrics.items() if k.startswith("test_")}
+    assert test and {k: second.data.metrics[k] for k in test} == test
+    assert second.data.tags["pipeline.test_metrics_from"] == first.info.run_id
+    assert second.data.tags["pipeline.threshold_rule"] == first.data.tags["pipeline.threshold_rule"]
+
+
+def test_experiment_carries_a_saved_runs_table_view(three_experiments: dict) -> None:
+    tags = three_experiments["client"].get_experiment(three_experiments["exp_id"]).tags
+    # The envelope MLflow's UI lists under "Views" (name, createdAt, state as a JSON string).
+    envelope = json.loads(tags[VIEW_TAG_PREFIX + VIEW_KEY])
+    assert envelope["name"] and isinstance(envelope["createdAt"], int)
+    columns = json.loads(envelope["state"])["selectedColumns"]
+    wanted = {f"metrics.`{m}`" for m in COLUMNS} | {"tags.`pipeline.dvc_exp`",
+                                                    "tags.`pipeline.pruned_at_epoch`"}
+    assert wanted <= set(columns)
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == USER_NOTE
+
+
+def test_outside_an_experiment_the_run_is_named_after_the_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert pipeline_run_name() == "repro"  # not a git checkout
+    for cmd in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q",
+                                 "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *cmd], check=True, cwd=tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True, cwd=tmp_path).stdout.strip()
+    assert pipeline_run_name() == f"repro@{head[:7]}"
