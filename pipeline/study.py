@@ -16,6 +16,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -23,11 +24,12 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.config import Params
+from pipeline.config import ModelConfig, Params, SearchParam, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.locks import Lock, lock_for
 from pipeline.procs import owner_gone
 from pipeline.services import check_database
+from pipeline.typed import field_type
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "optuna.journal"
@@ -163,3 +165,19 @@ def make_sampler(seed: int, worker: int, finished: int) -> optuna.samplers.TPESa
     # Workers get their own streams so parallel workers do not propose identical points.
     state = np.random.SeedSequence([seed, worker, finished]).generate_state(1)[0]
     return optuna.samplers.TPESampler(seed=int(state), n_startup_trials=5)
+
+
+def suggest(trial: optuna.Trial, space: dict[str, SearchParam]) -> dict[str, Any]:
+    """Sample every key of the search space for one trial (ints for int fields)."""
+    values: dict[str, Any] = {}
+    for key, spec in space.items():
+        if spec.choices is not None:
+            values[key] = trial.suggest_categorical(key, list(spec.choices))
+            continue
+        assert spec.low is not None and spec.high is not None
+        section, _, name = key.partition(".")
+        if field_type(TrainConfig if section == "train" else ModelConfig, name) is int:
+            values[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
+        else:
+            values[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
+    return values

@@ -123,7 +123,8 @@ def start_server(admin_url: str, prefix: str, state: Path, host: str = "127.0.0.
     if not auth and not is_loopback(host):
         raise PipelineError(f"--host {host}: refusing an open server beyond loopback; "
                             "drop --no-auth")
-    env = dict(os.environ)
+    # The server's job runner (eight huey processes for GenAI jobs) serves nothing we use.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     if auth:
         if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
             raise PipelineError("authentication is on: set MLFLOW_AUTH_ADMIN_PASSWORD (the "
@@ -141,7 +142,11 @@ def start_server(admin_url: str, prefix: str, state: Path, host: str = "127.0.0.
     wildcard = host in ("0.0.0.0", "::")
     # Teammates address a wildcard bind by this host's name; this host probes loopback.
     url = f"http://{platform.node() if wildcard else host}:{port}"
-    wait_until_up(f"http://127.0.0.1:{port}" if wildcard else url, process)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}" if wildcard else url, process)
+    except BaseException:
+        stop_server(process)
+        raise
     exports = {"MLFLOW_TRACKING_URI": url, "OPTUNA_STORAGE": optuna_db}
     return process, exports
 

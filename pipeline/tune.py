@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 
 from pipeline import tracking
-from pipeline.config import ModelConfig, Params, SearchParam, TrainConfig
+from pipeline.config import Params
 from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.engine import Callback, select_device
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lineage import dvc_hash
-from pipeline.locks import lock_for
+from pipeline.locks import Lock, lock_for
 from pipeline.metrics import direction
 from pipeline.plots import save_study_figures
 from pipeline.progress import Progress
@@ -26,36 +29,21 @@ from pipeline.study import (
     ask_lock,
     count,
     fail_dead_trials,
+    heartbeat_seconds,
     is_database,
     make_pruner,
     make_sampler,
     make_storage,
     mark_owner,
     study_name,
+    suggest,
 )
 from pipeline.tags import Tag
 from pipeline.training import apply_tuned, fit_model
-from pipeline.typed import field_type
 
 log = logging.getLogger(__name__)
 # How often a worker with nothing to start looks at the others' trials again.
 POLL_SECONDS = 2.0
-
-
-def suggest(trial: optuna.Trial, space: dict[str, SearchParam]) -> dict[str, Any]:
-    """Sample every key of the search space for one trial (ints for int fields)."""
-    values: dict[str, Any] = {}
-    for key, spec in space.items():
-        if spec.choices is not None:
-            values[key] = trial.suggest_categorical(key, list(spec.choices))
-            continue
-        assert spec.low is not None and spec.high is not None
-        section, _, name = key.partition(".")
-        if field_type(TrainConfig if section == "train" else ModelConfig, name) is int:
-            values[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
-        else:
-            values[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
-    return values
 
 
 @dataclass(frozen=True)
@@ -135,6 +123,31 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
         return result.best_score
 
 
+@contextlib.contextmanager
+def watching(job: TuneJob) -> Iterator[None]:
+    """In a database study, fail and re-queue dead workers' trials every heartbeat, on any
+    host, also while this worker is busy training (the loop below only checks between trials)."""
+    if not is_database(job.storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        study, lock = open_study(job), ask_lock(job.storage, job.study_name)
+        while not stop.wait(heartbeat_seconds()):
+            with lock:
+                dead = fail_dead_trials(study, job.storage)
+            tracking.end_trial_runs(job.experiment_id, job.study_name, dead)
+
+    thread = threading.Thread(target=watch, name="dead-trial-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_worker(job: TuneJob, progress: Progress | None = None,
                study: optuna.Study | None = None) -> optuna.Study:
     """Run trials until the study holds tune.n_trials complete + pruned trials; return it.
@@ -142,12 +155,19 @@ def run_worker(job: TuneJob, progress: Progress | None = None,
     It waits for trials that other workers (on any host) are running, so it returns only when
     the study is finished, and reruns the params of a trial whose worker died.
     """
-    tune = job.params.tune
     processed, meta = load_splits(job.data_dir, names=("val",))
     train = load_splits(job.train_dir, names=("train",))[0]["train"]
     study = study or open_study(job)
     lock = ask_lock(job.storage, job.study_name)
     started = time.monotonic()
+    with watching(job):
+        return work(job, study, lock, train, processed["val"], meta, started, progress)
+
+
+def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split,
+         meta: DatasetMeta, started: float, progress: Progress | None) -> optuna.Study:
+    """The worker loop: under the lock, repair, count, then start one trial or wait."""
+    tune = job.params.tune
     while True:
         if tune.timeout is not None and time.monotonic() - started > tune.timeout:
             log.info("worker %d: tune.timeout reached", job.worker)
@@ -174,7 +194,7 @@ def run_worker(job: TuneJob, progress: Progress | None = None,
                 def objective(trial: optuna.Trial) -> float:
                     # The trial now exists as RUNNING, so other workers count it: unlock.
                     lock.release()
-                    return run_trial(job, trial, train, processed["val"], meta)
+                    return run_trial(job, trial, train, val, meta)
 
                 # optimize (not ask/tell) so database storages get Optuna's heartbeat thread.
                 study.optimize(objective, n_trials=1, catch=(PipelineError,),
@@ -279,19 +299,3 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
     return {"enabled": True, "params": best.params, "metric": params.tune.metric,
             "value": best.value, "study_name": name,
             "n_trials": params.tune.n_trials}
-
-
-def join(params: Params, data_dir: str, train_dir: str, storage: str, worker: int,
-         n_workers: int) -> optuna.Study:
-    """Work on the current study from another host until it holds tune.n_trials trials."""
-    if not is_database(storage):
-        raise ConfigError(f"OPTUNA_STORAGE = {storage!r}: workers on other hosts need the "
-                          "team's database (postgresql://...), not a local journal file")
-    name = open_services(params, data_dir, train_dir, storage)
-    log.info("joining study %s in %s as worker %d (%d process(es))", name, mask(storage),
-             worker, n_workers)
-    run_id = parent_run_id(params, name, storage)
-    params = replace(params, tune=replace(params.tune, n_workers=n_workers))
-    job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
-                  tracking.experiment_id(params.mlflow.experiment), worker)
-    return run_study(job)

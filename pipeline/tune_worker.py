@@ -10,14 +10,42 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import platform
 import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from pipeline.config import load_params
-from pipeline.errors import PipelineError
+from pipeline.config import Params, load_params
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.services import mask
 from pipeline.stages._common import setup_logging
-from pipeline.study import storage_url
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+def join(params: Params, data_dir: str, train_dir: str, storage: str, worker: int,
+         n_workers: int) -> optuna.Study:
+    """Work on the current study from another host until it holds tune.n_trials trials."""
+    # Loaded here, so --help and argument errors answer without loading torch and MLflow.
+    from pipeline import tracking, tune
+    from pipeline.study import is_database
+
+    if not is_database(storage):
+        raise ConfigError(f"OPTUNA_STORAGE = {storage!r}: workers on other hosts need the "
+                          "team's database (postgresql://...), not a local journal file")
+    name = tune.open_services(params, data_dir, train_dir, storage)
+    log.info("joining study %s in %s as worker %d (%d process(es))", name, mask(storage),
+             worker, n_workers)
+    run_id = tune.parent_run_id(params, name, storage)
+    params = replace(params, tune=replace(params.tune, n_workers=n_workers))
+    job = tune.TuneJob(params, data_dir, train_dir, storage, name, run_id,
+                       tracking.experiment_id(params.mlflow.experiment), worker)
+    return tune.run_study(job)
 
 
 def host_worker() -> int:
@@ -38,12 +66,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="sampler stream number (default: derived from host and pid)")
     args = parser.parse_args(argv)
     setup_logging()
-    from pipeline.tune import join  # torch and MLflow load after argument errors are reported
-
     try:
         params = load_params(args.params)
         if not params.tune.enabled:
             raise PipelineError(f"{args.params}: tune.enabled is false; nothing to join")
+        from pipeline.study import storage_url
+
         study = join(params, args.data_dir, args.train_dir, storage_url(),
                      host_worker() if args.worker is None else args.worker, args.workers)
     except PipelineError as err:

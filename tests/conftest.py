@@ -194,7 +194,7 @@ def team_server(root: Path, auth: bool = False) -> Iterator[TeamServer]:
         process = None
         try:
             process, exports = start_server(PG_ADMIN, prefix, root / "state", port=free_port(),
-                                            auth=auth, workers=2, log=log)
+                                            auth=auth, workers=1, log=log)
             yield TeamServer(exports["MLFLOW_TRACKING_URI"], exports["OPTUNA_STORAGE"], prefix,
                              root / "state", log)
         finally:
