@@ -55,17 +55,28 @@ def write_breast_cancer(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Source:
-    """How a data.source is read: its layout, and for built-ins how it is first written."""
+    """How a data.source is read: its layout, and for built-ins how and where it is written."""
 
     kind: Literal["image", "table"]
     write_builtin: Callable[[Path], None] | None = None
+    builtin_name: str = ""  # its file or folder under data/raw/ (the builtin stage's outs)
 
 
 # The one place a data source is added.
-SOURCES = {"digits": Source("image", write_digits),
-           "breast_cancer": Source("table", write_breast_cancer),
+SOURCES = {"digits": Source("image", write_digits, "digits"),
+           "breast_cancer": Source("table", write_breast_cancer, "breast_cancer.csv"),
            "imagefolder": Source("image"),
            "csv": Source("table")}
+
+
+def write_builtins(root: Path) -> list[Path]:
+    """Write every built-in set under `root` in the layout users bring; return the paths."""
+    written = []
+    for source in SOURCES.values():
+        if source.write_builtin is not None:
+            source.write_builtin(root / source.builtin_name)
+            written.append(root / source.builtin_name)
+    return written
 
 
 def source_of(cfg: DataConfig) -> Source:
