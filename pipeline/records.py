@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from mlflow.models import infer_signature
 
-from pipeline import tracking
+from pipeline import cpu, tracking
 from pipeline.engine import FitResult
 from pipeline.lineage import dvc_hash, file_sha256, git_info
 from pipeline.tags import Tag
@@ -21,10 +21,15 @@ from pipeline.typed import flatten
 
 
 def runtime_tags(device: str, threads: int) -> dict[str, str]:
-    """Library versions, device and thread count that produced a run."""
+    """Library versions, device, thread count and CPU kernel dispatch that produced a run."""
+    kernels = cpu.kernel_settings()
     return {"pipeline.torch": torch.__version__, "pipeline.device": device,
             "pipeline.threads": str(threads), "pipeline.python": platform.python_version(),
-            "pipeline.mlflow": mlflow.__version__}
+            "pipeline.mlflow": mlflow.__version__, Tag.CPU_KERNELS: kernels.pop("mode"),
+            # ATen's choice as made (it is fixed at the first tensor operation).
+            Tag.CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
+            Tag.CPU_MODEL: kernels.pop("cpu"),
+            **{Tag.CPU_ENV + name: value for name, value in kernels.items()}}
 
 
 def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str,

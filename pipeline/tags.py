@@ -13,6 +13,10 @@ class Tag:
     PARAMS_SHA = "pipeline.params_sha256"
     RUN_ID = "pipeline.run_id"
     TUNED_KEYS = "pipeline.tuned_keys"
+    # CPU kernel dispatch that computed a run (pipeline/cpu.py): the kernels mode, ATen's
+    # effective capability, the CPU model, and "pipeline.cpu.env.<VAR>" per pinned variable.
+    CPU_KERNELS, CPU_CAPABILITY = "pipeline.cpu.kernels", "pipeline.cpu.capability"
+    CPU_MODEL, CPU_ENV = "pipeline.cpu.model", "pipeline.cpu.env."
     THRESHOLD_RULE = "pipeline.threshold_rule"
     REGISTERED_VERSION = "pipeline.registered_version"
     GATE_DECISION = "pipeline.gate_decision"
