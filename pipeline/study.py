@@ -106,7 +106,9 @@ def fail_dead_trials(study: optuna.Study, storage: str) -> list[int]:
             if is_database(storage):
                 retry(study, trial)
     if is_database(storage):
-        optuna.storages.fail_stale_trials(study)  # public API; runs the retry callback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # public API; runs the retry callback
         now = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         failed += [t.number for t in running
                    if t.number not in failed and now[t.number] == TrialState.FAIL]

@@ -1,0 +1,209 @@
+"""Cost of the team's shared services, against a real `mlflow server` on PostgreSQL (loopback).
+
+Prints, for the default digits config:
+* tracking share: seconds inside MLflow calls (outermost, main thread) of the train stage,
+  as a share of its training seconds -- against the server, and against local SQLite;
+* Optuna storage share: seconds inside RDBStorage methods (main thread) of the tune stage, as a
+  share of the summed trial durations;
+* trials per minute with 2 hosts of 1 thread each (the tune stage plus `pipeline.tune_worker`
+  in its own UTS namespace) vs 1 host of 1 thread, each on a fresh study.
+
+Usage: python benchmarks/team.py [--trials 8] [--repeats 3] [--set train.epochs=10]
+(Needs PostgreSQL at PIPELINE_TEAM_DATABASE or postgresql://127.0.0.1:5432/postgres.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import inspect
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import yaml
+from mlflow.tracking import MlflowClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._workspace import parse_sets
+from pipeline.stages import augment, preprocess, train, tune
+from pipeline.team import DEFAULT_ADMIN_DB, drop_database, start_server, stop_server
+from pipeline.typed import deep_merge
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Clock:
+    """Seconds spent inside wrapped callables: outermost calls on the main thread only."""
+
+    def __init__(self) -> None:
+        self.seconds, self.depth = 0.0, 0
+
+    def wrap(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not threading.main_thread() or self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            tick = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - tick
+                self.depth -= 1
+        return timed
+
+    @contextlib.contextmanager
+    def patch(self, owners: list[Any]) -> Iterator[Clock]:
+        """Wrap every public function/method of the given classes and modules."""
+        saved = []
+        for owner in owners:
+            for name, value in list(vars(owner).items()):
+                if name.startswith("_") or not (inspect.isfunction(value)):
+                    continue
+                saved.append((owner, name, value))
+                setattr(owner, name, self.wrap(value))
+        try:
+            yield self
+        finally:
+            for owner, name, value in saved:
+                setattr(owner, name, value)
+
+
+def workspace(root: Path, overrides: dict) -> Path:
+    """params.yaml (defaults + overrides) and the processed/augmented data, as after dvc pull."""
+    root.mkdir(parents=True)
+    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    params["data"]["path"] = str(root / "data" / "raw" / "digits")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with contextlib.chdir(root):
+        preprocess.main(["--out", "data/processed"])
+        augment.main([])
+    return root
+
+
+def train_share(root: Path, uri: str) -> tuple[float, float]:
+    """(seconds in MLflow, seconds training) for one train stage run against `uri`."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    fit = Clock()
+    clock = Clock()
+    import pipeline.stages.train as stage_mod
+
+    original = stage_mod.fit_model
+    stage_mod.fit_model = fit.wrap(original)
+    try:
+        with contextlib.chdir(root), clock.patch([MlflowClient, mlflow, mlflow.pytorch]):
+            train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
+    finally:
+        stage_mod.fit_model = original
+    inside_fit = clock.seconds  # the per-epoch logger runs inside fit; measured separately
+    return inside_fit, fit.seconds
+
+
+def storage_share(root: Path, uri: str, optuna_url: str, trials: int) -> tuple[float, float]:
+    """(seconds in RDBStorage, summed trial seconds) for one tune stage run."""
+    os.environ.update(MLFLOW_TRACKING_URI=uri, OPTUNA_STORAGE=optuna_url)
+    clock = Clock()
+    out = root / f"best-{uuid.uuid4().hex[:6]}.json"
+    with contextlib.chdir(root), clock.patch([optuna.storages.RDBStorage]):
+        tune.main(["--out", str(out)])
+    study = the_study(optuna_url, out)
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+                if t.datetime_complete)
+    return clock.seconds, spent
+
+
+def the_study(optuna_url: str, best: Path) -> optuna.Study:
+    """The study a tune run wrote best_params.json for."""
+    name = yaml.safe_load(best.read_text())["study_name"]
+    return optuna.load_study(study_name=name, storage=optuna_url)
+
+
+def on_host(root: Path, host: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A process in its own UTS namespace with its own host name."""
+    return subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" '
+                             '"$@"', sys.executable, "-m", *args], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def trials_per_minute(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
+                      seed: int) -> float:
+    """Finished trials per minute of a fresh study (first trial start to last trial end)."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["seed"] = seed  # a new study name: nothing resumed
+    name = f"params-{seed}.yaml"
+    (root / name).write_text(yaml.safe_dump(params, sort_keys=False))
+    best = root / f"best-{seed}.json"
+    procs = [on_host(root, "host-a", ["pipeline.stages.tune", "--params", name, "--out",
+                                      str(best)], env)]
+    if hosts == 2:
+        procs.append(on_host(root, "host-b", ["pipeline.tune_worker", "--params", name], env))
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"a tuning process failed ({proc.args})")
+    trials = the_study(optuna_url, best).trials
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    done = sum(t.state.is_finished() and t.state.name != "FAIL" for t in trials)
+    return done / ((end - start).total_seconds() / 60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", help="params override, e.g. train.epochs=10")
+    args = parser.parse_args()
+    admin = os.environ.get("PIPELINE_TEAM_DATABASE", DEFAULT_ADMIN_DB)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    overrides = deep_merge({"train": {"num_threads": 1},
+                            "tune": {"n_trials": args.trials, "pruner": "none"}},
+                           parse_sets(args.set))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = workspace(Path(tmp) / "ws", overrides)
+        server, exports = start_server(admin, prefix, Path(tmp) / "state", port=5099,
+                                       workers=1, log=Path(tmp) / "server.log")
+        try:
+            uri, optuna_url = exports["MLFLOW_TRACKING_URI"], exports["OPTUNA_STORAGE"]
+            rows = []
+            for target in (f"sqlite:///{root}/mlflow.db", uri):
+                shares = [train_share(root, target) for _ in range(args.repeats)]
+                rows.append((target.split(":")[0], [m / f for m, f in shares],
+                             statistics.median(f for _, f in shares)))
+            for kind, share, fit in rows:
+                print(f"tracking ({kind:6s}): median {statistics.median(share):.2%} of training "
+                      f"(runs: {', '.join(f'{s:.2%}' for s in share)}; fit {fit:.1f} s)")
+            shares = [storage_share(root, uri, optuna_url, args.trials)
+                      for _ in range(1)]
+            for spent, trial_seconds in shares:
+                print(f"optuna storage (PostgreSQL): {spent:.2f} s of {trial_seconds:.1f} s in "
+                      f"trials = {spent / trial_seconds:.2%}")
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": optuna_url}
+            one, two = [], []
+            for i in range(args.repeats):
+                one.append(trials_per_minute(root, env, optuna_url, 1, 1000 + i))
+                two.append(trials_per_minute(root, env, optuna_url, 2, 2000 + i))
+            ratios = [b / a for a, b in zip(one, two, strict=True)]
+            runs = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"trials/min: 1 host x 1 thread {statistics.median(one):.2f}, 2 hosts x 1 "
+                  f"thread {statistics.median(two):.2f}; ratio median "
+                  f"{statistics.median(ratios):.2f} (runs: {runs})")
+        finally:
+            stop_server(server)
+            for suffix in ("mlflow", "optuna", "auth"):
+                drop_database(admin, f"{prefix}_{suffix}")
+
+
+if __name__ == "__main__":
+    main()
