@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-fast lint clean team-server exps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ test: setup
 test-fast: setup
 	$(BIN)/ruff check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow"
+
+# `dvc exp show` trimmed to what matters (all ~130 columns: plain `dvc exp show`): test metrics,
+# the validation score, key params, and every param some experiment changed. Params have dots
+# in their names, metrics and the deps' hashes (paths) do not, so the drop pattern takes those
+# and the keep pattern brings back the chosen ones. More flags: make exps ARGS="-A --csv".
+EXPS_KEEP := (Experiment|Created|seed|roc_auc|log_loss|accuracy|f1|best_val_[a-z_]+|model\.type|train\.lr)$$
+exps:
+	PATH="$(abspath $(BIN)):$$PATH" dvc exp show --no-pager --only-changed --precision 4 \
+	  --drop '[^.]*$$|.*/' --keep '$(EXPS_KEEP)' $(ARGS)
+
+# The team's MLflow server on PostgreSQL (loopback; see README "Team setup").
+team-server: setup
+	$(BIN)/python -m pipeline.team
 
 lint: setup
 	$(BIN)/ruff check .
