@@ -1,4 +1,9 @@
-"""Model registry: log the raw-input pyfunc, register a version, champion/challenger gate."""
+"""Model registry: log the raw-input pyfunc, register a version, champion/challenger gate.
+
+The gate (read champion, score, decide, move aliases, append to the audit trail) runs under a
+lock per registered model that every teammate's process sees (`locks.team_lock`), so concurrent
+registrations are gated one after another and the audit trail stays one linear chain.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +21,14 @@ import pandas as pd
 import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from pipeline import serving, tracking
 from pipeline.config import RegisterConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.errors import PipelineError
+from pipeline.locks import team_lock
 from pipeline.metrics import binary_metrics, direction, improvement
 from pipeline.models import CONFIG_FILE, WEIGHTS_FILE
 from pipeline.tags import Tag
@@ -29,13 +36,15 @@ from pipeline.tags import Tag
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The logged-model tag through which the MLflow UI links a logged model to its versions.
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 # Test metrics copied onto each version as tags, for the registry UI.
 VERSION_METRICS = ("accuracy", "f1", "roc_auc", "average_precision", "log_loss", "brier")
 
 
 def log_raw_model(model_dir: str | Path, meta_path: str | Path, meta: DatasetMeta,
-                  threshold: float, example: pd.DataFrame) -> str:
-    """Log the pyfunc (models-from-code) with weights, metadata and threshold; return its URI."""
+                  threshold: float, example: pd.DataFrame) -> ModelInfo:
+    """Log the pyfunc (models-from-code) with weights, metadata and threshold."""
     with tempfile.TemporaryDirectory() as tmp:
         serving_json = Path(tmp) / "serving.json"
         serving_json.write_text(json.dumps({"threshold": threshold,
@@ -52,13 +61,13 @@ def log_raw_model(model_dir: str | Path, meta_path: str | Path, meta: DatasetMet
                               f"torch=={torch.__version__.split('+')[0]}", "safetensors",
                               "pandas", "numpy", "pillow", "scikit-learn", "pyyaml"],
             metadata={"pipeline": serving.contract(meta, threshold)})
-    return info.model_uri
+    return info
 
 
-def champion(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The version holding the champion alias, if any."""
+def aliased(client: MlflowClient, name: str, alias: str = CHAMPION) -> ModelVersion | None:
+    """The version holding `alias` (the champion by default), if any."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
@@ -111,15 +120,16 @@ def decide(cfg: RegisterConfig, challenger_score: float, champion_score: float |
                     metric, challenger_score, champion_score, champion_version)
 
 
-def gate(client: MlflowClient, cfg: RegisterConfig, version: str, frame: pd.DataFrame,
+def gate(client: MlflowClient, cfg: RegisterConfig, challenger: float, frame: pd.DataFrame,
          y: np.ndarray, positive: str) -> Decision:
-    """Score challenger and champion through their own pyfuncs on today's test rows; decide."""
-    challenger = score(f"models:/{cfg.model_name}/{version}", frame, y, positive, cfg.metric)
-    current = champion(client, cfg.model_name)
+    """Score the champion through its own pyfunc on today's test rows; decide (under the lock)."""
+    current = aliased(client, cfg.model_name)
     if current is None:
         return decide(cfg, challenger, None, None)
     try:
-        best = score(f"models:/{cfg.model_name}@{CHAMPION}", frame, y, positive, cfg.metric)
+        # By number, not alias: the decision names exactly the version that was scored.
+        best = score(f"models:/{cfg.model_name}/{current.version}", frame, y, positive,
+                     cfg.metric)
     # An old champion whose artifacts are gone (OSError, MlflowException) or whose contract no
     # longer fits today's data (PipelineError: other columns, image geometry) cannot compete.
     except (MlflowException, PipelineError, OSError) as err:
@@ -128,7 +138,7 @@ def gate(client: MlflowClient, cfg: RegisterConfig, version: str, frame: pd.Data
     return decide(cfg, challenger, best, str(current.version))
 
 
-def record(client: MlflowClient, name: str, version: str, decision: Decision) -> list[dict]:
+def record(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
     """Tag the version with the decision, move aliases, and append to the audit trail."""
     tags = {"decision": "promoted" if decision.promote else "rejected",
             "decision_reason": decision.reason, "gate_metric": decision.metric,
@@ -138,7 +148,10 @@ def record(client: MlflowClient, name: str, version: str, decision: Decision) ->
             "compared_to_version": decision.champion_version or "none"}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value[:5000])
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    latest = aliased(client, name, CHALLENGER)
+    # Gates run in lock order, not version order: the challenger alias only moves forward.
+    if latest is None or int(latest.version) < int(version):
+        client.set_registered_model_alias(name, CHALLENGER, version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     n = sum(1 for key in client.get_registered_model(name).tags if key.startswith("audit."))
@@ -147,7 +160,6 @@ def record(client: MlflowClient, name: str, version: str, decision: Decision) ->
              "champion_after": version if decision.promote else decision.champion_version,
              **asdict(decision)}
     client.set_registered_model_tag(name, f"audit.{n + 1:05d}", json.dumps(entry))
-    return audit_trail(client, name)
 
 
 def audit_trail(client: MlflowClient, name: str) -> list[dict]:
@@ -156,16 +168,41 @@ def audit_trail(client: MlflowClient, name: str) -> list[dict]:
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("audit."))]
 
 
-def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
+def earlier_decision(client: MlflowClient, name: str, version: str) -> Decision | None:
+    """The audit trail's decision on `version`, if a concurrent register already gated it."""
+    if "decision" not in client.get_model_version(name, version).tags:
+        return None
+    entry = next((e for e in audit_trail(client, name) if e["version"] == version), None)
+    return None if entry is None else Decision(**{f.name: entry[f.name] for f in fields(Decision)})
+
+
+def register(client: MlflowClient, info: ModelInfo, name: str, tags: dict[str, str]) -> str:
     """Create (if needed) the registered model and a new version; return the version number."""
     try:
-        MlflowClient().create_registered_model(name, description="Binary classifier on raw "
-                                               "inputs; aliases: champion (serving), "
-                                               "challenger (latest).")
+        client.create_registered_model(name, description="Binary classifier on raw inputs; "
+                                       "aliases: champion (serving), challenger (latest "
+                                       "gated version).")
+        log.info("created registered model %s", name)
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":  # it exists already: fine
             raise
-    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+    # Not mlflow.register_model: it tries to create the registered model again and prints
+    # "already exists" even on a brand-new store. Same source, run and model links as it sets.
+    # No await_creation_for: MLflow would log "Waiting up to 300 seconds" for a version that
+    # open-source stores create READY; a registry that creates it pending is polled here.
+    created = client.create_model_version(name, info.model_uri, run_id=info.run_id, tags=tags,
+                                          model_id=info.model_id, await_creation_for=0)
+    version, deadline = str(created.version), time.monotonic() + 300
+    while created.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
+        time.sleep(1)
+        created = client.get_model_version(name, version)
+    # A tracking server links the logged model to the version itself; a database store doesn't.
+    links = json.loads(client.get_logged_model(info.model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
+    if (link := {"name": name, "version": int(version)}) not in links:
+        client.set_logged_model_tags(info.model_id, {MODEL_VERSIONS_TAG: json.dumps(
+            [*links, link])})
+    log.info("%s v%s registered from run %s", name, version, info.run_id)
+    return version
 
 
 def undecided_version(client: MlflowClient, name: str, model_sha: str) -> ModelVersion | None:
@@ -193,13 +230,23 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
         log.info("%s v%s of these weights has no gate decision yet: completing it",
                  cfg.model_name, version)
     else:
-        uri = log_raw_model(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
-                            frame.head(3))
+        info = log_raw_model(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
+                             frame.head(3))
         tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS}, **lineage,
                 Tag.RUN_ID: run_id}
-        version = register(uri, cfg.model_name, tags)
-    decision = gate(client, cfg, version, frame, test.y, meta.positive_class)
-    trail = record(client, cfg.model_name, version, decision)
+        uri, version = info.model_uri, register(client, info, cfg.model_name, tags)
+    # The challenger's own score depends on no other registration: computed before locking.
+    challenger = score(f"models:/{cfg.model_name}/{version}", frame, test.y,
+                       meta.positive_class, cfg.metric)
+    with team_lock(f"registry:{cfg.model_name}", tracking.tracking_uri()):
+        # Everything that reads or moves the champion, the aliases or the trail happens here.
+        decision = earlier_decision(client, cfg.model_name, version)
+        if decision is None:
+            decision = gate(client, cfg, challenger, frame, test.y, meta.positive_class)
+            record(client, cfg.model_name, version, decision)
+        else:  # a concurrent register of the same weights completed this version first
+            log.info("%s v%s was gated meanwhile by another register", cfg.model_name, version)
+        trail = audit_trail(client, cfg.model_name)
     tracking.log_tags({Tag.REGISTERED_VERSION: version,
                        Tag.GATE_DECISION: "promoted" if decision.promote else "rejected"})
     log.info("%s v%s: %s — %s", cfg.model_name, version,
