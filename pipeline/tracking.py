@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipeline.engine import Callback, FitResult
 from pipeline.errors import StoreError
 from pipeline.lineage import dvc_experiment_tags, file_sha256, pipeline_run_name
+from pipeline.locks import lock_for
 from pipeline.procs import owner_gone
 from pipeline.services import check_database, check_server, is_http, mask
 from pipeline.tags import Tag
@@ -65,11 +66,14 @@ def configure() -> MlflowClient:
     elif db is None:
         check_database(uri, "MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    try:
-        client = MlflowClient()
-        client.search_experiments(max_results=1)
-    except STORE_ERRORS as err:
-        raise store_error(err) from None
+    # A new SQLite store is created by its first client; two at once (`dvc queue start -j 2`
+    # on a fresh clone) race in MLflow's schema migration.
+    with lock_for(uri, "init") if db is not None else contextlib.nullcontext():
+        try:
+            client = MlflowClient()
+            client.search_experiments(max_results=1)
+        except STORE_ERRORS as err:
+            raise store_error(err) from None
     return client
 
 

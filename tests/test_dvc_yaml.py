@@ -185,8 +185,8 @@ def stage_reads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]
             "train": {"epochs": 2, "online_augment": True},
             "tune": {"enabled": True, "n_trials": 2, "pruner": "none"}})
         (root / "a").mkdir()
-        run_traced(images, root / "a", ["preprocess", "augment", "tune", "train", "evaluate",
-                                        "register", "register2"], reads)
+        run_traced(images, root / "a", ["builtin", "preprocess", "augment", "tune", "train",
+                                        "evaluate", "register", "register2"], reads)
         # A table with tuning off: train reads the tuned keys from params.yaml instead.
         table = write_params(root / "table.yaml", {
             "data": {"source": "csv", "path": str(make_csv(root / "t.csv")), "target": "label",
