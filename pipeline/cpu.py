@@ -28,10 +28,10 @@ PINNED = {
     # branch on AMD (Intel's docs; MKL_VERBOSE shows CNR:AUTO here), while COMPATIBLE is the
     # same code on every x86-64. Its cost here: see README "Reproducibility".
     "MKL_CBWR": "COMPATIBLE",
-    # CNR results hold for a fixed thread count; MKL's dynamic mode may choose fewer threads
-    # than torch.set_num_threads asked for, depending on the machine.
-    "MKL_DYNAMIC": "FALSE",
 }
+# Not pinned: MKL_DYNAMIC (torch.set_num_threads, which training calls, already turns it off),
+# and NumPy's own SIMD dispatch, which must be set before NumPy's import (MLflow and the tests
+# import it first) and did not differ where torch did: data/processed matched across machines.
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -78,7 +78,7 @@ def pin_kernels(environ: MutableMapping[str, str] | None = None,
     mode = kernel_mode(env, cpuinfo)
     if mode == PORTABLE:
         # Overridden, not defaulted: a stray export (a cluster module's MKL_CBWR=AUTO) must not
-        # change the bytes silently. PIPELINE_CPU_KERNELS=native hands all four back.
+        # change the bytes silently. PIPELINE_CPU_KERNELS=native hands all three back.
         env.update(PINNED)
     return mode
 

@@ -19,8 +19,7 @@ from tests.conftest import REPO, make_imagefolder, write_params
 AVX2_CPU = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: sse2 avx fma avx2 avx512f\n\n"
 # What another CPU, or a stray export, would make the libraries pick instead of the pin:
 # ATen's scalar kernels, oneDNN's SSE4.1 convolutions, MKL's per-CPU branch.
-ELSEWHERE = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
-             "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "TRUE"}
+ELSEWHERE = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "AUTO"}
 needs_pin = pytest.mark.skipif(not cpu.can_pin(), reason="the pin applies to x86-64 with AVX2")
 
 
