@@ -32,11 +32,11 @@ def view_url(experiment_id: str) -> str:
 
 def table_view() -> dict:
     """The runs-table state MLflow's UI saves for a view: columns, sort, expanded parents."""
-    columns = [f"metrics.`{m}`" for m in COLUMNS] + [
-        f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.PRUNED_AT, Tag.TEST_METRICS_FROM)] + [
+    tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.PRUNED_AT, Tag.TEST_METRICS_FROM)]
+    columns = [f"metrics.`{m}`" for m in COLUMNS] + tags + [
         "params.`model.type`", "params.`train.lr`"]
     return {"selectedColumns": columns, "orderByKey": "attributes.start_time",
-            "orderByAsc": False, "runsExpanded": {}}
+            "orderByAsc": False}
 
 
 def share_table_view(experiment_id: str) -> None:
