@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params
+from pipeline.tags import Tag
 from tests.conftest import REPO, merge
 
 pytestmark = pytest.mark.slow
@@ -87,6 +89,9 @@ def test_repro_runs_every_stage_and_reports(two_clones: tuple[Path, Path]) -> No
     assert "roc_auc" in shown and "accuracy" in shown
     plots = sh(repo, "dvc", "plots", "show").stdout
     assert "index.html" in plots
+    # Images only, so the page renders offline (DVC's Vega pages load vega.js from a CDN).
+    html = (repo / "dvc_plots" / "index.html").read_text()
+    assert html.count("<img") == 5 and "http" not in html
 
 
 def test_second_repro_is_a_noop(two_clones: tuple[Path, Path]) -> None:
@@ -131,5 +136,18 @@ def test_changing_a_tuned_key_reruns_only_validate_and_train(two_clones: tuple[P
     # it reproduces the same weights, since the tuned lr overrides params.yaml, so evaluate and
     # register see unchanged inputs). Which params each stage lists is checked against what it
     # reads in tests/test_dvc_yaml.py.
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.lr=0.01").stdout
+    out = sh(repo, "dvc", "exp", "run", "-n", "tuned-lr", "-S", "train.lr=0.01").stdout
     assert ran(out) == {"validate", "train"}
+    # The new MLflow run is named after the experiment DVC exported to the stage, and reads
+    # right although evaluate did not run: it adopted the test metrics of the run whose weights
+    # it reproduced (the first repro's, named after its commit).
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("binary-classification")
+    runs = [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
+            if Tag.MODEL_SHA in r.data.tags]
+    first, new = runs[0], runs[-1]
+    assert first.info.run_name.startswith("repro@") and len(runs) == 2
+    assert new.info.run_name == "tuned-lr" and new.data.tags[Tag.DVC_EXP] == "tuned-lr"
+    assert new.data.tags[Tag.TEST_METRICS_FROM] == first.info.run_id
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert new.data.metrics["test_log_loss"] == pytest.approx(metrics["log_loss"])
