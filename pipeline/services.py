@@ -20,8 +20,9 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pipeline.errors import StoreError
 
-# Seconds a probe may wait for a connection or an answer (the budget is ~30 s in all).
-TIMEOUT = 10
+# Seconds a probe may wait for a connection or an answer: a cold or loaded server can take
+# over 10 s to answer its first request; a dead one still fails well within ~30 s.
+TIMEOUT = 20
 
 
 def mask(url: str) -> str:
