@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,6 +111,21 @@ def csv_params(tmp_path: Path, table_csv: Path) -> Path:
     return write_params(tmp_path / "params.yaml", {"data": {
         "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_uri() -> Iterator[None]:
+    """Undo a stage's mlflow.set_tracking_uri: it sets a process global and the environment."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:  # fast tests never import it; don't make them pay for it
+        import mlflow
+
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None clears both
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @contextlib.contextmanager
