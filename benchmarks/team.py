@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", help="params override, e.g. train.epochs=10")
+    parser.add_argument("--parts", default="tracking,storage,hosts",
+                        help="which figures to measure (comma-separated)")
     args = parser.parse_args()
     admin = os.environ.get("PIPELINE_TEAM_DATABASE", DEFAULT_ADMIN_DB)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -176,8 +178,9 @@ def main() -> None:
                                        workers=1, log=Path(tmp) / "server.log")
         try:
             uri, optuna_url = exports["MLFLOW_TRACKING_URI"], exports["OPTUNA_STORAGE"]
+            parts = set(args.parts.split(","))
             rows = []
-            for target in (f"sqlite:///{root}/mlflow.db", uri):
+            for target in () if "tracking" not in parts else (f"sqlite:///{root}/mlflow.db", uri):
                 shares = [train_share(root, target) for _ in range(args.repeats)]
                 rows.append((target.split(":")[0], [m / f for m, f in shares],
                              statistics.median(f for _, f in shares)))
@@ -185,16 +188,18 @@ def main() -> None:
                 print(f"tracking ({kind:6s}): median {statistics.median(share):.2%} of training "
                       f"(runs: {', '.join(f'{s:.2%}' for s in share)}; fit {fit:.1f} s)")
             shares = [storage_share(root, uri, optuna_url, args.trials)
-                      for _ in range(1)]
+                      for _ in range("storage" in parts)]
             for spent, trial_seconds in shares:
                 print(f"optuna storage (PostgreSQL): {spent:.2f} s of {trial_seconds:.1f} s in "
                       f"trials = {spent / trial_seconds:.2%}")
             env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": optuna_url}
             one, two = [], []
-            for i in range(args.repeats):
+            for i in range(args.repeats if "hosts" in parts else 0):
                 one.append(trials_per_minute(root, env, optuna_url, 1, 1000 + i))
                 two.append(trials_per_minute(root, env, optuna_url, 2, 2000 + i))
             ratios = [b / a for a, b in zip(one, two, strict=True)]
+            if not ratios:
+                return
             runs = ", ".join(f"{r:.2f}" for r in ratios)
             print(f"trials/min: 1 host x 1 thread {statistics.median(one):.2f}, 2 hosts x 1 "
                   f"thread {statistics.median(two):.2f}; ratio median "
