@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import infer_signature
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 from pipeline import cpu, tracking
 from pipeline.engine import FitResult
@@ -53,19 +54,24 @@ def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
 
 
 def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
-                        train: tuple[Any, str], val: tuple[Any, str], device: str) -> None:
-    """Params, lineage tags and dataset inputs of the active train run."""
-    tracking.log_params(flatten({name: dataclasses.asdict(section)
-                                 if dataclasses.is_dataclass(section) else section
-                                 for name, section in sections.items()}))
+                        train: tuple[Any, str], val: tuple[Any, str],
+                        device: str) -> list[RunOperations | None]:
+    """Params, lineage tags and dataset inputs of the active train run; params and tags are
+    queued (they overlap training): wait on the returned operations before the run ends."""
+    params = tracking.log_params(flatten({name: dataclasses.asdict(section)
+                                          if dataclasses.is_dataclass(section) else section
+                                          for name, section in sections.items()}),
+                                 synchronous=False)
     # DVC hashes once per folder (outside DVC they mean hashing every file).
     hashes = {folder: dvc_hash(folder) for _, folder in (train, val)}
-    tracking.log_tags({**git_info(), **runtime_tags(device, sections["train"].num_threads),
-                       Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
-                       Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]})
+    tags = tracking.log_tags({**git_info(), **runtime_tags(device, sections["train"].num_threads),
+                              Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
+                              Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]},
+                             synchronous=False)
     for (split, folder), name, context in ((train, "train", "training"),
                                            (val, "val", "validation")):
         log_dataset(split.X, split.y, name, folder, hashes[folder], context)
+    return [params, tags]
 
 
 def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:

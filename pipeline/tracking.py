@@ -16,6 +16,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.engine import Callback, FitResult
@@ -230,10 +231,14 @@ def create_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
     return run.info.run_id
 
 
-def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
-    """Log many params in one call (MlflowClient.log_batch splits at the server's limits)."""
+def log_params(params: dict[str, Any], run_id: str | None = None,
+               synchronous: bool = True) -> RunOperations | None:
+    """Log many params in one call (MlflowClient.log_batch splits at the server's limits);
+    `synchronous=False` queues it and returns the operation to wait on."""
     run_id = run_id or mlflow.active_run().info.run_id
-    MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000])
+                                                    for k, v in params.items()],
+                                    synchronous=synchronous)
 
 
 def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
@@ -246,11 +251,13 @@ def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
 
 
 class EpochLogger(Callback):
-    """Buffers per-epoch metrics and sends them in batches, not one call per epoch."""
+    """Sends per-epoch metrics in batches from MLflow's background queue, off the training
+    thread (against a server each batch is a round trip); waits for them when the fit ends."""
 
     def __init__(self, run_id: str, flush_every: int = 10) -> None:
         self.run_id, self.flush_every = run_id, flush_every
         self.buffer: list[dict[str, float]] = []
+        self.pending: list[RunOperations] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.buffer.append(logs)
@@ -259,22 +266,32 @@ class EpochLogger(Callback):
 
     def on_fit_end(self, result: FitResult) -> None:
         self.flush()
+        self.wait()
 
     def flush(self) -> None:
-        """Send buffered rows now (also called when a trial is pruned)."""
+        """Queue buffered rows now (also called when a trial is pruned)."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(row["epoch"]))
                    for row in self.buffer for k, v in row.items() if k != "epoch"]
         if metrics:
-            MlflowClient().log_batch(self.run_id, metrics=metrics)
+            self.pending.append(MlflowClient().log_batch(self.run_id, metrics=metrics,
+                                                         synchronous=False))
         self.buffer = []
 
+    def wait(self) -> None:
+        """Block until every queued batch is stored; a store failure raises here."""
+        pending, self.pending = self.pending, []
+        for operation in pending:
+            operation.wait()
 
-def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
-    """Set tags on a run (the active one by default) in one call."""
+
+def log_tags(tags: dict[str, str], run_id: str | None = None,
+             synchronous: bool = True) -> RunOperations | None:
+    """Set tags on a run (the active one by default) in one call; see log_params."""
     run_id = run_id or mlflow.active_run().info.run_id
     # One request, not one per tag: against a server each call is a round trip.
-    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    return MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+                                    synchronous=synchronous)
 
 
 def log_artifacts(paths: list[Path], folder: str | None = None) -> None:

@@ -115,6 +115,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
                                monitor=params.tune.metric, callbacks=[reporter, logger])
         except optuna.TrialPruned:
             logger.flush()
+            logger.wait()
             run.state, run.pruned_at = "PRUNED", reporter.epoch
             raise
         run.state = "COMPLETE"
