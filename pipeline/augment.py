@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import arrays
+from pipeline.arrays import Rows
 from pipeline.config import AugmentConfig
-from pipeline.dataset import DatasetMeta, Split
+from pipeline.dataset import META_FILE, DatasetMeta, Split, save_splits
+from pipeline.files import atomic_dir, write_json
+from pipeline.progress import Progress
+
+CHUNK = 1024  # images augmented at a time: bounds memory; the random draws follow it
 
 
 def augment_images(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -74,33 +83,55 @@ def online_transform(cfg: AugmentConfig, seed: int, device: torch.device
     return functools.partial(augment_images, cfg=cfg, gen=gen)
 
 
-def augment_split(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: int,
-                  batch_size: int = 1024) -> Split:
-    """Return the training split plus `cfg.copies` augmented copies; identity when disabled."""
+def augment_split(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: int) -> Split:
+    """A table's training split plus `cfg.copies` jittered copies; identity when disabled."""
+    assert meta.table is not None, "images are augmented by write_augmented, chunk by chunk"
     if not cfg.enabled:
         return train
+    rng = np.random.default_rng(seed)
+    base = oversample(train, rng) if cfg.oversample else train
+    n_numeric = len(meta.table.numeric)
+    copies = [augment_table(base.X, n_numeric, cfg, rng) for _ in range(cfg.copies)]
+    if cfg.oversample:
+        # Oversampled duplicates are jittered too, so they are not exact repeats.
+        n = len(train.y)
+        extra = augment_table(base.X[n:], n_numeric, cfg, rng)
+        base = Split(np.concatenate([base.X[:n], extra]), base.y, base.ids)
+    ids = list(base.ids) + [f"{i}#aug{k + 1}" for k in range(cfg.copies) for i in base.ids]
+    return Split(np.concatenate([base.X, *copies]).astype(np.float32),
+                 np.concatenate([base.y] * (1 + cfg.copies)), ids)
+
+
+def write_augmented(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: int,
+                    out: str | Path) -> None:
+    """Write the training split plus its augmented copies to `out` (tables in memory, images
+    chunk by chunk into the .npy file, so memory stays flat whatever the size)."""
+    meta = dataclasses.replace(meta, augment=dataclasses.asdict(cfg))
     if meta.table is not None:
-        rng = np.random.default_rng(seed)
-        base = oversample(train, rng) if cfg.oversample else train
-        n_numeric = len(meta.table.numeric)
-        copies = [augment_table(base.X, n_numeric, cfg, rng) for _ in range(cfg.copies)]
-        if cfg.oversample:
-            # Oversampled duplicates are jittered too, so they are not exact repeats.
-            n = len(train.y)
-            extra = augment_table(base.X[n:], n_numeric, cfg, rng)
-            base = Split(np.concatenate([base.X[:n], extra]), base.y, base.ids)
-        xs, base_ids = [base.X, *copies], list(base.ids)
-        ys = [base.y] * (1 + cfg.copies)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        source = torch.from_numpy(train.X)
-        copies = []
-        for _ in range(cfg.copies):
-            with torch.no_grad():
-                batches = [augment_images(source[i:i + batch_size], cfg, gen)
-                           for i in range(0, len(source), batch_size)]
-            copies.append(torch.cat(batches).numpy())
-        xs, base_ids = [train.X, *copies], list(train.ids)
-        ys = [train.y] * (1 + cfg.copies)
-    ids = base_ids + [f"{i}#aug{k + 1}" for k in range(cfg.copies) for i in base_ids]
-    return Split(np.concatenate(xs).astype(np.float32), np.concatenate(ys), ids)
+        save_splits(out, {"train": augment_split(train, meta, cfg, seed)}, meta)
+        return
+    copies = cfg.copies if cfg.enabled else 0
+    n = len(train.y)
+    ids = list(train.ids) + [f"{i}#aug{k + 1}" for k in range(copies) for i in train.ids]
+    y = np.concatenate([np.asarray(train.y, np.float32)] * (1 + copies))
+    gen = torch.Generator().manual_seed(seed)
+    progress = Progress(max(1, (1 + copies) * -(-n // CHUNK)), "augment")
+    tick = time.perf_counter()
+    with atomic_dir(out) as tmp, Rows(train.X.filename) as source:
+        arrays.create(tmp / "X_train.npy", (len(y), *source.row_shape), np.uint8)
+        with Rows(tmp / "X_train.npy", writable=True) as rows:
+            for copy in range(1 + copies):
+                for start, chunk in source.chunks(CHUNK):
+                    if copy:
+                        # The generator is drawn per chunk of CHUNK: results depend on it.
+                        with torch.no_grad():
+                            x = augment_images(torch.from_numpy(chunk).float().div_(255.0),
+                                               cfg, gen)
+                        chunk = x.mul_(255.0).round_().to(torch.uint8).numpy()
+                    rows.write(copy * n + start, chunk)
+                    done = copy * n + start + len(chunk)
+                    progress.update(images=done, per_s=done / (time.perf_counter() - tick))
+        np.save(tmp / "y_train.npy", y)
+        write_json(tmp / "ids.json", {"train": ids})
+        meta.with_labels({"train": y}).write(tmp / META_FILE)
+    progress.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +12,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline import arrays
+from pipeline.arrays import Rows
 from pipeline.config import DataConfig, SplitConfig
-from pipeline.dataset import DatasetMeta, ImageSpec, Split
+from pipeline.dataset import META_FILE, DatasetMeta, ImageSpec, Split, save_splits
 from pipeline.errors import ConfigError, DataError
-from pipeline.files import atomic_dir, atomic_path
-from pipeline.images import read_imagefolder
+from pipeline.files import atomic_dir, atomic_path, write_json
+from pipeline.images import decode_files, list_imagefolder
 from pipeline.tables import fit_table_spec, read_table, transform_table
 
 log = logging.getLogger(__name__)
@@ -148,33 +149,84 @@ def stratified_split(y: np.ndarray, split: SplitConfig, seed: int,
 
 # --- the preprocess stage's work ------------------------------------------------------------
 
+ROWS_PER_CHUNK = 1024  # rows copied and summed at a time: bounds memory whatever N is
 
-def preprocess(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], DatasetMeta]:
-    """Read and validate the raw source, split it, fit statistics on train; arrays + metadata."""
+
+def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
+    """Read and validate the raw source, split it, fit statistics on train, write `out`."""
     source = source_of(cfg)
     if source.kind == "image":
-        X, raw_labels, ids, skipped = read_imagefolder(cfg)
-        y, classes = encode_labels(raw_labels, cfg.positive_class, cfg.path)
-    else:
-        frame, target = read_table(cfg)
-        y, classes = encode_labels(target, cfg.positive_class,
-                                   f"{cfg.path} column {cfg.target!r}")
-        ids, skipped = [str(i) for i in frame.index], []
+        with atomic_dir(out) as tmp:
+            return _preprocess_images(cfg, seed, tmp)
+    frame, target = read_table(cfg)
+    y, classes = encode_labels(target, cfg.positive_class, f"{cfg.path} column {cfg.target!r}")
+    ids = [str(i) for i in frame.index]
     parts = stratified_split(y, cfg.split, seed, classes)
+    spec = fit_table_spec(frame.iloc[parts["train"]], cfg.target, cfg.path)
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
-                       skipped=tuple(skipped))
-    if source.kind == "image":
-        train_x = X[parts["train"]]
-        mean, std = train_x.mean(axis=(0, 2, 3)), train_x.std(axis=(0, 2, 3))
-        meta = dataclasses.replace(meta, image=ImageSpec(
-            cfg.image_size, cfg.channels, tuple(float(m) for m in mean),
-            tuple(float(s) if s > 1e-6 else 1.0 for s in std)))
-        arrays = {name: X[idx] for name, idx in parts.items()}
-    else:
-        spec = fit_table_spec(frame.iloc[parts["train"]], cfg.target, cfg.path)
-        meta = dataclasses.replace(meta, table=spec)
-        arrays = {name: transform_table(frame.iloc[idx], spec, cfg.path)
-                  for name, idx in parts.items()}
-    splits = {name: Split(arrays[name], y[idx], [ids[i] for i in idx])
-              for name, idx in parts.items()}
-    return splits, meta.with_counts(splits)
+                       table=spec)
+    splits = {name: Split(transform_table(frame.iloc[idx], spec, cfg.path), y[idx],
+                          [ids[i] for i in idx]) for name, idx in parts.items()}
+    save_splits(out, splits, meta)
+    return meta.with_counts(splits)
+
+
+def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
+    """Decode in parallel into a scratch file, split what was readable, copy rows per split."""
+    files, labels, ids = list_imagefolder(cfg)
+    scratch = tmp / ".decoded.npy"
+    errors = decode_files(files, scratch, cfg.image_size, cfg.channels)
+    if errors and not cfg.skip_corrupt:
+        raise DataError(f"{errors[min(errors)]} (set data.skip_corrupt: true to skip it)")
+    skipped = []
+    for row in sorted(errors):
+        log.warning("skipping %s", errors[row])
+        skipped.append({"file": ids[row], "reason": errors[row]})
+    keep = np.array([i for i in range(len(files)) if i not in errors], dtype=np.int64)
+    for cls in sorted(set(labels)):
+        if not any(labels[i] == cls for i in keep):
+            raise DataError(f"{Path(cfg.path) / cls}: no readable image in class folder")
+    y, classes = encode_labels([labels[i] for i in keep], cfg.positive_class, cfg.path)
+    parts = stratified_split(y, cfg.split, seed, classes)
+    with Rows(scratch) as decoded:
+        sums = {name: _copy_rows(decoded, keep[idx], tmp / f"X_{name}.npy")
+                for name, idx in parts.items()}
+    scratch.unlink()
+    mean, std = _channel_stats(*sums["train"], len(parts["train"]) * cfg.image_size ** 2)
+    meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
+                       skipped=tuple(skipped), image=ImageSpec(cfg.image_size, cfg.channels,
+                                                                mean, std))
+    for name, idx in parts.items():
+        np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y[idx], dtype=np.float32))
+    write_json(tmp / "ids.json", {name: [ids[keep[i]] for i in idx]
+                                  for name, idx in parts.items()})
+    meta = meta.with_labels({name: y[idx] for name, idx in parts.items()})
+    meta.write(tmp / META_FILE)
+    return meta
+
+
+def _copy_rows(source: Rows, index: np.ndarray, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Copy source rows `index` into a new .npy; return per-channel sums of x and x^2."""
+    arrays.create(out, (len(index), *source.row_shape), source.dtype)
+    s1 = np.zeros(source.row_shape[0], dtype=np.int64)
+    s2 = np.zeros(source.row_shape[0], dtype=np.int64)
+    with Rows(out, writable=True) as rows:
+        for start in range(0, len(index), ROWS_PER_CHUNK):
+            chunk = source.gather(index[start:start + ROWS_PER_CHUNK])
+            rows.write(start, chunk)
+            # Integer sums are exact, so the statistics do not depend on chunking.
+            wide = chunk.astype(np.uint16)
+            s1 += wide.sum(axis=(0, 2, 3), dtype=np.int64)
+            wide *= wide  # 255**2 fits in uint16
+            s2 += wide.sum(axis=(0, 2, 3), dtype=np.int64)
+    return s1, s2
+
+
+def _channel_stats(s1: np.ndarray, s2: np.ndarray, count: int
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of x/255 from the integer sums of x and x^2."""
+    mean = s1 / (count * 255.0)
+    var = np.maximum(s2 / (count * 255.0 ** 2) - mean ** 2, 0.0)
+    std = np.sqrt(var)
+    return (tuple(float(m) for m in mean),
+            tuple(float(s) if s > 1e-6 else 1.0 for s in std))

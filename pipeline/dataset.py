@@ -18,7 +18,9 @@ META_FILE = "meta.json"
 
 @dataclass(frozen=True)
 class Split:
-    """One split as arrays: features (float32), labels (0/1 float32) and sample ids."""
+    """One split as arrays: features (uint8 images, float32 tables), 0/1 float32 labels, ids.
+
+    Loaded features are read-only memory maps of the stage's .npy files."""
 
     X: np.ndarray
     y: np.ndarray
@@ -107,8 +109,12 @@ class DatasetMeta:
 
     def with_counts(self, splits: dict[str, Split]) -> DatasetMeta:
         """A copy whose counts describe `splits`."""
-        counts = {name: {self.classes[0]: int((s.y == 0).sum()),
-                         self.classes[1]: int((s.y == 1).sum())} for name, s in splits.items()}
+        return self.with_labels({name: s.y for name, s in splits.items()})
+
+    def with_labels(self, labels: dict[str, np.ndarray]) -> DatasetMeta:
+        """A copy whose counts describe these 0/1 labels per split."""
+        counts = {name: {self.classes[0]: int((y == 0).sum()), self.classes[1]: int((y == 1).sum())}
+                  for name, y in labels.items()}
         return dataclasses.replace(self, counts=counts)
 
     def to_json(self) -> dict[str, Any]:
@@ -149,7 +155,7 @@ def save_splits(out: str | Path, splits: dict[str, Split], meta: DatasetMeta) ->
     """Write .npy arrays (deterministic bytes, unlike .npz) plus ids and meta, atomically."""
     with atomic_dir(out) as tmp:
         for name, s in splits.items():
-            np.save(tmp / f"X_{name}.npy", np.ascontiguousarray(s.X, dtype=np.float32))
+            np.save(tmp / f"X_{name}.npy", np.ascontiguousarray(s.X, dtype=feature_dtype(s.X)))
             np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(s.y, dtype=np.float32))
         write_json(tmp / "ids.json", {name: s.ids for name, s in splits.items()})
         meta.with_counts(splits).write(tmp / META_FILE)
@@ -163,6 +169,12 @@ def load_splits(folder: str | Path, names: tuple[str, ...] = SPLITS
         raise DataError(f"{folder}: no {META_FILE}; run the stage that writes it first "
                         f"(dvc repro)")
     ids = read_json(folder / "ids.json")
-    splits = {name: Split(np.load(folder / f"X_{name}.npy"), np.load(folder / f"y_{name}.npy"),
-                          ids[name]) for name in names}
+    # Features are memory-mapped: the training loop preloads or streams them (pipeline/feed.py).
+    splits = {name: Split(np.load(folder / f"X_{name}.npy", mmap_mode="r"),
+                          np.load(folder / f"y_{name}.npy"), ids[name]) for name in names}
     return splits, DatasetMeta.read(folder / META_FILE)
+
+
+def feature_dtype(X: np.ndarray) -> type:
+    """uint8 for images (0..255, scaled on the device per batch), float32 for everything else."""
+    return np.uint8 if X.dtype == np.uint8 else np.float32

@@ -12,29 +12,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.callbacks import Callback
 from pipeline.config import TrainConfig
 from pipeline.dataset import Split
 from pipeline.errors import PipelineError
+from pipeline.feed import Feed, as_inputs
 from pipeline.metrics import improvement, monitor_scores
 
 
 class TrainingDiverged(PipelineError):
     """Validation outputs became NaN/inf: the learning rate is usually too high."""
-
-
-class Callback:
-    """Hooks the loop calls; raise from a hook to abort (e.g. pruning), set stop to end early."""
-
-    stop: bool = False
-
-    def on_fit_start(self, cfg: TrainConfig, device: torch.device) -> None:
-        """Called once before the first epoch."""
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        """Called after each epoch with train/val losses and validation scores."""
-
-    def on_fit_end(self, result: FitResult) -> None:
-        """Called once after the best weights are restored."""
 
 
 @dataclass
@@ -80,12 +67,6 @@ def seed_everything(seed: int, num_threads: int, device: torch.device | None = N
     torch.set_num_threads(num_threads)
 
 
-def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preload a whole split on the device once; batches are slices, not per-sample copies."""
-    return (torch.from_numpy(np.ascontiguousarray(split.X)).to(device),
-            torch.from_numpy(np.ascontiguousarray(split.y)).to(device))
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum, Adam or AdamW from the train section."""
     if cfg.optimizer == "sgd":
@@ -109,18 +90,22 @@ def pos_weight(y: np.ndarray, mode: str) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Logits in eval mode, batched to bound memory."""
+def predict_logits(model: nn.Module, feed: Feed, batch_size: int = 2048) -> torch.Tensor:
+    """Logits in eval mode, in file order, batched to bound memory."""
     model.eval()
-    out = [model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    out = [model(as_inputs(xb)).float() for xb, _ in feed.batches(batch_size)]
     return torch.cat(out) if out else torch.empty(0)
 
 
 def predict_proba(model: nn.Module, X: np.ndarray,
                   device: torch.device | None = None) -> np.ndarray:
-    """Positive-class probabilities (float64) for a float32 array of inputs."""
+    """Positive-class probabilities (float64) for stored inputs (uint8 images or float32)."""
     device = device or next(model.parameters()).device
-    logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device))
+    feed = Feed(X, None, device)
+    try:
+        logits = predict_logits(model, feed)
+    finally:
+        feed.close()
     return torch.sigmoid(logits).cpu().double().numpy()
 
 
@@ -130,13 +115,24 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
     """Train with early stopping on the validation `monitor`, restoring the best weights."""
     model = model.to(device)
-    x_train, y_train = to_device(train, device)
-    x_val, y_val = to_device(val, device)
-    if x_train.dim() == 4:
-        # NHWC is ~1.3x faster for small convs/pooling on CPU (oneDNN) and fine on CUDA.
-        model = model.to(memory_format=torch.channels_last)
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
-        x_val = x_val.contiguous(memory_format=torch.channels_last)
+    if train.X.ndim == 4:
+        model = model.to(memory_format=torch.channels_last)  # as_inputs makes batches NHWC
+    train_feed, val_feed = Feed.of(train, device), Feed.of(val, device)
+    try:
+        return _fit(model, train_feed, val_feed, train, val, cfg, seed=seed, device=device,
+                    monitor=monitor, callbacks=callbacks, batch_transform=batch_transform)
+    finally:
+        train_feed.close()
+        val_feed.close()
+
+
+def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: Split,
+         cfg: TrainConfig, *, seed: int, device: torch.device, monitor: str,
+         callbacks: Sequence[Callback],
+         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None) -> FitResult:
+    """The loop of `fit`, over feeds that hold or stream the splits."""
+    y_val = val_feed.y
+    assert y_val is not None
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if (w := pos_weight(train.y, cfg.class_weight))
                                    is None else w.to(device))
     optimizer = make_optimizer(model, cfg)
@@ -153,11 +149,10 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
     for epoch in range(1, cfg.epochs + 1):
         tick = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(y_train), generator=order_gen).to(device)
+        perm = torch.randperm(train_feed.n, generator=order_gen)
         total = torch.zeros((), device=device)
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
+        for xb, yb in train_feed.batches(cfg.batch_size, perm):
+            xb = as_inputs(xb)  # uint8 → [0, 1] on the device, per batch
             if batch_transform is not None:
                 xb = batch_transform(xb)
             # bf16 autocast needs no loss scaling; CPU stays in float32 for exact reruns.
@@ -168,14 +163,14 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            total += loss.detach() * len(idx)  # accumulate on device: no sync per step
+            total += loss.detach() * len(xb)  # accumulate on device: no sync per step
         samples += len(perm)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
         # Validation once per epoch; one host sync for the whole epoch.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            val_logits = predict_logits(model, x_val)
+            val_logits = predict_logits(model, val_feed)
         if not bool(torch.isfinite(val_logits).all()):
             raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
                                    f"outputs); lower train.lr = {cfg.lr}")

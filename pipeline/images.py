@@ -1,26 +1,38 @@
-"""Image decoding: any PIL-readable file → float32 CHW in [0, 1]; ImageFolder reading."""
+"""Image decoding: any PIL-readable file → uint8 CHW; ImageFolders decoded in parallel."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import multiprocessing as mp
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import arrays
+from pipeline.arrays import Rows
 from pipeline.config import DataConfig
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+CHUNK = 256  # files per pool task: big enough to amortise the hand-off, small for the bar
 
 
 def decode_image(source: str | Path | bytes, size: int, channels: int) -> np.ndarray:
-    """Decode one encoded image to float32 (C, size, size) in [0, 1]; raise DataError if bad."""
+    """Decode one encoded image to uint8 (C, size, size); raise DataError if it is bad."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            if img.format == "JPEG":
+                # Reduce-on-decode: libjpeg scales by 1/2..1/8 in the DCT, never below `size`
+                # (the resize below does the rest); ~2-4x faster on photos larger than `size`.
+                img.draft("L" if channels == 1 else "RGB", (size, size))
             img.load()  # force the full decode so truncation is caught here, not later
             return image_to_array(img, size, channels)
     except UnidentifiedImageError:
@@ -33,8 +45,16 @@ def decode_image(source: str | Path | bytes, size: int, channels: int) -> np.nda
         raise DataError(f"{name}: not a readable image ({err})") from None
 
 
+def decode_file(file: Path, size: int, channels: int) -> np.ndarray:
+    """decode_image for a file of an ImageFolder, refusing suffixes that are not images."""
+    if file.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{file}: not an image file (suffix {file.suffix!r}; "
+                        f"expected one of {sorted(IMAGE_SUFFIXES)})")
+    return decode_image(file, size, channels)
+
+
 def image_to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Convert any PIL mode to grayscale/RGB, resize, and scale to float32 [0, 1] CHW."""
+    """Convert any PIL mode to grayscale/RGB, resize, and return uint8 CHW (0..255)."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparency onto black so alpha never leaks into intensities.
         rgba = img.convert("RGBA")
@@ -43,12 +63,12 @@ def image_to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+    array = np.asarray(img, dtype=np.uint8)
+    return array[None].copy() if channels == 1 else array.transpose(2, 0, 1).copy()
 
 
-def read_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, list[str], list[str], list[dict]]:
-    """Decode an ImageFolder with exactly two class subfolders; return X, labels, ids, skipped."""
+def list_imagefolder(cfg: DataConfig) -> tuple[list[Path], list[str], list[str]]:
+    """Files of an ImageFolder with exactly two class subfolders: paths, labels, ids."""
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataError(f"data.path = {cfg.path!r}: directory not found")
@@ -56,27 +76,65 @@ def read_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, list[str], list[str],
     if len(classes) != 2:
         raise DataError(f"{root}: expected exactly 2 class folders, found {len(classes)} "
                         f"({', '.join(classes) or 'none'})")
-    arrays, labels, ids, skipped = [], [], [], []
+    files, labels = [], []
     for cls in classes:
-        files = sorted(p for p in (root / cls).rglob("*")
+        found = sorted(p for p in (root / cls).rglob("*")
                        if p.is_file() and not p.name.startswith("."))
-        if not files:
+        if not found:
             raise DataError(f"{root / cls}: class folder is empty")
-        for file in files:
-            rel = file.relative_to(root).as_posix()
+        files += found
+        labels += [cls] * len(found)
+    return files, labels, [f.relative_to(root).as_posix() for f in files]
+
+
+def data_workers() -> int:
+    """Decoding processes: PIPELINE_DATA_WORKERS, else every core this process may use."""
+    # Not a param: the bytes written do not depend on it, so changing it must not rerun DVC.
+    wanted = os.environ.get("PIPELINE_DATA_WORKERS", "")
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise ConfigError(f"PIPELINE_DATA_WORKERS = {wanted!r}: must be a whole number >= 1")
+        return int(wanted)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _decode_chunk(task: tuple[str, int, list[Path], int, int]) -> list[tuple[int, str]]:
+    """Worker: decode files into rows start.. of the .npy at path; return (row, error)s."""
+    path, start, files, size, channels = task
+    errors = []
+    with Rows(path, writable=True) as rows:
+        buffer = rows.empty(len(files))
+        for i, file in enumerate(files):
             try:
-                if file.suffix.lower() not in IMAGE_SUFFIXES:
-                    raise DataError(f"{file}: not an image file (suffix {file.suffix!r}; "
-                                    f"expected one of {sorted(IMAGE_SUFFIXES)})")
-                arrays.append(decode_image(file, cfg.image_size, cfg.channels))
+                buffer[i] = decode_file(file, size, channels)
             except DataError as err:
-                if not cfg.skip_corrupt:
-                    raise DataError(f"{err} (set data.skip_corrupt: true to skip it)") from None
-                log.warning("skipping %s", err)
-                skipped.append({"file": rel, "reason": str(err)})
-                continue
-            labels.append(cls)
-            ids.append(rel)
-        if not any(label == cls for label in labels):
-            raise DataError(f"{root / cls}: no readable image in class folder")
-    return np.stack(arrays).astype(np.float32), labels, ids, skipped
+                buffer[i] = 0
+                errors.append((start + i, str(err)))
+        rows.write(start, buffer)
+    return errors
+
+
+def decode_files(files: list[Path], out: Path, size: int, channels: int,
+                 workers: int | None = None) -> dict[int, str]:
+    """Decode every file into row i of a new uint8 .npy at `out` with a process pool; return
+    {row: error} of the files that could not be read (their rows are zeros)."""
+    arrays.create(out, (len(files), channels, size, size), np.uint8)
+    tasks = [(str(out), s, files[s:s + CHUNK], size, channels)
+             for s in range(0, len(files), CHUNK)]
+    workers = min(workers or data_workers(), len(tasks))
+    progress = Progress(len(tasks), "preprocess", every=max(1, len(tasks) // 10))
+    tick, done, errors = time.perf_counter(), 0, {}
+    # fork: workers need only PIL and numpy, and start in milliseconds.
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(context.Pool(workers))
+            results = pool.imap(_decode_chunk, tasks)  # in order, so progress is monotone
+        else:
+            results = map(_decode_chunk, tasks)
+        for task, failed in zip(tasks, results, strict=True):
+            errors.update(failed)
+            done += len(task[2])
+            progress.update(images=done, per_s=done / (time.perf_counter() - tick))
+    progress.close()
+    return errors

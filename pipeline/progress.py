@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from pipeline.config import TrainConfig
-from pipeline.engine import Callback, FitResult
+from pipeline.callbacks import Callback
+
+if TYPE_CHECKING:  # no torch at run time: the data stages show bars too
+    from pipeline.config import TrainConfig
+    from pipeline.engine import FitResult
 
 log = logging.getLogger("pipeline.progress")
 

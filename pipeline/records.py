@@ -16,6 +16,7 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from pipeline import cpu, tracking
 from pipeline.engine import FitResult
+from pipeline.feed import as_inputs
 from pipeline.lineage import dvc_hash, file_sha256, git_info
 from pipeline.tags import Tag
 from pipeline.typed import flatten
@@ -44,8 +45,10 @@ def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str
 
 
 def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
-    """Log the network with MLflow's PyTorch flavour as a torch.export program (no pickle)."""
+    """Log the network with MLflow's PyTorch flavour as a torch.export program (no pickle);
+    it takes what the loop feeds it: float32 inputs, images scaled to [0, 1]."""
     model = model.cpu().eval()
+    example = as_inputs(torch.from_numpy(np.array(example))).contiguous().numpy()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     mlflow.pytorch.log_model(model, name="network", serialization_format="pt2",

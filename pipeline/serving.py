@@ -75,8 +75,8 @@ def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta) -> np.ndarray:
             raise DataError(f"model input row {i}: {str(err).removeprefix('<bytes>: ')}") \
                 from None
     if not rows:
-        return np.zeros((0, channels, size, size), dtype=np.float32)
-    return np.stack(rows).astype(np.float32)
+        return np.zeros((0, channels, size, size), dtype=np.uint8)
+    return np.stack(rows)  # uint8, scaled on the device like the training batches
 
 
 class RawInputClassifier(mlflow.pyfunc.PythonModel):

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from pipeline import tracking
+from pipeline import tracking, trial_runs
 from pipeline.config import Params
 from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.engine import Callback, select_device
@@ -105,7 +105,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     # Parallel workers share the cores instead of oversubscribing them.
     threads = max(1, train_cfg.num_threads // params.tune.n_workers)
     train_cfg = replace(train_cfg, num_threads=threads)
-    with tracking.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
+    with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
                             {**values, "worker": job.worker}) as run:
         logger = tracking.EpochLogger(run.run_id)
         reporter = ReportToOptuna(trial, params.tune.metric)
@@ -138,7 +138,7 @@ def watching(job: TuneJob) -> Iterator[None]:
         while not stop.wait(heartbeat_seconds()):
             with lock:
                 dead = fail_dead_trials(study, job.storage)
-            tracking.end_trial_runs(job.experiment_id, job.study_name, dead)
+            trial_runs.end_trial_runs(job.experiment_id, job.study_name, dead)
 
     thread = threading.Thread(target=watch, name="dead-trial-watch", daemon=True)
     thread.start()
@@ -203,7 +203,7 @@ def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split
         finally:
             if lock.is_locked:
                 lock.release()
-        tracking.end_trial_runs(job.experiment_id, job.study_name, dead)
+        trial_runs.end_trial_runs(job.experiment_id, job.study_name, dead)
         if busy:
             time.sleep(POLL_SECONDS)
         elif progress is not None:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.augment import augment_images, augment_split
+from pipeline.augment import CHUNK, augment_images, augment_split, write_augmented
 from pipeline.config import AugmentConfig
-from pipeline.dataset import ColumnStats, DatasetMeta, ImageSpec, Split, TableSpec, load_splits
+from pipeline.dataset import (
+    ColumnStats,
+    DatasetMeta,
+    ImageSpec,
+    Split,
+    TableSpec,
+    load_splits,
+    save_splits,
+)
 from pipeline.stages import augment as augment_stage
 from pipeline.stages import preprocess as preprocess_stage
 
@@ -19,41 +28,60 @@ IMAGES = DatasetMeta("imagefolder", "x", ("a", "b"), image=ImageSpec(12, 1, (0.5
 
 def image_split(n: int = 10) -> Split:
     rng = np.random.default_rng(0)
-    x = rng.random((n, 1, 12, 12), dtype=np.float32)
+    x = rng.integers(0, 256, (n, 1, 12, 12), dtype=np.uint8)
     return Split(x, (np.arange(n) % 2).astype(np.float32), [f"s{i}" for i in range(n)])
 
 
-def test_images_keep_labels_shapes_and_change_pixels() -> None:
+def augmented(root: Path, train: Split, cfg: AugmentConfig, seed: int) -> Split:
+    """write_augmented on a training split saved the way preprocess saves it; what it wrote."""
+    source, out = Path(tempfile.mkdtemp(dir=root)), Path(tempfile.mkdtemp(dir=root)) / "aug"
+    save_splits(source, {"train": train}, IMAGES)
+    write_augmented(load_splits(source, ("train",))[0]["train"], IMAGES, cfg, seed, out)
+    return load_splits(out, ("train",))[0]["train"]
+
+
+def test_images_keep_labels_shapes_and_change_pixels(tmp_path: Path) -> None:
     train = image_split()
-    out = augment_split(train, IMAGES, AugmentConfig(copies=3), seed=1)
-    assert out.X.shape == (40, 1, 12, 12) and out.X.dtype == np.float32
+    out = augmented(tmp_path, train, AugmentConfig(copies=3), seed=1)
+    assert out.X.shape == (40, 1, 12, 12) and out.X.dtype == np.uint8
     assert np.array_equal(out.y, np.tile(train.y, 4))
     assert np.array_equal(out.X[:10], train.X)  # originals kept
-    assert not np.allclose(out.X[10:20], train.X, atol=1e-3)
+    assert np.abs(out.X[10:20].astype(int) - train.X).mean() > 5
     assert out.ids[10] == "s0#aug1" and len(set(out.ids)) == 40
-    assert out.X.min() >= 0.0 and out.X.max() <= 1.0
+
+
+def test_streamed_chunks_equal_one_batch_of_augment_images(tmp_path: Path) -> None:
+    # The file is written chunk by chunk; its copies are augment_images' output, rounded.
+    train = image_split(2500)  # three chunks of augment.CHUNK
+    out = augmented(tmp_path, train, AugmentConfig(copies=1), seed=3)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.from_numpy(train.X).float() / 255.0
+    expected = torch.cat([augment_images(x[i:i + CHUNK], AugmentConfig(copies=1), gen)
+                          for i in range(0, len(x), CHUNK)])
+    assert np.array_equal(out.X[2500:], expected.mul(255).round().to(torch.uint8).numpy())
 
 
 def test_parameters_are_drawn_per_sample() -> None:
     # The same image repeated must come out differently for each copy in the batch.
-    x = torch.from_numpy(np.repeat(image_split(1).X, 8, axis=0))
+    x = torch.from_numpy(np.repeat(image_split(1).X, 8, axis=0)).float() / 255.0
     out = augment_images(x, AugmentConfig(noise_std=0.0), torch.Generator().manual_seed(0))
     flat = out.reshape(8, -1)
     assert len({tuple(np.round(row.numpy(), 4)) for row in flat}) == 8
 
 
-def test_seeded_and_disabled() -> None:
+def test_seeded_and_disabled(tmp_path: Path) -> None:
     train = image_split()
-    a = augment_split(train, IMAGES, AugmentConfig(), seed=5)
-    b = augment_split(train, IMAGES, AugmentConfig(), seed=5)
-    c = augment_split(train, IMAGES, AugmentConfig(), seed=6)
+    a = augmented(tmp_path, train, AugmentConfig(), seed=5)
+    b = augmented(tmp_path, train, AugmentConfig(), seed=5)
+    c = augmented(tmp_path, train, AugmentConfig(), seed=6)
     assert np.array_equal(a.X, b.X) and not np.array_equal(a.X, c.X)
-    assert augment_split(train, IMAGES, AugmentConfig(enabled=False), 5) is train
+    off = augmented(tmp_path, train, AugmentConfig(enabled=False), 5)
+    assert np.array_equal(off.X, train.X) and off.ids == train.ids
 
 
 def test_flips_only_when_enabled() -> None:
     cfg = AugmentConfig(rotation=0, translate=0, scale=0, brightness=0, contrast=0, noise_std=0)
-    x = torch.from_numpy(image_split(64).X)
+    x = torch.from_numpy(image_split(64).X).float() / 255.0
     same = augment_images(x, cfg, torch.Generator().manual_seed(0))
     assert torch.allclose(same, x, atol=1e-5)
     flipped = augment_images(x, replace(cfg, hflip=True), torch.Generator().manual_seed(0))

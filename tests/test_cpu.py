@@ -122,7 +122,9 @@ def test_augment_bytes_follow_the_pin_not_the_environment(tiny: tuple[Path, Path
                   "--out", str(tmp_path / str(i)))
         hashes[name] = md5(tmp_path / str(i) / "X_train.npy")
     assert hashes["portable, env elsewhere"] == hashes["portable"]
-    assert hashes["native, env elsewhere"] != hashes["portable"]
+    # No `native != portable` here: augmented images are stored as uint8, and rounding absorbs
+    # the last-bit differences of other kernels on this data (it need not on all data). The
+    # train test below shows the dispatch setting does change bytes.
 
 
 @needs_pin

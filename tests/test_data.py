@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from pipeline.config import DataConfig, SplitConfig, load_params
 from pipeline.data import preprocess
-from pipeline.dataset import load_splits
+from pipeline.dataset import DatasetMeta, load_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import decode_image
 from pipeline.stages import preprocess as preprocess_stage
@@ -35,6 +36,13 @@ def csv_cfg(path: Path, **kw: object) -> DataConfig:
     return DataConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
+def prep(cfg: DataConfig, seed: int) -> tuple[dict, DatasetMeta]:
+    """Run preprocess into a fresh folder beside the data; the splits it wrote and the meta."""
+    out = Path(tempfile.mkdtemp(dir=Path(cfg.path).parent)) / "processed"
+    meta = preprocess(cfg, seed, out)
+    return load_splits(out)[0], meta
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -44,13 +52,12 @@ def digest(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_imagefolder_mixed_modes_and_sizes(imagefolder: Path, channels: int) -> None:
-    splits, meta = preprocess(image_cfg(imagefolder, channels=channels), seed=0)
+    splits, meta = prep(image_cfg(imagefolder, channels=channels), seed=0)
     assert meta.classes == ("cat", "dog") and meta.positive_class == "dog"
     total = sum(len(s.y) for s in splits.values())
     assert total == 24
     for s in splits.values():
-        assert s.X.shape[1:] == (channels, 8, 8) and s.X.dtype == np.float32
-        assert s.X.min() >= 0.0 and s.X.max() <= 1.0
+        assert s.X.shape[1:] == (channels, 8, 8) and s.X.dtype == np.uint8
     # Every format in the fixture made it through.
     suffixes = {Path(i).suffix for s in splits.values() for i in s.ids}
     assert suffixes == {".png", ".jpg", ".bmp", ".gif", ".tiff", ".jpeg"}
@@ -58,18 +65,19 @@ def test_imagefolder_mixed_modes_and_sizes(imagefolder: Path, channels: int) -> 
 
 
 def test_no_sample_in_two_splits_and_stats_from_train_only(imagefolder: Path) -> None:
-    splits, meta = preprocess(image_cfg(imagefolder), seed=3)
+    splits, meta = prep(image_cfg(imagefolder), seed=3)
     ids = [set(s.ids) for s in splits.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    train = splits["train"].X
-    assert meta.image.mean[0] == pytest.approx(float(train.mean()), rel=1e-5)
-    everything = np.concatenate([s.X for s in splits.values()])
+    train = splits["train"].X / 255.0
+    assert meta.image.mean[0] == pytest.approx(float(train.mean()), rel=1e-9)
+    assert meta.image.std[0] == pytest.approx(float(train.std()), rel=1e-9)
+    everything = np.concatenate([s.X for s in splits.values()]) / 255.0
     assert meta.image.mean[0] != pytest.approx(float(everything.mean()), rel=1e-5)
 
 
 def test_seed_changes_split(imagefolder: Path) -> None:
-    a, _ = preprocess(image_cfg(imagefolder), seed=0)
-    b, _ = preprocess(image_cfg(imagefolder), seed=1)
+    a, _ = prep(image_cfg(imagefolder), seed=0)
+    b, _ = prep(image_cfg(imagefolder), seed=1)
     assert a["test"].ids != b["test"].ids
 
 
@@ -91,7 +99,7 @@ def test_corrupt_image_fails_naming_file(imagefolder: Path) -> None:
     good = (imagefolder / "dog" / "dog_000.png").read_bytes()
     bad.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(DataError, match=r"broken\.png.*not a readable image"):
-        preprocess(image_cfg(imagefolder), seed=0)
+        prep(image_cfg(imagefolder), seed=0)
 
 
 def test_decompression_bomb_is_a_bad_image(imagefolder: Path, monkeypatch) -> None:
@@ -101,8 +109,8 @@ def test_decompression_bomb_is_a_bad_image(imagefolder: Path, monkeypatch) -> No
     # (The fixture's largest images, 32x32, stay under PIL's error limit of 2 x 1000 pixels.)
     with pytest.raises(DataError, match=r"bomb\.png: not a readable image \(refused as a "
                                         r"decompression bomb"):
-        preprocess(image_cfg(imagefolder), seed=0)
-    _, meta = preprocess(image_cfg(imagefolder, skip_corrupt=True), seed=0)
+        prep(image_cfg(imagefolder), seed=0)
+    _, meta = prep(image_cfg(imagefolder, skip_corrupt=True), seed=0)
     assert [s["file"] for s in meta.skipped] == ["dog/bomb.png"]
 
 
@@ -114,7 +122,7 @@ def test_unknown_bytes_message_shows_no_python_internals() -> None:
 
 def test_skip_corrupt_records_skipped_file(imagefolder: Path) -> None:
     (imagefolder / "cat" / "garbage.jpg").write_bytes(b"not a jpeg at all")
-    splits, meta = preprocess(image_cfg(imagefolder, skip_corrupt=True), seed=0)
+    splits, meta = prep(image_cfg(imagefolder, skip_corrupt=True), seed=0)
     assert [s["file"] for s in meta.skipped] == ["cat/garbage.jpg"]
     assert sum(len(s.y) for s in splits.values()) == 24
 
@@ -128,39 +136,39 @@ def test_skip_corrupt_records_skipped_file(imagefolder: Path) -> None:
 def test_bad_imagefolders(imagefolder: Path, mutate, needle: str) -> None:
     mutate(imagefolder)
     with pytest.raises(DataError, match=needle):
-        preprocess(image_cfg(imagefolder), seed=0)
+        prep(image_cfg(imagefolder), seed=0)
 
 
 def test_one_class_folder(tmp_path: Path) -> None:
     (tmp_path / "only").mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "only" / "a.png")
     with pytest.raises(DataError, match=r"found 1 \(only\)"):
-        preprocess(image_cfg(tmp_path), seed=0)
+        prep(image_cfg(tmp_path), seed=0)
 
 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.path = '.*nowhere': directory not found"):
-        preprocess(image_cfg(tmp_path / "nowhere"), seed=0)
+        prep(image_cfg(tmp_path / "nowhere"), seed=0)
     with pytest.raises(DataError, match="CSV file not found"):
-        preprocess(csv_cfg(tmp_path / "nowhere.csv"), seed=0)
+        prep(csv_cfg(tmp_path / "nowhere.csv"), seed=0)
 
 
 def test_positive_class_not_among_labels(imagefolder: Path) -> None:
     with pytest.raises(DataError, match=r"positive_class = 'horse' is not among .*'cat', 'dog'"):
-        preprocess(replace(image_cfg(imagefolder), positive_class="horse"), seed=0)
+        prep(replace(image_cfg(imagefolder), positive_class="horse"), seed=0)
 
 
 def test_split_leaving_class_without_val_or_test(tmp_path: Path) -> None:
     root = make_imagefolder(tmp_path / "imgs", per_class=2)
     with pytest.raises(DataError, match=r"data\.split"):
-        preprocess(image_cfg(root), seed=0)
+        prep(image_cfg(root), seed=0)
 
 
 # --- tables ---------------------------------------------------------------------------------
 
 
 def test_csv_categorical_nan_and_string_labels(table_csv: Path) -> None:
-    splits, meta = preprocess(csv_cfg(table_csv), seed=0)
+    splits, meta = prep(csv_cfg(table_csv), seed=0)
     table = meta.table
     assert meta.classes == ("ham", "spam")
     assert set(table.numeric) == {"x1", "x2", "flag"}
@@ -178,7 +186,7 @@ def test_csv_categorical_nan_and_string_labels(table_csv: Path) -> None:
 
 
 def test_unseen_category_and_nan_encode_as_zeros(table_csv: Path) -> None:
-    _, meta = preprocess(csv_cfg(table_csv), seed=0)
+    _, meta = prep(csv_cfg(table_csv), seed=0)
     rows = pd.DataFrame({"x1": [np.nan], "x2": [0.0], "colour": ["purple"], "flag": [True]})
     x = transform_table(rows, meta.table)
     assert x.shape == (1, 6) and not np.isnan(x).any()
@@ -195,7 +203,7 @@ def test_label_kinds(tmp_path: Path, labels: list, positive: str | None,
     frame = pd.read_csv(path)
     frame["label"] = [labels[i % 2] for i in range(len(frame))]
     frame.to_csv(path, index=False)
-    _, meta = preprocess(csv_cfg(path, positive_class=positive), seed=0)
+    _, meta = prep(csv_cfg(path, positive_class=positive), seed=0)
     assert list(meta.classes) == expected
 
 
@@ -212,7 +220,7 @@ def test_label_kinds(tmp_path: Path, labels: list, positive: str | None,
 def test_bad_csvs(table_csv: Path, edit, needle: str) -> None:
     edit(pd.read_csv(table_csv)).to_csv(table_csv, index=False)
     with pytest.raises(DataError, match=needle):
-        preprocess(csv_cfg(table_csv), seed=0)
+        prep(csv_cfg(table_csv), seed=0)
 
 
 @pytest.mark.parametrize(("edit", "needle"), [
@@ -225,7 +233,7 @@ def test_bad_csvs(table_csv: Path, edit, needle: str) -> None:
 def test_duplicate_header_names_the_column(table_csv: Path, edit, needle: str) -> None:
     table_csv.write_text(edit(table_csv.read_text()))
     with pytest.raises(DataError, match=needle):
-        preprocess(csv_cfg(table_csv), seed=0)
+        prep(csv_cfg(table_csv), seed=0)
 
 
 @pytest.mark.parametrize(("value", "needle"), [
@@ -251,15 +259,15 @@ def test_overflowing_and_empty_columns_are_rejected(table_csv: Path) -> None:
     frame = pd.read_csv(table_csv)
     frame.assign(x2=frame["x2"] * 1e300).to_csv(table_csv, index=False)
     with pytest.raises(DataError, match=r"column 'x2' values are too large to standardise"):
-        preprocess(csv_cfg(table_csv), seed=0)
+        prep(csv_cfg(table_csv), seed=0)
     frame.assign(x2=np.nan).to_csv(table_csv, index=False)
     with pytest.raises(DataError, match=r"column 'x2' has no values \(all missing\)"):
-        preprocess(csv_cfg(table_csv), seed=0)
+        prep(csv_cfg(table_csv), seed=0)
 
 
 def test_csv_positive_class_not_among_labels(table_csv: Path) -> None:
     with pytest.raises(DataError, match=r"positive_class = 'eggs' is not among"):
-        preprocess(csv_cfg(table_csv, positive_class="eggs"), seed=0)
+        prep(csv_cfg(table_csv, positive_class="eggs"), seed=0)
 
 
 @pytest.mark.parametrize("content", ["", "a,b,label\n"])
@@ -267,11 +275,11 @@ def test_empty_csv(tmp_path: Path, content: str) -> None:
     path = tmp_path / "empty.csv"
     path.write_text(content)
     with pytest.raises(DataError, match=r"empty\.csv: CSV (is empty|has a header but no rows)"):
-        preprocess(csv_cfg(path), seed=0)
+        prep(csv_cfg(path), seed=0)
 
 
 def test_transform_rejects_missing_and_extra_columns(table_csv: Path) -> None:
-    _, meta = preprocess(csv_cfg(table_csv), seed=0)
+    _, meta = prep(csv_cfg(table_csv), seed=0)
     rows = pd.DataFrame({"x1": [1.0], "colour": ["red"], "flag": [True], "zzz": [1]})
     with pytest.raises(DataError, match=r"missing: \['x2'\]; unexpected: \['zzz'\]"):
         transform_table(rows, meta.table)
@@ -283,7 +291,7 @@ def test_transform_rejects_missing_and_extra_columns(table_csv: Path) -> None:
 def test_builtin_breast_cancer_written_once_as_csv(tmp_path: Path) -> None:
     cfg = DataConfig(source="breast_cancer", path=str(tmp_path / "bc.csv"),
                      positive_class="malignant")
-    splits, meta = preprocess(cfg, seed=0)
+    splits, meta = prep(cfg, seed=0)
     assert meta.kind == "table" and meta.classes == ("benign", "malignant")
     assert sum(len(s.y) for s in splits.values()) == 569
     assert pd.read_csv(tmp_path / "bc.csv").shape == (569, 31)
@@ -291,16 +299,16 @@ def test_builtin_breast_cancer_written_once_as_csv(tmp_path: Path) -> None:
 
 def test_unknown_source_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.source = 'mnist': must be one of \["):
-        preprocess(replace(csv_cfg(tmp_path / "x.csv"), source="mnist"), seed=0)
+        prep(replace(csv_cfg(tmp_path / "x.csv"), source="mnist"), seed=0)
 
 
 def test_builtin_digits_is_an_imagefolder(tmp_path: Path) -> None:
     cfg = replace(load_params(REPO / "params.yaml").data, path=str(tmp_path / "digits"))
-    splits, meta = preprocess(cfg, seed=0)
+    splits, meta = prep(cfg, seed=0)
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["even", "odd"]
     assert sum(len(s.y) for s in splits.values()) == 1797
     assert meta.input_shape == (1, 16, 16)
-    loaded_twice = preprocess(cfg, seed=0)[0]["test"].X
+    loaded_twice = prep(cfg, seed=0)[0]["test"].X
     assert np.array_equal(loaded_twice, splits["test"].X)
 
 

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -71,6 +72,9 @@ def test_train_and_evaluate_land_in_one_mlflow_run(image_run: dict) -> None:
             "training_curves.png"} <= plots
     models = client.search_logged_models([run.info.experiment_id])
     assert [m.name for m in models] == ["network"]
+    # The network takes what the loop feeds it: float32 in [0, 1], not the stored uint8.
+    signature = mlflow.models.get_model_info(models[0].model_uri).signature
+    assert signature.inputs.inputs[0].type == np.dtype("float32")
     # Datasets with the DVC hash as digest.
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}
@@ -92,11 +96,12 @@ def test_threshold_is_chosen_on_validation(image_run: dict) -> None:
 def test_failing_stage_leaves_run_failed(tmp_path: Path, image_params: Path,
                                          mlflow_uri: str) -> None:
     paths = run_stages(image_params, tmp_path, upto="augment")
-    # Poison the training set: the loop raises TrainingDiverged inside the MLflow run.
-    x_path = Path(paths["augmented"]) / "X_train.npy"
-    x = np.load(x_path)
-    x[:] = np.nan
-    np.save(x_path, x)
+    # Poison the input statistics (std 0 → inf/NaN inputs): the loop raises TrainingDiverged
+    # inside the MLflow run. (Stored images are uint8 and cannot hold a NaN themselves.)
+    meta_path = Path(paths["processed"]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["image"]["std"] = [0.0] * len(meta["image"]["std"])
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(SystemExit) as info:
         train.main(["--params", str(image_params), "--data-dir", paths["processed"],
                     "--train-dir", paths["augmented"], "--out", paths["models"],

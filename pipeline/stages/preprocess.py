@@ -6,7 +6,6 @@ import argparse
 
 from pipeline.config import Params
 from pipeline.data import preprocess
-from pipeline.dataset import save_splits
 from pipeline.stages._common import stage_main
 
 PATHS = {"out": "data/processed"}
@@ -14,8 +13,7 @@ PATHS = {"out": "data/processed"}
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Read and validate data.path, split it, write arrays and metadata."""
-    splits, meta = preprocess(params.data, params.seed)
-    save_splits(args.out, splits, meta)
+    preprocess(params.data, params.seed, args.out)
 
 
 main = stage_main(__doc__, PATHS, run)

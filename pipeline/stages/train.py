@@ -31,9 +31,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
                            seed=params.seed, device=device,
                            callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
-        for operation in queued:
-            if operation is not None:
-                operation.wait()
+        tracking.wait(queued)
         weights = save_training(result, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
         records.log_training_result(result, weights, val.X[:4])

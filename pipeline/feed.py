@@ -1,0 +1,131 @@
+"""Batches for the loop: a split preloaded on the device, or streamed from its .npy file.
+
+Both yield the same batches for the same order, so a model trained either way has the same
+bytes; which one is used is a memory decision (PIPELINE_PRELOAD_MB), never a result one.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from pipeline.arrays import Rows
+from pipeline.dataset import Split
+from pipeline.errors import ConfigError
+
+PRELOAD_ENV = "PIPELINE_PRELOAD_MB"
+# On the CPU a streamed epoch reads from the page cache at close to preloaded speed (measured in
+# benchmarks/large_images.py), so the default keeps the process small; on a GPU preloading
+# keeps the data resident next to the model, so it may take half of the free device memory.
+CPU_PRELOAD_MB = 1024
+PREFETCH = 4  # batches read ahead by the background thread
+
+
+def preload_budget(device: torch.device) -> int:
+    """Bytes a split may take to be preloaded on `device`."""
+    wanted = os.environ.get(PRELOAD_ENV, "")
+    if wanted:
+        try:
+            return int(float(wanted) * 2 ** 20)
+        except ValueError:
+            raise ConfigError(f"{PRELOAD_ENV} = {wanted!r}: must be a number of MiB") from None
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 2
+    return CPU_PRELOAD_MB * 2 ** 20
+
+
+def as_inputs(xb: torch.Tensor) -> torch.Tensor:
+    """A stored batch as model input: uint8 images scaled to [0, 1] float32, channels-last."""
+    if xb.dtype == torch.uint8:
+        xb = xb.float().div_(255.0)  # the same float32 division as numpy's x / 255.0
+    if xb.dim() == 4:
+        # NHWC is ~1.3x faster for small convs/pooling on CPU (oneDNN) and fine on CUDA.
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb
+
+
+class Feed:
+    """Features and labels of one split, preloaded on the device or streamed from disk."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray | None, device: torch.device,
+                 budget: int | None = None) -> None:
+        self.device, self.n = device, len(X)
+        self.y = None if y is None else torch.from_numpy(np.array(y, np.float32)).to(device)
+        budget = preload_budget(device) if budget is None else budget
+        filename = getattr(X, "filename", None)
+        self.rows: Rows | None = None
+        if filename is not None and X.nbytes > budget:
+            self.rows = Rows(filename)
+            self.X = None
+        else:
+            # np.array copies a memory map into memory (a view would keep reading the file).
+            self.X = torch.from_numpy(np.array(X)).to(device)
+
+    @classmethod
+    def of(cls, split: Split, device: torch.device, budget: int | None = None) -> Feed:
+        """A feed for a split's features and labels."""
+        return cls(split.X, split.y, device, budget)
+
+    @property
+    def streamed(self) -> bool:
+        """True when batches are read from the file, not from memory."""
+        return self.rows is not None
+
+    def close(self) -> None:
+        """Release the file (streamed feeds)."""
+        if self.rows is not None:
+            self.rows.close()
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(stored features, labels) per batch, in `order` (a CPU permutation) or file order."""
+        if self.rows is None:
+            assert self.X is not None
+            index = None if order is None else order.to(self.device)
+            for i in range(0, self.n, batch_size):
+                if index is None:
+                    xb = self.X[i:i + batch_size]
+                    yb = None if self.y is None else self.y[i:i + batch_size]
+                else:
+                    idx = index[i:i + batch_size]
+                    xb, yb = self.X[idx], None if self.y is None else self.y[idx]
+                yield xb, yb
+            return
+        yield from self._streamed(batch_size, None if order is None else order.numpy())
+
+    def _streamed(self, batch_size: int, order: np.ndarray | None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Read batches in a background thread (file reads release the GIL) PREFETCH ahead."""
+        rows = self.rows
+        assert rows is not None
+        pin = self.device.type == "cuda"
+
+        def read(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if order is None:
+                index = np.arange(start, min(start + batch_size, self.n))
+                xb = torch.from_numpy(rows.read(start, start + len(index)))
+            else:
+                index = order[start:start + batch_size]
+                xb = torch.from_numpy(rows.gather(index))
+            return (xb.pin_memory() if pin else xb), torch.from_numpy(index)
+
+        starts = iter(range(0, self.n, batch_size))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="feed-prefetch")
+        try:
+            pending = collections.deque(pool.submit(read, s)
+                                        for s in itertools.islice(starts, PREFETCH))
+            while pending:
+                xb, index = pending.popleft().result()  # a read error is raised here
+                if (start := next(starts, None)) is not None:
+                    pending.append(pool.submit(read, start))
+                yb = None if self.y is None else self.y[index.to(self.device)]
+                yield xb.to(self.device, non_blocking=pin), yb
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

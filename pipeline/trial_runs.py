@@ -1,0 +1,66 @@
+"""MLflow child runs of Optuna trials: one per trial, its status mirroring the trial's state."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from pipeline.tags import Tag
+from pipeline.tracking import log_params, owner_tags
+
+
+@dataclass
+class TrialRun:
+    """A nested run for one Optuna trial; set `state` (COMPLETE or PRUNED) before leaving."""
+
+    run_id: str
+    state: str = "RUNNING"
+    pruned_at: int | None = None  # epoch of the pruner's decision
+
+
+# Optuna trial state → MLflow run status.
+_TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+@contextlib.contextmanager
+def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
+              params: dict[str, Any]) -> Iterator[TrialRun]:
+    """Child run of the study's parent run; its status mirrors the trial's final state."""
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
+        Tag.PARENT_RUN: parent_run_id, **owner_tags(), Tag.STUDY: study,
+        Tag.TRIAL_NUMBER: str(number), Tag.TRIAL_STATE: "RUNNING", Tag.STAGE: "tune"})
+    trial = TrialRun(run.info.run_id)
+    log_params(params, run_id=trial.run_id)
+    tick = time.perf_counter()
+    try:
+        yield trial
+    finally:
+        if trial.state not in _TRIAL_STATUS:
+            trial.state = "FAIL"  # left by an exception
+        client.log_metric(trial.run_id, "duration_seconds", time.perf_counter() - tick)
+        client.set_tag(trial.run_id, Tag.TRIAL_STATE, trial.state)
+        if trial.state == "PRUNED" and trial.pruned_at is not None:
+            # KILLED shows red in the UI: the name and a tag column say it was the pruner.
+            client.set_tag(trial.run_id, Tag.PRUNED_AT, str(trial.pruned_at))
+            client.update_run(trial.run_id, name=f"trial-{number} pruned@{trial.pruned_at}")
+        client.set_terminated(trial.run_id, _TRIAL_STATUS[trial.state])
+
+
+def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> None:
+    """End the RUNNING child runs of trials that Optuna failed (their worker died anywhere)."""
+    if not numbers:
+        return
+    client = MlflowClient()
+    wanted = {str(n) for n in numbers}  # tag filters have no IN
+    for run in client.search_runs([experiment_id], f"tags.`{Tag.STUDY}` = '{study}' and "
+                                  "attributes.status = 'RUNNING'", max_results=1000):
+        if run.data.tags.get(Tag.TRIAL_NUMBER) not in wanted:
+            continue
+        client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "FAIL")
+        client.set_terminated(run.info.run_id, "KILLED")
