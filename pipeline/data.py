@@ -18,7 +18,7 @@ from pipeline.config import DataConfig, SplitConfig
 from pipeline.dataset import META_FILE, DatasetMeta, ImageSpec, Split, save_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_dir, atomic_path, write_json
-from pipeline.images import decode_files, list_imagefolder
+from pipeline.images import decode_files, histogram, list_imagefolder
 from pipeline.tables import fit_table_spec, read_table, transform_table
 
 log = logging.getLogger(__name__)
@@ -172,30 +172,42 @@ def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
 
 
 def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
-    """Decode in parallel into a scratch file, split what was readable, copy rows per split."""
+    """Decode with a process pool straight into each split's .npy rows; with skip_corrupt,
+    into a scratch file first (the split depends on which files were readable)."""
     files, labels, ids = list_imagefolder(cfg)
-    scratch = tmp / ".decoded.npy"
-    errors = decode_files(files, scratch, cfg.image_size, cfg.channels)
-    if errors and not cfg.skip_corrupt:
-        raise DataError(f"{errors[min(errors)]} (set data.skip_corrupt: true to skip it)")
-    skipped = []
-    for row in sorted(errors):
-        log.warning("skipping %s", errors[row])
-        skipped.append({"file": ids[row], "reason": errors[row]})
-    keep = np.array([i for i in range(len(files)) if i not in errors], dtype=np.int64)
+    if cfg.skip_corrupt:
+        scratch = tmp / ".decoded.npy"
+        errors, _ = decode_files({scratch: files}, cfg.image_size, cfg.channels)
+        keep = np.array([i for i, f in enumerate(files) if f not in errors], dtype=np.int64)
+    else:
+        # Every file must decode, so the split is known before decoding.
+        errors, keep = {}, np.arange(len(files))
+    for file in files:
+        if file in errors:
+            log.warning("skipping %s", errors[file])
     for cls in sorted(set(labels)):
         if not any(labels[i] == cls for i in keep):
             raise DataError(f"{Path(cfg.path) / cls}: no readable image in class folder")
     y, classes = encode_labels([labels[i] for i in keep], cfg.positive_class, cfg.path)
     parts = stratified_split(y, cfg.split, seed, classes)
-    with Rows(scratch) as decoded:
-        sums = {name: _copy_rows(decoded, keep[idx], tmp / f"X_{name}.npy")
-                for name, idx in parts.items()}
-    scratch.unlink()
-    mean, std = _channel_stats(*sums["train"], len(parts["train"]) * cfg.image_size ** 2)
+    outs = {name: tmp / f"X_{name}.npy" for name in parts}
+    if cfg.skip_corrupt:
+        with Rows(scratch) as decoded:
+            counts = {outs[name]: _copy_rows(decoded, keep[idx], outs[name])
+                      for name, idx in parts.items()}
+        scratch.unlink()
+    else:
+        errors, counts = decode_files({outs[name]: [files[i] for i in idx]
+                                       for name, idx in parts.items()},
+                                      cfg.image_size, cfg.channels)
+        if errors:
+            first = min(errors, key=files.index)  # the error a sequential decode would raise
+            raise DataError(f"{errors[first]} (set data.skip_corrupt: true to skip it)")
+    mean, std = _channel_stats(counts[outs["train"]])
+    skipped = tuple({"file": ids[i], "reason": errors[f]} for i, f in enumerate(files)
+                    if f in errors)
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
-                       skipped=tuple(skipped), image=ImageSpec(cfg.image_size, cfg.channels,
-                                                                mean, std))
+                       skipped=skipped, image=ImageSpec(cfg.image_size, cfg.channels, mean, std))
     for name, idx in parts.items():
         np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y[idx], dtype=np.float32))
     write_json(tmp / "ids.json", {name: [ids[keep[i]] for i in idx]
@@ -205,28 +217,25 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
     return meta
 
 
-def _copy_rows(source: Rows, index: np.ndarray, out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Copy source rows `index` into a new .npy; return per-channel sums of x and x^2."""
+def _copy_rows(source: Rows, index: np.ndarray, out: Path) -> np.ndarray:
+    """Copy source rows `index` into a new .npy; return their histogram (images.histogram)."""
     arrays.create(out, (len(index), *source.row_shape), source.dtype)
-    s1 = np.zeros(source.row_shape[0], dtype=np.int64)
-    s2 = np.zeros(source.row_shape[0], dtype=np.int64)
+    counts = np.zeros((source.row_shape[0], 256), dtype=np.int64)
     with Rows(out, writable=True) as rows:
         for start in range(0, len(index), ROWS_PER_CHUNK):
             chunk = source.gather(index[start:start + ROWS_PER_CHUNK])
             rows.write(start, chunk)
-            # Integer sums are exact, so the statistics do not depend on chunking.
-            wide = chunk.astype(np.uint16)
-            s1 += wide.sum(axis=(0, 2, 3), dtype=np.int64)
-            wide *= wide  # 255**2 fits in uint16
-            s2 += wide.sum(axis=(0, 2, 3), dtype=np.int64)
-    return s1, s2
+            counts += histogram(chunk)
+    return counts
 
 
-def _channel_stats(s1: np.ndarray, s2: np.ndarray, count: int
-                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of x/255 from the integer sums of x and x^2."""
-    mean = s1 / (count * 255.0)
-    var = np.maximum(s2 / (count * 255.0 ** 2) - mean ** 2, 0.0)
+def _channel_stats(counts: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of x/255 from per-channel value histograms."""
+    # Integer sums are exact: the statistics do not depend on chunking or worker count.
+    values = np.arange(256, dtype=np.int64)
+    n = counts.sum(axis=1)
+    mean = (counts @ values) / (n * 255.0)
+    var = np.maximum((counts @ (values * values)) / (n * 255.0 ** 2) - mean ** 2, 0.0)
     std = np.sqrt(var)
     return (tuple(float(m) for m in mean),
             tuple(float(s) if s > 1e-6 else 1.0 for s in std))

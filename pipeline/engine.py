@@ -90,11 +90,18 @@ def pos_weight(y: np.ndarray, mode: str) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, feed: Feed, batch_size: int = 2048) -> torch.Tensor:
+def predict_logits(model: nn.Module, feed: Feed) -> torch.Tensor:
     """Logits in eval mode, in file order, batched to bound memory."""
     model.eval()
-    out = [model(as_inputs(xb)).float() for xb, _ in feed.batches(batch_size)]
+    out = [model(as_inputs(xb)).float() for xb, _ in feed.batches(predict_batch_size(feed))]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_batch_size(feed: Feed) -> int:
+    """Samples per inference batch: 2048, fewer for large inputs (activations grow with them)."""
+    # ~4M input values per batch: 2048 16x16 digits, 341 RGB images of 64 px (a CNN's first
+    # activations are then ~1 GB instead of 6 at 2048).
+    return max(1, min(2048, 2 ** 22 // max(1, feed.row_size)))
 
 
 def predict_proba(model: nn.Module, X: np.ndarray,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import mmap
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,11 @@ def preload_budget(device: torch.device) -> int:
     return CPU_PRELOAD_MB * 2 ** 20
 
 
+def whole_file(X: np.ndarray) -> bool:
+    """True for an array np.load mapped from a whole .npy file (not a slice or view of one)."""
+    return isinstance(X, np.memmap) and isinstance(X.base, mmap.mmap) and X.filename is not None
+
+
 def as_inputs(xb: torch.Tensor) -> torch.Tensor:
     """A stored batch as model input: uint8 images scaled to [0, 1] float32, channels-last."""
     if xb.dtype == torch.uint8:
@@ -57,16 +63,19 @@ class Feed:
     def __init__(self, X: np.ndarray, y: np.ndarray | None, device: torch.device,
                  budget: int | None = None) -> None:
         self.device, self.n = device, len(X)
+        self.row_size = int(np.prod(X.shape[1:], dtype=np.int64))  # values per sample
         self.y = None if y is None else torch.from_numpy(np.array(y, np.float32)).to(device)
         budget = preload_budget(device) if budget is None else budget
-        filename = getattr(X, "filename", None)
         self.rows: Rows | None = None
-        if filename is not None and X.nbytes > budget:
-            self.rows = Rows(filename)
-            self.X = None
-        else:
-            # np.array copies a memory map into memory (a view would keep reading the file).
+        self.X: torch.Tensor | None = None
+        if not whole_file(X):
             self.X = torch.from_numpy(np.array(X)).to(device)
+        elif X.nbytes > budget:
+            self.rows = Rows(X.filename)
+        else:
+            # Read, not copied from the map: mapped pages would stay in this process's RSS.
+            with Rows(X.filename) as rows:
+                self.X = torch.from_numpy(rows.read(0, len(rows))).to(device)
 
     @classmethod
     def of(cls, split: Split, device: torch.device, budget: int | None = None) -> Feed:

@@ -98,8 +98,16 @@ def data_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _decode_chunk(task: tuple[str, int, list[Path], int, int]) -> list[tuple[int, str]]:
-    """Worker: decode files into rows start.. of the .npy at path; return (row, error)s."""
+def histogram(rows: np.ndarray) -> np.ndarray:
+    """Per-channel counts of each uint8 value in (N, C, H, W) rows: (C, 256) int64."""
+    return np.stack([np.bincount(rows[:, c].ravel(), minlength=256)
+                     for c in range(rows.shape[1])]).astype(np.int64)
+
+
+def _decode_chunk(task: tuple[str, int, list[Path], int, int]
+                  ) -> tuple[list[tuple[Path, str]], np.ndarray]:
+    """Worker: decode files into rows start.. of the .npy at path; the unreadable files with
+    their errors, and the histogram of what was written (the train statistics need it)."""
     path, start, files, size, channels = task
     errors = []
     with Rows(path, writable=True) as rows:
@@ -109,21 +117,26 @@ def _decode_chunk(task: tuple[str, int, list[Path], int, int]) -> list[tuple[int
                 buffer[i] = decode_file(file, size, channels)
             except DataError as err:
                 buffer[i] = 0
-                errors.append((start + i, str(err)))
+                errors.append((file, str(err)))
         rows.write(start, buffer)
-    return errors
+    return errors, histogram(buffer)
 
 
-def decode_files(files: list[Path], out: Path, size: int, channels: int,
-                 workers: int | None = None) -> dict[int, str]:
-    """Decode every file into row i of a new uint8 .npy at `out` with a process pool; return
-    {row: error} of the files that could not be read (their rows are zeros)."""
-    arrays.create(out, (len(files), channels, size, size), np.uint8)
-    tasks = [(str(out), s, files[s:s + CHUNK], size, channels)
-             for s in range(0, len(files), CHUNK)]
-    workers = min(workers or data_workers(), len(tasks))
+def decode_files(jobs: dict[Path, list[Path]], size: int, channels: int
+                 ) -> tuple[dict[Path, str], dict[Path, np.ndarray]]:
+    """Decode each job's files into the rows of a new uint8 .npy (its key), in order, with a
+    process pool; return {file: error} for unreadable files (zero rows) and each output's
+    histogram (see `histogram`)."""
+    tasks = []
+    for out, files in jobs.items():
+        arrays.create(out, (len(files), channels, size, size), np.uint8)
+        tasks += [(str(out), s, files[s:s + CHUNK], size, channels)
+                  for s in range(0, len(files), CHUNK)]
+    workers = min(data_workers(), len(tasks))
     progress = Progress(len(tasks), "preprocess", every=max(1, len(tasks) // 10))
-    tick, done, errors = time.perf_counter(), 0, {}
+    tick, done = time.perf_counter(), 0
+    errors: dict[Path, str] = {}
+    counts = {out: np.zeros((channels, 256), np.int64) for out in jobs}
     # fork: workers need only PIL and numpy, and start in milliseconds.
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with contextlib.ExitStack() as stack:
@@ -132,9 +145,10 @@ def decode_files(files: list[Path], out: Path, size: int, channels: int,
             results = pool.imap(_decode_chunk, tasks)  # in order, so progress is monotone
         else:
             results = map(_decode_chunk, tasks)
-        for task, failed in zip(tasks, results, strict=True):
+        for task, (failed, hist) in zip(tasks, results, strict=True):
             errors.update(failed)
+            counts[Path(task[0])] += hist
             done += len(task[2])
             progress.update(images=done, per_s=done / (time.perf_counter() - tick))
     progress.close()
-    return errors
+    return errors, counts
