@@ -9,7 +9,7 @@ sum of its workers, the sampled peak of the whole process tree's RSS.
 
     .venv/bin/python benchmarks/large_images.py                        # 20k, 50k, 100k
     .venv/bin/python benchmarks/large_images.py --sizes 300 --stages preprocess   # smoke
-    .venv/bin/python benchmarks/large_images.py --set data.num_workers=2 --json out.json
+    PIPELINE_DATA_WORKERS=1 .venv/bin/python benchmarks/large_images.py --json out.json
 
 Generated sets are cached under --cache/N<n> (reused when complete). Exit status 0 whether or not a
 target is met; a failing stage stops the run with its output tail.

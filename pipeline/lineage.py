@@ -50,7 +50,8 @@ def content_md5(path: str | Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-        digest.update(hashlib.md5(file.read_bytes()).digest())
+        with open(file, "rb") as f:  # in chunks: a data file can be larger than memory
+            digest.update(hashlib.file_digest(f, "md5").digest())
     return digest.hexdigest()
 
 
@@ -69,7 +70,8 @@ def dvc_hash(path: str | Path, lock: str | Path = "dvc.lock") -> str:
 
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file (the weights hash ties train, evaluate and register to one run)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def lineage_tags(data_dir: str, train_dir: str, weights: Path, model_config: Path
