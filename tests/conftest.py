@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -225,3 +230,38 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServ
     """One tracking server on PostgreSQL for a test module (no auth, loopback)."""
     with team_server(tmp_path_factory.mktemp("team")) as server:
         yield server
+
+
+@contextlib.contextmanager
+def served_model(model_uri: str, cwd: Path, env: dict[str, str],
+                 wait_s: float = 180) -> Iterator[int]:
+    """`mlflow models serve -m model_uri` on a free loopback port; yield it once /ping answers."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
+                time.sleep(0.5)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def invoke_images(port: int, files: list[Path]) -> list[dict]:
+    """POST these image files (base64) to a served model's /invocations; its predictions."""
+    body = {"dataframe_split": {"columns": ["image"], "data": [
+        [base64.b64encode(f.read_bytes()).decode()] for f in files]}}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]

@@ -8,10 +8,7 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +26,16 @@ from pipeline.config import RegisterConfig
 from pipeline.registry import audit_trail, decide
 from pipeline.stages import register
 from pipeline.tags import Tag
-from tests.conftest import REPO, make_csv, make_imagefolder, module_store, run_stages, write_params
+from tests.conftest import (
+    REPO,
+    invoke_images,
+    make_csv,
+    make_imagefolder,
+    module_store,
+    run_stages,
+    served_model,
+    write_params,
+)
 
 NAME = "binary-classifier"
 
@@ -153,41 +159,16 @@ def post(port: int, body: dict) -> dict:
         return {"status": err.code, "body": json.loads(err.read())}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_matches_cli(image_model: dict) -> None:
     root = image_model["root"]
     files = sorted((image_model["images"] / "dog").glob("*"))[:4]
     out = root / "cli.csv"
     predict_cli.main(["--input", *map(str, files), "--output", str(out)])
-    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": image_model["uri"],
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
-         "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
-                time.sleep(0.5)
-        body = {"dataframe_split": {"columns": ["image"], "data": [
-            [base64.b64encode(f.read_bytes()).decode()] for f in files]}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    with served_model(f"models:/{NAME}@champion", root, env, wait_s=120) as port:
+        answer = {"predictions": invoke_images(port, files)}
         # The README's raw-pixels request, exactly as printed there (integer pixels).
         readme = (REPO / "README.md").read_text()
         (payload,) = re.findall(r"""-d '(\{"dataframe_split": \{"columns": \["pixels"\].*?)'""",
@@ -197,9 +178,6 @@ def test_mlflow_models_serve_matches_cli(image_model: dict) -> None:
         # Requests it cannot read: 400, our one-line message, no server stack trace.
         unknown = post(port, {"dataframe_split": {"columns": ["foo"], "data": [[1]]}})
         broken = post(port, {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFu"]]}})
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert unknown["status"] == 400
     assert "none of the columns this model reads (image, pixels)" in unknown["body"]["message"]
     assert broken["status"] == 400 and "row 0: not a readable image" in broken["body"]["message"]

@@ -7,21 +7,18 @@ server, and is shared back with `dvc exp push`; B serves the champion from the r
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TeamServer, free_port
+from tests.conftest import TeamServer, invoke_images, served_model
 from tests.test_dvc_pipeline import E2E, make_repo
 
 pytestmark = pytest.mark.slow
@@ -41,31 +38,8 @@ def sha(path: Path) -> str:
 
 def serve_and_predict(repo: Path, env: dict[str, str], files: list[Path]) -> list[float]:
     """Probabilities from `mlflow models serve -m models:/NAME@champion` for these images."""
-    port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
-                time.sleep(0.5)
-        body = {"dataframe_split": {"columns": ["image"], "data": [
-            [base64.b64encode(f.read_bytes()).decode()] for f in files]}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
-        return [row["probability"] for row in answer["predictions"]]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with served_model(f"models:/{NAME}@champion", repo, env) as port:
+        return [row["probability"] for row in invoke_images(port, files)]
 
 
 def test_teammates_share_results_experiments_and_the_registry(
