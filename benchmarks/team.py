@@ -34,10 +34,10 @@ import mlflow
 import optuna
 import yaml
 from mlflow.tracking import MlflowClient
-from mlflow.utils.async_logging.run_operations import RunOperations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._workspace import parse_sets
+from pipeline import tracking
 from pipeline.stages import augment, preprocess, train, tune
 from pipeline.team import DEFAULT_ADMIN_DB, drop_database, start_server, stop_server
 from pipeline.typed import deep_merge
@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class Clock:
     """Seconds spent inside wrapped callables: outermost calls on the main thread only (work
-    queued to MLflow's async logging thread counts where the main thread waits for it)."""
+    queued to a background logging thread counts where the main thread waits for it)."""
 
     def __init__(self) -> None:
         self.seconds, self.depth = 0.0, 0
@@ -115,7 +115,7 @@ def train_share(root: Path, uri: str) -> tuple[float, float]:
     original = stage_mod.fit_model
     stage_mod.fit_model = fit.wrap(original)
     try:
-        owners = [MlflowClient, mlflow, mlflow.pytorch, RunOperations]
+        owners = [MlflowClient, mlflow, mlflow.pytorch, tracking.Background]
         with contextlib.chdir(root), clock.patch(owners):
             train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
     finally:

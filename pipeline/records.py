@@ -12,7 +12,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import infer_signature
-from mlflow.utils.async_logging.run_operations import RunOperations
 
 from pipeline import cpu, tracking
 from pipeline.engine import FitResult
@@ -57,24 +56,23 @@ def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
 
 
 def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
-                        train: tuple[Any, str], val: tuple[Any, str],
-                        device: str) -> list[RunOperations | None]:
-    """Params, lineage tags and dataset inputs of the active train run; params and tags are
-    queued (they overlap training): wait on the returned operations before the run ends."""
-    params = tracking.log_params(flatten({name: dataclasses.asdict(section)
-                                          if dataclasses.is_dataclass(section) else section
-                                          for name, section in sections.items()}),
-                                 synchronous=False)
+                        train: tuple[Any, str], val: tuple[Any, str], device: str,
+                        background: tracking.Background) -> None:
+    """Params, lineage tags and dataset inputs of the active train run; params and tags go
+    through `background` (they overlap training): wait on it before the run ends."""
+    run_id = mlflow.active_run().info.run_id
+    background.submit(tracking.log_params, flatten({
+        name: dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+        for name, section in sections.items()}), run_id)
     # DVC hashes once per folder (outside DVC they mean hashing every file).
     hashes = {folder: dvc_hash(folder) for _, folder in (train, val)}
-    tags = tracking.log_tags({**git_info(), **runtime_tags(device, sections["train"].num_threads),
-                              Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
-                              Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]},
-                             synchronous=False)
+    background.submit(tracking.log_tags, {
+        **git_info(), **runtime_tags(device, sections["train"].num_threads),
+        Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
+        Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]}, run_id)
     for (split, folder), name, context in ((train, "train", "training"),
                                            (val, "val", "validation")):
         log_dataset(split.X, split.y, name, folder, hashes[folder], context)
-    return [params, tags]
 
 
 def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:

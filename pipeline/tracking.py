@@ -6,7 +6,8 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -15,7 +16,6 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.async_logging.run_operations import RunOperations
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.engine import Callback, FitResult
@@ -178,14 +178,10 @@ def create_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
     return run.info.run_id
 
 
-def log_params(params: dict[str, Any], run_id: str | None = None,
-               synchronous: bool = True) -> RunOperations | None:
-    """Log many params in one call (MlflowClient.log_batch splits at the server's limits);
-    `synchronous=False` queues it and returns the operation to wait on."""
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log many params in one call (MlflowClient.log_batch splits at the server's limits)."""
     run_id = run_id or mlflow.active_run().info.run_id
-    return MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000])
-                                                    for k, v in params.items()],
-                                    synchronous=synchronous)
+    MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
 def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
@@ -197,14 +193,41 @@ def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
         if isinstance(v, int | float) and not isinstance(v, bool)])
 
 
+class Background:
+    """Logging calls run one after another on a thread of their own, off the training thread
+    (against a server each is a round trip); `wait` returns when all are stored, or raises
+    the first failure."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-log")
+        self.pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue fn(*args, **kwargs)."""
+        self.pending.append(self.pool.submit(fn, *args, **kwargs))
+
+    def wait(self) -> None:
+        """Block until everything queued is done; raise the first failure."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Wait, then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()
+
+
 class EpochLogger(Callback):
-    """Sends per-epoch metrics in batches from MLflow's background queue, off the training
-    thread (against a server each batch is a round trip); waits for them when the fit ends."""
+    """Sends per-epoch metrics in batches from a background thread; waits for them when the
+    fit ends, so a store failure still fails the stage."""
 
     def __init__(self, run_id: str, flush_every: int = 10) -> None:
         self.run_id, self.flush_every = run_id, flush_every
         self.buffer: list[dict[str, float]] = []
-        self.pending: list[RunOperations] = []
+        self.background = Background()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.buffer.append(logs)
@@ -221,30 +244,19 @@ class EpochLogger(Callback):
         metrics = [Metric(k, float(v), now, int(row["epoch"]))
                    for row in self.buffer for k, v in row.items() if k != "epoch"]
         if metrics:
-            self.pending.append(MlflowClient().log_batch(self.run_id, metrics=metrics,
-                                                         synchronous=False))
+            self.background.submit(MlflowClient().log_batch, self.run_id, metrics=metrics)
         self.buffer = []
 
     def wait(self) -> None:
         """Block until every queued batch is stored; a store failure raises here."""
-        pending, self.pending = self.pending, []
-        wait(pending)
+        self.background.close()
 
 
-def wait(operations: list[RunOperations | None]) -> None:
-    """Block until queued (synchronous=False) logging calls are stored; raise their failure."""
-    for operation in operations:
-        if operation is not None:
-            operation.wait()
-
-
-def log_tags(tags: dict[str, str], run_id: str | None = None,
-             synchronous: bool = True) -> RunOperations | None:
-    """Set tags on a run (the active one by default) in one call; see log_params."""
+def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    """Set tags on a run (the active one by default) in one call."""
     run_id = run_id or mlflow.active_run().info.run_id
     # One request, not one per tag: against a server each call is a round trip.
-    return MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
-                                    synchronous=synchronous)
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_artifacts(paths: list[Path], folder: str | None = None) -> None:

@@ -26,12 +26,13 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
-        queued = records.log_training_inputs(sections, tuned, (train, args.train_dir),
-                                             (val, args.data_dir), str(device))
+        background = tracking.Background()
+        records.log_training_inputs(sections, tuned, (train, args.train_dir),
+                                    (val, args.data_dir), str(device), background)
         result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
                            seed=params.seed, device=device,
                            callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
-        tracking.wait(queued)
+        background.close()
         weights = save_training(result, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
         records.log_training_result(result, weights, val.X[:4])
