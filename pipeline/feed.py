@@ -47,6 +47,20 @@ def whole_file(X: np.ndarray) -> bool:
     return isinstance(X, np.memmap) and isinstance(X.base, mmap.mmap) and X.filename is not None
 
 
+def preload(path: str, device: torch.device) -> torch.Tensor:
+    """A whole .npy file as a tensor on `device`, read (not copied from a memory map: mapped
+    pages would stay in this process's RSS) and, for a GPU, sent in ~64 MB pieces so the host
+    never holds the whole split."""
+    with Rows(path) as rows:
+        if device.type == "cpu":
+            return torch.from_numpy(rows.read(0, len(rows)))
+        out = torch.from_numpy(rows.empty(0)).new_empty((len(rows), *rows.row_shape),
+                                                        device=device)
+        for start, chunk in rows.chunks(max(1, 2 ** 26 // rows.row_bytes)):
+            out[start:start + len(chunk)] = torch.from_numpy(chunk).to(device)
+        return out
+
+
 def as_inputs(xb: torch.Tensor) -> torch.Tensor:
     """A stored batch as model input: uint8 images scaled to [0, 1] float32, channels-last."""
     if xb.dtype == torch.uint8:
@@ -73,9 +87,7 @@ class Feed:
         elif X.nbytes > budget:
             self.rows = Rows(X.filename)
         else:
-            # Read, not copied from the map: mapped pages would stay in this process's RSS.
-            with Rows(X.filename) as rows:
-                self.X = torch.from_numpy(rows.read(0, len(rows))).to(device)
+            self.X = preload(X.filename, device)
 
     @classmethod
     def of(cls, split: Split, device: torch.device, budget: int | None = None) -> Feed:
