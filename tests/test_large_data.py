@@ -14,7 +14,7 @@ from pipeline.config import load_params
 from pipeline.data import preprocess as run_preprocess
 from pipeline.dataset import load_splits
 from pipeline.errors import ConfigError, DataError
-from pipeline.feed import Feed, preload_budget
+from pipeline.feed import Feed, preload, preload_budget
 from pipeline.stages import preprocess, train
 from tests.conftest import make_imagefolder, run_stages, write_params
 
@@ -101,3 +101,13 @@ def test_a_bad_budget_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PIPELINE_PRELOAD_MB", "lots")
     with pytest.raises(ConfigError, match="PIPELINE_PRELOAD_MB = 'lots': must be a number"):
         preload_budget(torch.device("cpu"))
+
+
+def test_gpu_preload_goes_in_pieces_with_the_files_shape(tmp_path: Path) -> None:
+    # The GPU branch (no GPU here): the "meta" device takes the same piecewise copies.
+    rows = np.random.default_rng(0).integers(0, 256, (3000, 3, 16, 16), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", rows)
+    assert torch.equal(preload(str(tmp_path / "x.npy"), torch.device("cpu")),
+                       torch.from_numpy(rows))
+    on_meta = preload(str(tmp_path / "x.npy"), torch.device("meta"))
+    assert on_meta.shape == rows.shape and on_meta.dtype == torch.uint8
