@@ -98,14 +98,16 @@ class AugmentConfig:
 class ModelConfig:
     """Network architecture; all models emit one logit."""
 
-    type: Literal["logreg", "mlp", "cnn"] = "cnn"
-    """logreg and mlp flatten images; cnn needs image data."""
+    type: Literal["logreg", "mlp", "cnn", "resnet18", "mobilenet_v3_small",
+                  "efficientnet_b0"] = "cnn"
+    """logreg and mlp flatten images; cnn and the torchvision backbones need image data (the
+    backbones at least 32 px; built without weights, nothing is downloaded)."""
     hidden_sizes: tuple[int, ...] = (64,)
     """MLP hidden layer widths."""
     conv_channels: tuple[int, ...] = (16, 32)
     """CNN conv block widths; each block but the last halves the spatial size."""
     dropout: float = 0.1
-    """Dropout before every linear layer except logreg's."""
+    """Dropout before every linear layer except logreg's (and resnet18's, which has none)."""
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     """Nonlinearity for MLP and CNN."""
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.backbones import MIN_SIZE, backbone
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_path
@@ -84,7 +85,8 @@ def cnn(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
 
 # model.type → the body that maps standardised inputs to one logit.
 BUILDERS: dict[str, Callable[[ModelConfig, Sequence[int]], nn.Module]] = {
-    "logreg": logreg, "mlp": mlp, "cnn": cnn}
+    "logreg": logreg, "mlp": mlp, "cnn": cnn,
+    **{name: backbone for name in MIN_SIZE}}
 
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], mean: Sequence[float],

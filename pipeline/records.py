@@ -56,11 +56,12 @@ def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
 
 
 def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
-                        train: tuple[Any, str], val: tuple[Any, str], device: str,
-                        background: tracking.Background) -> None:
-    """Params, lineage tags and dataset inputs of the active train run; params and tags go
-    through `background` (they overlap training): wait on it before the run ends."""
+                        train: tuple[Any, str], val: tuple[Any, str],
+                        device: str) -> tracking.Background:
+    """Params, lineage tags and dataset inputs of the active train run; params and tags are
+    sent from the returned Background (they overlap training): close it before the run ends."""
     run_id = mlflow.active_run().info.run_id
+    background = tracking.Background()
     background.submit(tracking.log_params, flatten({
         name: dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
         for name, section in sections.items()}), run_id)
@@ -73,6 +74,7 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
     for (split, folder), name, context in ((train, "train", "training"),
                                            (val, "val", "validation")):
         log_dataset(split.X, split.y, name, folder, hashes[folder], context)
+    return background
 
 
 def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:

@@ -26,9 +26,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
-        background = tracking.Background()
-        records.log_training_inputs(sections, tuned, (train, args.train_dir),
-                                    (val, args.data_dir), str(device), background)
+        background = records.log_training_inputs(sections, tuned, (train, args.train_dir),
+                                                 (val, args.data_dir), str(device))
         result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
                            seed=params.seed, device=device,
                            callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
