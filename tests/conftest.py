@@ -178,6 +178,20 @@ def run_stages(params: Path, root: Path, upto: str = "evaluate") -> dict[str, st
     return p
 
 
+def csv_checkout(root: Path, csv: str, rows: int, overrides: dict) -> Path:
+    """A checkout as `git clone && dvc pull` leaves it: a CSV at `csv` (relative to root),
+    params.yaml (TINY + a half/quarter/quarter CSV split + overrides), processed and augmented
+    data under root/data."""
+    (root / csv).parent.mkdir(parents=True, exist_ok=True)
+    make_csv(root / csv, rows=rows)
+    write_params(root / "params.yaml", merge({"data": {
+        "source": "csv", "path": csv, "target": "label", "positive_class": "spam",
+        "split": {"train": 0.5, "val": 0.25, "test": 0.25}}}, overrides))
+    with contextlib.chdir(root):  # params and data paths are relative, as in a checkout
+        run_stages(Path("params.yaml"), Path("data"), upto="augment")
+    return root
+
+
 # This machine kind (and CI) runs PostgreSQL on loopback with trust auth: tests that need it fail,
 # never skip, when it is missing.
 PG_ADMIN = os.environ.get("PIPELINE_TEST_POSTGRES_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")

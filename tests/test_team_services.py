@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import PipelineError, StoreError
 from pipeline.services import check_server, mask
 from pipeline.team import start_server
-from tests.conftest import PG_ADMIN, TeamServer, make_csv, run_stages, team_server, write_params
+from tests.conftest import PG_ADMIN, TeamServer, csv_checkout, team_server
 
 pytestmark = pytest.mark.slow
 
@@ -30,19 +30,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkout with processed and augmented data, as after `dvc pull`."""
-    root = tmp_path_factory.mktemp("ws")
-    make_csv(root / "table.csv", rows=60)
-    write_params(root / "params.yaml", {
-        "data": {"source": "csv", "path": "table.csv", "target": "label",
-                 "positive_class": "spam", "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
-        "tune": {"enabled": True, "n_trials": 2, "pruner": "none"}})
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        run_stages(Path("params.yaml"), Path("data"), upto="augment")
-    finally:
-        os.chdir(cwd)
-    return root
+    return csv_checkout(tmp_path_factory.mktemp("ws"), "table.csv", 60,
+                        {"tune": {"enabled": True, "n_trials": 2, "pruner": "none"}})
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import TeamServer, make_csv, run_stages, write_params
+from tests.conftest import TeamServer, csv_checkout
 
 pytestmark = pytest.mark.slow
 N_TRIALS = 8
@@ -32,21 +32,10 @@ def make_host(root: Path, name: str, source: Path | None = None) -> Path:
     """A host's checkout: params.yaml and the data, as `git clone && dvc pull` would leave it."""
     host = root / name
     if source is None:
-        (host / "data" / "raw").mkdir(parents=True)
-        make_csv(host / "data" / "raw" / "table.csv", rows=120)
-        write_params(host / "params.yaml", {
-            "data": {"source": "csv", "path": "data/raw/table.csv", "target": "label",
-                     "positive_class": "spam",
-                     "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        csv_checkout(host, "data/raw/table.csv", 120, {
             "train": {"epochs": 25, "batch_size": 8},
             "tune": {"enabled": True, "n_trials": N_TRIALS, "pruner": "none",
                      "search_space": {"train.lr": {"low": 1e-4, "high": 0.1, "log": True}}}})
-        cwd = Path.cwd()
-        os.chdir(host)
-        try:
-            run_stages(Path("params.yaml"), Path("data"), upto="augment")
-        finally:
-            os.chdir(cwd)
     else:
         shutil.copytree(source, host, ignore=shutil.ignore_patterns("*.log", "models"))
     return host
