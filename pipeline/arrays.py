@@ -68,15 +68,15 @@ class Rows:
             done = os.pwrite(self.fd, view, at)
             view, at = view[done:], at + done
 
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, start: int, stop: int) -> np.ndarray:
         """Consecutive rows [start, stop)."""
-        out = self.empty(stop - start) if out is None else out
+        out = self.empty(stop - start)
         self._read_into(memoryview(out).cast("B"), self.offset + start * self.row_bytes)
         return out
 
-    def gather(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def gather(self, index: np.ndarray) -> np.ndarray:
         """Rows at `index`, in that order (runs of consecutive indices read in one call)."""
-        out = self.empty(len(index)) if out is None else out
+        out = self.empty(len(index))
         flat = memoryview(out).cast("B")
         i = 0
         while i < len(index):

@@ -195,7 +195,7 @@ def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
 
 class Background:
     """Logging calls run one after another on a thread of their own, off the training thread
-    (against a server each is a round trip); `wait` returns when all are stored, or raises
+    (against a server each is a round trip); `close` returns when all are stored, or raises
     the first failure."""
 
     def __init__(self) -> None:
@@ -206,16 +206,11 @@ class Background:
         """Queue fn(*args, **kwargs)."""
         self.pending.append(self.pool.submit(fn, *args, **kwargs))
 
-    def wait(self) -> None:
-        """Block until everything queued is done; raise the first failure."""
-        pending, self.pending = self.pending, []
-        for future in pending:
-            future.result()
-
     def close(self) -> None:
-        """Wait, then stop the thread."""
+        """Block until everything queued is done (raise the first failure); stop the thread."""
         try:
-            self.wait()
+            for future in self.pending:
+                future.result()
         finally:
             self.pool.shutdown()
 
