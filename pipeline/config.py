@@ -14,6 +14,8 @@ from pipeline.typed import build, in_range, require
 
 # Keys that existed once: loading them fails with a pointer to the new name.
 RENAMED = {"model.channels": "model.conv_channels"}
+# model.type values built by torchvision (pipeline/backbones.py).
+BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,14 @@ class ModelConfig:
                   "efficientnet_b0"] = "cnn"
     """logreg and mlp flatten images; cnn and the torchvision backbones need image data (the
     backbones at least 32 px; built without weights, nothing is downloaded)."""
+    weights: str | None = None
+    """Backbones: a local checkpoint (torchvision state dict, .pth or .safetensors) under
+    data/weights/ to start from; its classifier head is replaced by the one-logit head."""
+    freeze: Literal["none", "backbone"] = "none"
+    """backbone trains only the classifier on top of the loaded weights (BatchNorm kept fixed)."""
+    norm: Literal["data", "imagenet"] = "data"
+    """Input standardisation: the train split's channel statistics, or ImageNet's (use with
+    ImageNet-pretrained weights)."""
     hidden_sizes: tuple[int, ...] = (64,)
     """MLP hidden layer widths."""
     conv_channels: tuple[int, ...] = (16, 32)
@@ -117,6 +127,16 @@ class ModelConfig:
                  "must be positive")
         require(len(self.conv_channels) > 0 and all(c > 0 for c in self.conv_channels),
                  "conv_channels", self.conv_channels, "must be a non-empty list of positive ints")
+        backbone = self.type in BACKBONES
+        require(self.weights is None or backbone, "weights", self.weights,
+                f"needs a torchvision model.type ({', '.join(BACKBONES)}), not {self.type!r}")
+        require(self.weights is None or bool(self.weights.strip()), "weights", self.weights,
+                "must be a path or null")
+        # Frozen random features train a linear probe on noise: almost surely a mistake.
+        require(self.freeze == "none" or self.weights is not None, "freeze", self.freeze,
+                "needs model.weights (a frozen backbone without a checkpoint stays random)")
+        require(self.norm == "data" or backbone, "norm", self.norm,
+                f"ImageNet statistics are for torchvision backbones, not {self.type!r}")
 
 
 @dataclass(frozen=True)

@@ -68,17 +68,16 @@ def seed_everything(seed: int, num_threads: int, device: torch.device | None = N
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum, Adam or AdamW from the train section."""
+    """SGD with momentum, Adam or AdamW from the train section, over the trainable weights."""
+    params = [p for p in model.parameters() if p.requires_grad]  # a frozen backbone's are not
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
     # Fused kernels do the whole update in one pass (~10 % of a small CNN's step on CPU).
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    fused = params[0].device.type in ("cpu", "cuda")
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                fused=fused)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=fused)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def pos_weight(y: np.ndarray, mode: str) -> torch.Tensor | None:

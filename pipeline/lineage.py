@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -76,7 +77,10 @@ def file_sha256(path: str | Path) -> str:
 
 def lineage_tags(data_dir: str, train_dir: str, weights: Path, model_config: Path
                  ) -> dict[str, str]:
-    """Where a model came from: data hashes, commit, weights and effective-params hashes."""
+    """Where a model came from: data hashes, commit, weights and effective-params hashes, and
+    the checkpoint it was fine-tuned from, if any."""
+    start = json.loads(Path(model_config).read_text()).get("weights_sha256")
     return {Tag.PROCESSED: dvc_hash(data_dir), Tag.AUGMENTED: dvc_hash(train_dir),
             Tag.GIT_COMMIT: git_info()[Tag.GIT_COMMIT], Tag.MODEL_SHA: file_sha256(weights),
-            Tag.PARAMS_SHA: file_sha256(model_config)}
+            Tag.PARAMS_SHA: file_sha256(model_config),
+            **({Tag.CHECKPOINT_SHA: start} if start else {})}

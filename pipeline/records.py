@@ -67,10 +67,12 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
         for name, section in sections.items()}), run_id)
     # DVC hashes once per folder (outside DVC they mean hashing every file).
     hashes = {folder: dvc_hash(folder) for _, folder in (train, val)}
+    weights = sections["model"].weights
     background.submit(tracking.log_tags, {
         **git_info(), **runtime_tags(device, sections["train"].num_threads),
         Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
-        Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]}, run_id)
+        Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]],
+        **({Tag.CHECKPOINT_SHA: file_sha256(weights)} if weights else {})}, run_id)
     for (split, folder), name, context in ((train, "train", "training"),
                                            (val, "val", "validation")):
         log_dataset(split.X, split.y, name, folder, hashes[folder], context)

@@ -7,6 +7,7 @@ class Tag:
     PID, HOST = "pipeline.pid", "pipeline.host"
     STAGE = "pipeline.stage"
     MODEL_SHA = "pipeline.model_sha256"
+    CHECKPOINT_SHA = "pipeline.checkpoint_sha256"  # model.weights: the file fine-tuning began from
     PROCESSED = "pipeline.dvc.data/processed"
     AUGMENTED = "pipeline.dvc.data/augmented"
     GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "pipeline.git_dirty"

@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from pipeline.augment import online_transform
+from pipeline.backbones import input_norm, load_checkpoint
 from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, fit, seed_everything
 from pipeline.errors import ConfigError
 from pipeline.files import read_json, write_json
+from pipeline.lineage import file_sha256
 from pipeline.models import WEIGHTS_FILE, build_model, save_model
 from pipeline.typed import apply_overrides
 
@@ -57,7 +59,9 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
               monitor: str = "roc_auc", callbacks: Sequence[Callback] = ()) -> FitResult:
     """Seed, build the network for `meta`, add online augmentation if asked, and fit."""
     seed_everything(seed, train_cfg.num_threads, device)
-    model = build_model(model_cfg, meta.input_shape, *meta.norm)
+    model = build_model(model_cfg, meta.input_shape, *input_norm(model_cfg, meta.norm))
+    if model_cfg.weights is not None:
+        load_checkpoint(model, model_cfg)  # after the seeded init: the fresh head is reproducible
     transform = (online_transform(augment, seed, device)
                  if train_cfg.online_augment and meta.kind == "image" else None)
     return fit(model, train, val, train_cfg, seed=seed, device=device, monitor=monitor,
@@ -73,11 +77,13 @@ def save_training(result: FitResult, out: str | Path, reports: str | Path,
                   model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
     """Write the weights, the JSON that rebuilds the model, and the training reports."""
-    mean, std = meta.norm
+    mean, std = input_norm(model_cfg, meta.norm)
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "seed": seed, "input_shape": list(meta.input_shape),
               "norm": {"mean": list(mean), "std": list(std)}, "classes": list(meta.classes),
               "kind": meta.kind, "best_epoch": result.best_epoch, "tuned": tuned}
+    if model_cfg.weights is not None:  # which checkpoint bytes the model started from
+        config["weights_sha256"] = file_sha256(model_cfg.weights)
     save_model(result.model, out, config)
     history = history_rows(result)
     write_json(Path(reports) / "train_metrics.json", {

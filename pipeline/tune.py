@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from pipeline import tracking, trial_runs
+from pipeline.backbones import check_checkpoint
 from pipeline.config import Params
 from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.engine import Callback, select_device
@@ -279,6 +280,8 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
     """Run (or resume) the study for these params and data; return what best_params.json holds."""
     if not params.tune.enabled:
         return {"enabled": False, "params": {}}
+    # A bad checkpoint fails here, once, not as every trial failing in turn.
+    check_checkpoint(params.model, load_splits(data_dir, names=())[1].input_shape)
     name = open_services(params, data_dir, train_dir, storage)
     log.info("study %s in %s (%d trials, %d worker(s) here; other hosts may join with "
              "`python -m pipeline.tune_worker`)", name, mask(storage), params.tune.n_trials,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,18 +18,31 @@ PATHS = {"dvc_yaml": "dvc.yaml", "out": "reports/params_check.json"}
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Loading params.yaml validated every key; also refuse data DVC would not track."""
-    deps = yaml.safe_load(Path(args.dvc_yaml).read_text())["stages"]["preprocess"]["deps"]
-    # Data folders only: not code, not the ordering file this stage writes itself.
-    folders = [Path(d) for d in deps if not d.startswith(("pipeline/", "reports/"))]
-    path = Path(params.data.path)
-    if path.is_absolute() or ".." in path.parts or not any(
-            path == f or f in path.parents for f in folders):
-        raise ConfigError(f"data.path = {params.data.path!r}: not inside the preprocess stage's "
-                          f"DVC dependencies ({', '.join(map(str, folders))}), so DVC would not "
-                          "see it change; put the data under data/raw/ (or add its folder to "
-                          "the preprocess deps in dvc.yaml)")
+    stages = yaml.safe_load(Path(args.dvc_yaml).read_text())["stages"]
+    require_tracked("data.path", params.data.path, stages, ("preprocess",))
+    if params.model.weights is not None:
+        require_tracked("model.weights", params.model.weights, stages, ("tune", "train"))
+        if not Path(params.model.weights).is_file():
+            raise ConfigError(f"model.weights = {params.model.weights!r}: file not found")
     # Constant content: downstream stages depend on this file only for ordering.
     write_json(args.out, {"params": "valid"})
+
+
+def require_tracked(key: str, value: str, stages: dict[str, Any], names: tuple[str, ...]
+                    ) -> None:
+    """`value` must lie in a data folder that every stage in `names` depends on in dvc.yaml."""
+    # Data folders only: not code, not the ordering file validate writes itself.
+    folders = set.intersection(*({Path(d) for d in stages[name]["deps"]
+                                  if not d.startswith(("pipeline/", "reports/", "models/"))}
+                                 for name in names))
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts or not any(
+            path == f or f in path.parents for f in folders):
+        raise ConfigError(f"{key} = {value!r}: not inside the {' and '.join(names)} stage's "
+                          f"DVC dependencies ({', '.join(sorted(map(str, folders)))}), "
+                          f"so DVC would not see it change; put it under "
+                          f"{'data/raw/' if key == 'data.path' else 'data/weights/'} (or add its "
+                          "folder to those stages' deps in dvc.yaml)")
 
 
 main = stage_main(__doc__, PATHS, run)
