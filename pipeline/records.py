@@ -46,7 +46,8 @@ def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str
 def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
     """Log the network with MLflow's PyTorch flavour as a torch.export program (no pickle);
     it takes what the loop feeds it: float32 inputs, images scaled to [0, 1]."""
-    model = model.cpu().eval()
+    # Training leaves conv weights channels-last; exported so, torch.export warns per tensor.
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     example = as_inputs(torch.from_numpy(np.array(example))).contiguous().numpy()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from pipeline.augment import online_transform
-from pipeline.backbones import input_norm, load_checkpoint
-from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.backbones import check_checkpoint, input_norm, load_checkpoint
+from pipeline.config import AugmentConfig, ModelConfig, Params, TrainConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, fit, seed_everything
 from pipeline.errors import ConfigError
@@ -37,11 +37,13 @@ def apply_tuned(train: TrainConfig, model: ModelConfig, overrides: dict[str, Any
             apply_overrides(model, per["model"], "model") if per["model"] else model)
 
 
-def load_tuned(best_params: str | Path, train: TrainConfig, model: ModelConfig
+def load_tuned(best_params: str | Path, params: Params, input_shape: Sequence[int]
                ) -> tuple[dict[str, Any], TrainConfig, ModelConfig]:
-    """Tuned values from best_params.json (if any) applied over params.yaml, saying which win."""
+    """Tuned values from best_params.json (if any) applied over params.yaml, saying which win;
+    a checkpoint (model.weights) is checked against `input_shape` before anything is trained."""
     path = Path(best_params)
     tuned = read_json(path)["params"] if path.is_file() else {}
+    train, model = params.train, params.model
     sections = {"train": train, "model": model}
     for key, value in sorted(tuned.items()):
         section, _, name = key.partition(".")
@@ -51,7 +53,9 @@ def load_tuned(best_params: str | Path, train: TrainConfig, model: ModelConfig
             log.info("%s: tuned value %r (from %s) replaces params.yaml's %r; to train with "
                      "yours, drop %s from tune.search_space or set tune.enabled: false",
                      key, value, path, mine, key)
-    return (tuned, *apply_tuned(train, model, tuned))
+    train, model = apply_tuned(train, model, tuned)
+    check_checkpoint(model, input_shape)
+    return tuned, train, model
 
 
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,

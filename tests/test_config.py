@@ -119,3 +119,30 @@ def test_validate_stage_refuses_data_dvc_cannot_track(tmp_path: Path, path: str,
     assert f"data.path = {path!r}: not inside the preprocess stage's DVC dependencies (data/raw)" \
         in capsys.readouterr().err
     assert not (tmp_path / "check.json").exists()
+
+
+@pytest.mark.parametrize(("weights", "error"), [
+    ("data/weights/r18.pth", None),
+    ("data/raw/r18.pth", "model.weights = 'data/raw/r18.pth': not inside the tune and train "
+                         "stage's DVC dependencies (data/augmented, data/processed, data/weights)"),
+    ("data/weights/gone.pth", "model.weights = 'data/weights/gone.pth': file not found"),
+])
+def test_validate_stage_refuses_checkpoints_dvc_cannot_track_or_find(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights: str, error: str | None,
+        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)  # the checkpoint path is relative to the checkout
+    for folder in ("data/weights", "data/raw"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "r18.pth").write_bytes(b"checked when loaded, not here")
+    Path("params.yaml").write_text(yaml.safe_dump({"model": {"type": "resnet18",
+                                                             "weights": weights}}))
+    argv = ["--params", "params.yaml", "--dvc-yaml", str(REPO / "dvc.yaml"), "--out", "c.json"]
+    if error is None:
+        validate.main(argv)
+        assert Path("c.json").is_file()
+        return
+    with pytest.raises(SystemExit) as info:
+        validate.main(argv)
+    assert info.value.code == 2
+    assert error in capsys.readouterr().err
+    assert not Path("c.json").exists()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import predict as predict_cli
 from pipeline.backbones import HEAD, load_checkpoint, read_checkpoint
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.dataset import Split
@@ -17,8 +21,17 @@ from pipeline.engine import fit, seed_everything
 from pipeline.errors import ConfigError
 from pipeline.lineage import file_sha256
 from pipeline.models import build_model
+from pipeline.stages import evaluate, register
 from pipeline.stages import train as train_stage
-from tests.conftest import run_stages, write_params
+from pipeline.stages import tune as tune_stage
+from tests.conftest import (
+    invoke_images,
+    make_imagefolder,
+    run_stages,
+    served_model,
+    stage_paths,
+    write_params,
+)
 from tests.test_backbones import tiny_images
 
 CPU = torch.device("cpu")
@@ -187,3 +200,49 @@ def test_train_stage_records_the_checkpoint_and_reruns_byte_identically(
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [r.data.tags["pipeline.checkpoint_sha256"] for r in runs] == [
         file_sha256(checkpoint)] * 2
+
+
+@pytest.mark.slow
+def test_fine_tuned_backbone_tunes_registers_predicts_and_serves(
+        checkpoint: Path, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
+    images = make_imagefolder(tmp_path / "images", per_class=16)
+    params = write_params(tmp_path / "params.yaml", {
+        "data": {"source": "imagefolder", "path": str(images), "positive_class": "dog",
+                 "image_size": 32, "channels": 1,
+                 "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "model": {"type": "resnet18", "weights": str(checkpoint), "norm": "imagenet"},
+        "train": {"epochs": 2, "batch_size": 8},
+        "tune": {"enabled": True, "n_trials": 2, "pruner": "none", "search_space": {
+            "train.lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "model.freeze": {"choices": ["none", "backbone"]}}}})
+    p, common = stage_paths(tmp_path), ["--params", str(params)]
+    run_stages(params, tmp_path, upto="augment")
+    best = tmp_path / "models" / "best_params.json"
+    tune_stage.main([*common, "--data-dir", p["processed"], "--train-dir", p["augmented"],
+                     "--out", str(best)])
+    assert json.loads(best.read_text())["params"]["model.freeze"] in ("none", "backbone")
+    train_stage.main([*common, "--data-dir", p["processed"], "--train-dir", p["augmented"],
+                      "--best-params", str(best), "--out", p["models"], "--reports", p["reports"]])
+    evaluate.main([*common, "--data-dir", p["processed"], "--model-dir", p["models"],
+                   "--reports", p["reports"]])
+    register.main([*common, "--data-dir", p["processed"], "--train-dir", p["augmented"],
+                   "--model-dir", p["models"], "--metrics", f"{p['reports']}/metrics.json",
+                   "--out", str(tmp_path / "registration.json")])
+    version = mlflow.MlflowClient().get_model_version_by_alias("binary-classifier", "champion")
+    assert version.tags["pipeline.checkpoint_sha256"] == file_sha256(checkpoint)
+    # The raw-input pyfunc (predict CLI) reproduces evaluate's test predictions ...
+    ids = json.loads((Path(p["processed"]) / "ids.json").read_text())["test"]
+    files = [images / i for i in ids]
+    predict_cli.main(["--input", *map(str, files), "--output", str(tmp_path / "cli.csv")])
+    cli = pd.read_csv(tmp_path / "cli.csv")
+    expected = pd.read_csv(Path(p["reports"]) / "test_predictions.csv")
+    np.testing.assert_allclose(cli["probability"], expected["probability"], atol=1e-6)
+    # ... and so does `mlflow models serve` on the champion.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with served_model("models:/binary-classifier@champion", tmp_path, env, wait_s=120) as port:
+        served = pd.DataFrame(invoke_images(port, files))
+    np.testing.assert_allclose(served["probability"], cli["probability"], atol=1e-6)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from pipeline import records, tracking, views
-from pipeline.backbones import check_checkpoint
 from pipeline.config import Params
 from pipeline.dataset import load_splits
 from pipeline.engine import select_device
@@ -21,8 +20,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     """Train with params.yaml plus the tuned values in best_params.json, in a new MLflow run."""
     processed, meta = load_splits(args.data_dir, names=("val",))
     train, val = load_splits(args.train_dir, names=("train",))[0]["train"], processed["val"]
-    tuned, train_cfg, model_cfg = load_tuned(args.best_params, params.train, params.model)
-    check_checkpoint(model_cfg, meta.input_shape)  # before the run: a bad file leaves nothing
+    tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
     device = select_device()
     tracking.configure()
     with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
