@@ -6,10 +6,13 @@ Trains the default model (params.yaml defaults: CNN, AdamW, cosine) through
 1. the default digits data (written and preprocessed exactly as the preprocess stage does), with
    online augmentation on, twice with the same seed: prints samples/s, validation ROC AUC and
    whether the two runs gave identical weights;
-2. a synthetic 20,000-image 64 px RGB set, batch 256, for throughput (samples/s, peak GPU memory).
+2. a synthetic 20,000-image 64 px RGB set, batch 256, for throughput (samples/s, peak GPU memory);
+3. a torchvision backbone (resnet18 by default, ``--backbone``) on the generated texture task of
+   ``benchmarks/_textures.py`` (64 px RGB, stripes vs checks), twice with the same seed:
+   samples/s, peak GPU memory, test accuracy / ROC AUC, whether the reruns gave identical weights.
 
-Needs only torch, numpy, scikit-learn, pandas, pillow, pyyaml and safetensors (no MLflow, Optuna
-or DVC), so it runs on the GPU image as is::
+Needs only torch, torchvision, numpy, scikit-learn, pandas, pillow, pyyaml and safetensors (no
+MLflow, Optuna or DVC), so it runs on the GPU image as is::
 
     PYTHONPATH=. python3 benchmarks/cuda_check.py --out /tmp/cuda_check.json
 
@@ -93,19 +96,60 @@ def synthetic_run(device: torch.device, n: int, size: int, epochs: int) -> dict:
     return out
 
 
+def backbone_run(device: torch.device, arch: str, n: int, epochs: int) -> dict:
+    """`arch` from scratch on n generated 64 px texture images (70/15/15), batch 256, twice."""
+    from _textures import texture
+
+    rng = np.random.default_rng(0)
+    y = (np.arange(n) % 2).astype(np.float32)
+    x = np.stack([texture(("stripes", "checks")[int(c)], rng, 64) for c in y]
+                 ).transpose(0, 3, 1, 2).copy()
+    cut, end = int(0.7 * n), int(0.85 * n)
+    parts = [Split(x[a:b], y[a:b], [str(i) for i in range(a, b)])
+             for a, b in ((0, cut), (cut, end), (end, n))]
+    scaled = x[:cut].astype(np.float64) / 255
+    meta = DatasetMeta("textures", "-", ("stripes", "checks"), image=ImageSpec(
+        64, 3, tuple(scaled.mean(axis=(0, 2, 3))), tuple(scaled.std(axis=(0, 2, 3)))))
+    params = Params()
+    model_cfg = dataclasses.replace(params.model, type=arch)
+    train_cfg = dataclasses.replace(params.train, epochs=epochs, batch_size=256, patience=0)
+    runs = []
+    for _ in range(2):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = fit_model(model_cfg, train_cfg, params.augment, parts[0], parts[1], meta,
+                           seed=params.seed, device=device)
+        probs = predict_proba(result.model, parts[2].X)
+        run = {"samples_per_second": result.samples_seen / result.train_seconds,
+               "best_val_roc_auc": result.best_score,
+               "test_accuracy": float(((probs >= 0.5) == parts[2].y).mean()),
+               "test_roc_auc": ranking_metrics(parts[2].y, probs)["roc_auc"],
+               "weights_sha256": weights_digest(result.model)}
+        if device.type == "cuda":
+            run["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        runs.append(run)
+    return {"arch": arch, "n_train": cut, "size": 64, "epochs": epochs, "batch_size": 256,
+            "runs": runs,
+            "identical_rerun": runs[0]["weights_sha256"] == runs[1]["weights_sha256"]}
+
+
 def main() -> None:
     """Run both checks and print (and optionally save) the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--n", type=int, default=20000, help="synthetic images")
+    parser.add_argument("--backbone", default="resnet18", help="torchvision model.type")
+    parser.add_argument("--backbone-n", type=int, default=6000, help="texture images")
     args = parser.parse_args()
     device = select_device()
     tick = time.perf_counter()
     report = {"device": str(device), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "digits": digits_runs(device, args.epochs),
-              "synthetic": synthetic_run(device, args.n, 64, max(3, args.epochs // 3))}
+              "synthetic": synthetic_run(device, args.n, 64, max(3, args.epochs // 3)),
+              "backbone": backbone_run(device, args.backbone, args.backbone_n,
+                                       max(3, args.epochs // 2))}
     report["wall_seconds"] = time.perf_counter() - tick
     text = json.dumps(report, indent=2)
     print(text)
