@@ -167,9 +167,15 @@ class TrainConfig:
     """Fresh batched augmentation (the augment section's ops) on the device every epoch; images."""
     num_threads: int = 2
     """CPU threads; pinned because float reductions depend on it (byte-identical reruns)."""
+    cv_folds: int | Literal["auto"] = "auto"
+    """k >= 2: k-fold cross-validation over train + val for the tuning objective, the epoch
+    count and the threshold (out-of-fold), then a refit on train + val; 0: the validation
+    split decides; auto: 5 folds up to 1000 train + val samples, else 0."""
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "lr", self.lr, "must be > 0")
+        require(self.cv_folds == "auto" or self.cv_folds == 0 or self.cv_folds >= 2,
+                "cv_folds", self.cv_folds, "must be auto, 0 (off) or >= 2")
         in_range(self, "batch_size epochs num_threads", 1)
         in_range(self, "weight_decay patience grad_clip", 0)
         in_range(self, "momentum", 0, 1, high_open=True)

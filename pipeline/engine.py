@@ -118,15 +118,18 @@ def predict_proba(model: nn.Module, X: np.ndarray,
 def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: int,
         device: torch.device, monitor: str = "roc_auc",
         callbacks: Sequence[Callback] = (),
-        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
-    """Train with early stopping on the validation `monitor`, restoring the best weights."""
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        restore_best: bool = True) -> FitResult:
+    """Train with early stopping on the validation `monitor`, restoring the best weights
+    (restore_best=False keeps the last epoch's: a refit whose validation rows it trains on)."""
     model = model.to(device)
     if train.X.ndim == 4:
         model = model.to(memory_format=torch.channels_last)  # as_inputs makes batches NHWC
     train_feed, val_feed = Feed.of(train, device), Feed.of(val, device)
     try:
         return _fit(model, train_feed, val_feed, train, val, cfg, seed=seed, device=device,
-                    monitor=monitor, callbacks=callbacks, batch_transform=batch_transform)
+                    monitor=monitor, callbacks=callbacks, batch_transform=batch_transform,
+                    restore_best=restore_best)
     finally:
         train_feed.close()
         val_feed.close()
@@ -135,7 +138,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
 def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: Split,
          cfg: TrainConfig, *, seed: int, device: torch.device, monitor: str,
          callbacks: Sequence[Callback],
-         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None) -> FitResult:
+         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+         restore_best: bool = True) -> FitResult:
     """The loop of `fit`, over feeds that hold or stream the splits."""
     y_val = val_feed.y
     assert y_val is not None
@@ -189,7 +193,8 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
         score = logs[f"val_{monitor}"]
         if best_score is None or improvement(monitor, score, best_score) > 0:
             best_score, best_epoch, stale = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if restore_best:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
         for cb in callbacks:

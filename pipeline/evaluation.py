@@ -27,7 +27,8 @@ class Evaluation:
 
 def evaluate(y_val: np.ndarray, p_val: np.ndarray, test: Split, p_test: np.ndarray,
              rule: float | str) -> Evaluation:
-    """Choose the threshold on validation only (test never decides anything), score test."""
+    """Choose the threshold on validation or out-of-fold predictions (test never decides
+    anything), score test."""
     threshold = choose_threshold(y_val, p_val, rule)
     metrics = {**binary_metrics(test.y, p_test, threshold), "threshold_rule": str(rule)}
     return Evaluation(metrics, curves(test.y, p_test), test, p_test)

@@ -14,7 +14,7 @@ import torch
 from mlflow.models import infer_signature
 
 from pipeline import cpu, tracking
-from pipeline.engine import FitResult
+from pipeline.crossval import Final
 from pipeline.feed import as_inputs
 from pipeline.lineage import dvc_hash, file_sha256, git_info
 from pipeline.tags import Tag
@@ -80,11 +80,17 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
     return background
 
 
-def log_training_result(result: FitResult, weights: Path, example: np.ndarray) -> None:
-    """Weights hash (the key later stages resume this run by), timings, history, network."""
+def log_training_result(final: Final, weights: Path, example: np.ndarray) -> None:
+    """Weights hash (the key later stages resume this run by), timings, history, fold scores,
+    network."""
+    result = final.result
     tracking.log_tags({Tag.MODEL_SHA: file_sha256(weights)})
     tracking.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-                 "samples_per_second": result.samples_seen / result.train_seconds})
+                 "samples_per_second": result.samples_seen / result.train_seconds,
+                 **final.summary()})
+    for fold, (score, epoch) in enumerate(zip(*final.folds(), strict=True)):
+        tracking.log_metrics({f"fold_val_{result.monitor}": score, "fold_best_epoch": epoch},
+                             step=fold)
     tracking.log_dict({"history": result.history}, "train_history.json")
     log_network(result.model, example)
 

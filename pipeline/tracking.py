@@ -184,12 +184,12 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
     MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
-def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
+def log_metrics(metrics: dict[str, float], run_id: str | None = None, step: int = 0) -> None:
     """Log scalar metrics (ints and floats; anything else is skipped) in one call."""
     run_id = run_id or mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[
-        Metric(k, float(v), now, 0) for k, v in metrics.items()
+        Metric(k, float(v), now, step) for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool)])
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from pipeline.files import read_json, write_json
 from pipeline.lineage import file_sha256
 from pipeline.models import WEIGHTS_FILE, build_model, save_model
 from pipeline.typed import apply_overrides
+
+if TYPE_CHECKING:
+    from pipeline.crossval import Final  # it imports this module's fit_model
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ def load_tuned(best_params: str | Path, params: Params, input_shape: Sequence[in
 
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
               train: Split, val: Split, meta: DatasetMeta, *, seed: int, device: torch.device,
-              monitor: str = "roc_auc", callbacks: Sequence[Callback] = ()) -> FitResult:
+              monitor: str = "roc_auc", callbacks: Sequence[Callback] = (),
+              restore_best: bool = True) -> FitResult:
     """Seed, build the network for `meta`, add online augmentation if asked, and fit."""
     seed_everything(seed, train_cfg.num_threads, device)
     model = build_model(model_cfg, meta.input_shape, *input_norm(model_cfg, meta.norm))
@@ -69,7 +73,7 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
     transform = (online_transform(augment, seed, device)
                  if train_cfg.online_augment and meta.kind == "image" else None)
     return fit(model, train, val, train_cfg, seed=seed, device=device, monitor=monitor,
-               callbacks=callbacks, batch_transform=transform)
+               callbacks=callbacks, batch_transform=transform, restore_best=restore_best)
 
 
 def history_rows(result: FitResult) -> list[dict[str, float]]:
@@ -77,10 +81,14 @@ def history_rows(result: FitResult) -> list[dict[str, float]]:
     return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in result.history]
 
 
-def save_training(result: FitResult, out: str | Path, reports: str | Path,
+def save_training(final: Final, out: str | Path, reports: str | Path,
                   model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
-    """Write the weights, the JSON that rebuilds the model, and the training reports."""
+    """Write the weights, the JSON that rebuilds the model, the training reports and the
+    predictions the threshold is chosen on."""
+    from pipeline.crossval import write_threshold_basis
+
+    result = final.result
     mean, std = input_norm(model_cfg, meta.norm)
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "seed": seed, "input_shape": list(meta.input_shape),
@@ -92,6 +100,8 @@ def save_training(result: FitResult, out: str | Path, reports: str | Path,
     history = history_rows(result)
     write_json(Path(reports) / "train_metrics.json", {
         "best_epoch": result.best_epoch, "epochs_run": len(history),
-        f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early})
+        f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early,
+        **final.summary()})
     write_json(Path(reports) / "train_history.json", history)
+    write_threshold_basis(Path(reports) / "threshold_predictions.csv", final)
     return Path(out) / WEIGHTS_FILE

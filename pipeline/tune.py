@@ -8,7 +8,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -17,11 +17,11 @@ from pipeline import tracking, trial_runs
 from pipeline.backbones import check_checkpoint
 from pipeline.config import Params
 from pipeline.dataset import DatasetMeta, Split, load_splits
-from pipeline.engine import Callback, select_device
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.lineage import dvc_hash
 from pipeline.locks import Lock, lock_for
 from pipeline.metrics import direction
+from pipeline.objective import TuneJob, run_trial
 from pipeline.plots import save_study_figures
 from pipeline.progress import Progress
 from pipeline.services import check_database, mask
@@ -35,43 +35,13 @@ from pipeline.study import (
     make_pruner,
     make_sampler,
     make_storage,
-    mark_owner,
     study_name,
-    suggest,
 )
 from pipeline.tags import Tag
-from pipeline.training import apply_tuned, fit_model
 
 log = logging.getLogger(__name__)
 # How often a worker with nothing to start looks at the others' trials again.
 POLL_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class TuneJob:
-    """Everything a worker process needs (picklable for spawn)."""
-
-    params: Params
-    data_dir: str
-    train_dir: str
-    storage: str
-    study_name: str
-    parent_run_id: str
-    experiment_id: str
-    worker: int = 0
-
-
-class ReportToOptuna(Callback):
-    """Report the validation metric each epoch and prune when the pruner says so."""
-
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
-        self.trial, self.metric, self.epoch = trial, metric, 0
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epoch = epoch  # the run's name says where a pruned trial stopped
-        self.trial.report(logs[f"val_{self.metric}"], epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
 def open_study(job: TuneJob) -> optuna.Study:
@@ -90,39 +60,6 @@ def open_study(job: TuneJob) -> optuna.Study:
             pruner=make_pruner(tune.pruner, job.params.train.epochs))
     finally:
         optuna.logging.set_verbosity(verbosity)
-
-
-def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
-              meta: DatasetMeta) -> float:
-    """Train one sampled configuration, exactly as the train stage would, in a nested run."""
-    params = job.params
-    mark_owner(trial)
-    values = suggest(trial, params.tune.search_space)
-    try:
-        train_cfg, model_cfg = apply_tuned(params.train, params.model, values)
-    except ConfigError as err:
-        raise PipelineError(f"trial {trial.number}: invalid sampled params {values}: {err}") \
-            from None
-    # Parallel workers share the cores instead of oversubscribing them.
-    threads = max(1, train_cfg.num_threads // params.tune.n_workers)
-    train_cfg = replace(train_cfg, num_threads=threads)
-    with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
-                            {**values, "worker": job.worker}) as run:
-        logger = tracking.EpochLogger(run.run_id)
-        reporter = ReportToOptuna(trial, params.tune.metric)
-        try:
-            result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
-                               seed=params.seed, device=select_device(),
-                               monitor=params.tune.metric, callbacks=[reporter, logger])
-        except optuna.TrialPruned:
-            logger.flush()
-            logger.wait()
-            run.state, run.pruned_at = "PRUNED", reporter.epoch
-            raise
-        run.state = "COMPLETE"
-        tracking.log_metrics({"objective": result.best_score, "best_epoch": result.best_epoch},
-                             run.run_id)
-        return result.best_score
 
 
 @contextlib.contextmanager

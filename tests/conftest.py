@@ -32,7 +32,9 @@ TINY: dict[str, Any] = {
     "seed": 0,
     "augment": {"copies": 1},
     "model": {"type": "mlp", "hidden_sizes": [16], "conv_channels": [4, 8]},
-    "train": {"epochs": 3, "batch_size": 16, "patience": 0},
+    # Holdout validation: tiny sets would otherwise be cross-validated (train.cv_folds: auto);
+    # tests/test_crossval.py turns folds on where it tests them.
+    "train": {"epochs": 3, "batch_size": 16, "patience": 0, "cv_folds": 0},
     "tune": {"enabled": False, "n_trials": 3},
 }
 

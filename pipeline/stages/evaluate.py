@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline import records, tracking
 from pipeline.config import Params
+from pipeline.crossval import read_threshold_basis
 from pipeline.dataset import load_splits
 from pipeline.engine import predict_proba, seed_everything
 from pipeline.evaluation import evaluate, write_reports
@@ -20,12 +21,14 @@ PATHS = {"data_dir": "data/processed", "model_dir": "models", "reports": "report
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    """Score val (to choose the threshold) and test; write reports; log them to the model's run."""
-    splits, meta = load_splits(args.data_dir, names=("val", "test"))
+    """Choose the threshold on train's validation (or out-of-fold) predictions, score test;
+    write reports; log them to the model's run."""
+    splits, meta = load_splits(args.data_dir, names=("test",))
     model, config = load_model(args.model_dir)
     seed_everything(params.seed, config["train"]["num_threads"])
-    p_val, p_test = (predict_proba(model, splits[name].X) for name in ("val", "test"))
-    result = evaluate(splits["val"].y, p_val, splits["test"], p_test, params.evaluate.threshold)
+    p_test = predict_proba(model, splits["test"].X)
+    y_basis, p_basis = read_threshold_basis(Path(args.reports) / "threshold_predictions.csv")
+    result = evaluate(y_basis, p_basis, splits["test"], p_test, params.evaluate.threshold)
     figures = write_reports(Path(args.reports), result, meta)
     tracking.configure()
     with tracking.model_run(params.mlflow.experiment,

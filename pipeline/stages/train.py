@@ -6,18 +6,19 @@ import argparse
 
 from pipeline import records, tracking, views
 from pipeline.config import Params
+from pipeline.crossval import fit_final
 from pipeline.dataset import load_splits
 from pipeline.engine import select_device
 from pipeline.progress import EpochProgress
 from pipeline.stages._common import stage_main
-from pipeline.training import fit_model, load_tuned, save_training
+from pipeline.training import load_tuned, save_training
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
          "best_params": "models/best_params.json", "out": "models", "reports": "reports"}
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    """Train with params.yaml plus the tuned values in best_params.json, in a new MLflow run."""
+    """Train with params.yaml + best_params.json in a new MLflow run (small data: k folds)."""
     processed, meta = load_splits(args.data_dir, names=("val",))
     train, val = load_splits(args.train_dir, names=("train",))[0]["train"], processed["val"]
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
@@ -28,13 +29,13 @@ def run(params: Params, args: argparse.Namespace) -> None:
                     "model": model_cfg, "train": train_cfg}
         background = records.log_training_inputs(sections, tuned, (train, args.train_dir),
                                                  (val, args.data_dir), str(device))
-        result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
-                           seed=params.seed, device=device,
-                           callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
+        final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta,
+                          seed=params.seed, device=device,
+                          callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
         background.close()
-        weights = save_training(result, args.out, args.reports, model_cfg, train_cfg,
+        weights = save_training(final, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
-        records.log_training_result(result, weights, val.X[:4])
+        records.log_training_result(final, weights, val.X[:4])
         views.adopt_test_metrics(run_id)
 
 

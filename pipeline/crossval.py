@@ -1,0 +1,202 @@
+"""Small data: k-fold cross-validation over train + validation, then a refit on all of it.
+
+With a few hundred samples a 15 % validation split is a few dozen: the tuning objective, the
+early-stopping epoch and the decision threshold chosen on it are mostly noise, and the model
+never sees that data. Here every train + validation sample is held out exactly once (stratified
+folds over source samples: an augmented copy goes with its original), the objective is the mean
+fold score, the refit runs for the folds' median best epoch on all of it, and the threshold is
+chosen on the out-of-fold predictions. Test is never touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.callbacks import Callback
+from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.dataset import DatasetMeta, Split
+from pipeline.engine import FitResult, predict_proba
+from pipeline.errors import DataError
+from pipeline.files import atomic_path
+from pipeline.training import fit_model
+
+# Train + validation samples up to which train.cv_folds: auto cross-validates (5 folds).
+AUTO_MAX_SAMPLES = 1000
+AUTO_FOLDS = 5
+
+
+def resolve_folds(cv_folds: int | str, n_samples: int) -> int:
+    """The fold count train.cv_folds means for this many train + validation samples (0: off)."""
+    if cv_folds == "auto":
+        return AUTO_FOLDS if n_samples <= AUTO_MAX_SAMPLES else 0
+    return int(cv_folds)
+
+
+def n_sources(train: Split, val: Split) -> int:
+    """Distinct samples in train + val (an augmented copy counts as its original)."""
+    return len({i.split("#aug")[0] for i in (*train.ids, *val.ids)})
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Train (augmented) rows and validation rows together, each row tied to its source sample."""
+
+    data: Split
+    source: np.ndarray  # per row: index of its source sample
+    originals: np.ndarray  # per source sample: the row holding it un-augmented
+    folds: np.ndarray  # per source sample: the fold that holds it out
+
+    @property
+    def n_sources(self) -> int:
+        """Distinct samples (augmented copies and oversampled repeats are not counted)."""
+        return len(self.originals)
+
+
+def make_pool(train: Split, val: Split, k: int, seed: int) -> Pool:
+    """Pool the splits and assign stratified folds to source samples (seeded)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ids = list(train.ids) + list(val.ids)
+    index: dict[str, int] = {}
+    source = np.array([index.setdefault(i.split("#aug")[0], len(index)) for i in ids])
+    originals = np.unique(source, return_index=True)[1]  # first row of each source
+    data = Split(np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), ids)
+    y = data.y[originals]
+    folds = np.empty(len(originals), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        folds[held] = fold
+    return Pool(data, source, originals, folds)
+
+
+def rows(split: Split, idx: np.ndarray) -> Split:
+    """The rows `idx` of a split, as a new Split."""
+    return Split(split.X[idx], split.y[idx], [split.ids[i] for i in idx])
+
+
+@dataclass
+class CrossFit:
+    """Per-fold results and the out-of-fold predictions, one per source sample."""
+
+    scores: list[float]
+    best_epochs: list[int]
+    oof: np.ndarray
+    pool: Pool
+
+    @property
+    def score(self) -> float:
+        """The objective: mean best validation score over folds."""
+        return float(np.mean(self.scores))
+
+    @property
+    def epochs(self) -> int:
+        """Epochs for the refit: the median of the folds' best epochs (at least 1)."""
+        return max(1, round(statistics.median(self.best_epochs)))
+
+
+def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
+              pool: Pool, meta: DatasetMeta, *, seed: int, device: torch.device, monitor: str,
+              callbacks: Callable[[int], Sequence[Callback]] = lambda fold: (),
+              on_fold: Callable[[int, FitResult, list[float]], None] | None = None) -> CrossFit:
+    """Fit once per fold on the other folds' rows, score and predict the held-out originals."""
+    k = int(pool.folds.max()) + 1
+    scores, epochs = [], []
+    oof = np.full(pool.n_sources, np.nan)
+    for fold in range(k):
+        train_rows = np.flatnonzero(pool.folds[pool.source] != fold)
+        held = np.flatnonzero(pool.folds == fold)
+        result = fit_model(model_cfg, train_cfg, augment, rows(pool.data, train_rows),
+                           rows(pool.data, pool.originals[held]), meta, seed=seed,
+                           device=device, monitor=monitor, callbacks=callbacks(fold))
+        oof[held] = predict_proba(result.model, pool.data.X[pool.originals[held]])
+        scores.append(result.best_score)
+        epochs.append(result.best_epoch)
+        if on_fold is not None:
+            on_fold(fold, result, scores)
+    return CrossFit(scores, epochs, oof, pool)
+
+
+def refit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig, pool: Pool,
+          meta: DatasetMeta, epochs: int, *, seed: int, device: torch.device, monitor: str,
+          callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train on every pooled row for `epochs` epochs and keep the last epoch's weights."""
+    cfg = dataclasses.replace(train_cfg, epochs=epochs, patience=0)
+    # Its "validation" rows are in the training data: reported, never used to choose weights.
+    return fit_model(model_cfg, cfg, augment, pool.data, rows(pool.data, pool.originals), meta,
+                     seed=seed, device=device, monitor=monitor, callbacks=callbacks,
+                     restore_best=False)
+
+
+@dataclass
+class Final:
+    """The model to save and the predictions its decision threshold is chosen on: the
+    validation split's (fold -1), or out-of-fold ones over train + val after a refit."""
+
+    result: FitResult
+    ids: list[str]
+    y: np.ndarray
+    p: np.ndarray
+    fold: np.ndarray
+    cv: CrossFit | None = None
+
+    def folds(self) -> tuple[list[float], list[int]]:
+        """Per-fold best validation scores and epochs (none without folds)."""
+        return (self.cv.scores, self.cv.best_epochs) if self.cv is not None else ([], [])
+
+    def summary(self) -> dict[str, float | int]:
+        """What train_metrics.json adds: fold count, and with folds their mean score, the
+        refit's epochs, and that score as the run's best validation score."""
+        if self.cv is None:
+            return {"cv_folds": 0}
+        monitor = self.result.monitor
+        return {"cv_folds": len(self.cv.scores), f"best_val_{monitor}": self.cv.score,
+                "refit_epochs": self.cv.epochs}
+
+
+def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
+              train: Split, val: Split, meta: DatasetMeta, *, seed: int, device: torch.device,
+              callbacks: Sequence[Callback] = ()) -> Final:
+    """The train stage's model: fit on train with early stopping on val, or (train.cv_folds)
+    cross-validate over train + val and refit on all of it for the folds' median epochs."""
+    k = resolve_folds(train_cfg.cv_folds, n_sources(train, val))
+    if not k:
+        result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
+                           device=device, callbacks=callbacks)
+        return Final(result, list(val.ids), val.y, predict_proba(result.model, val.X),
+                     np.full(len(val.y), -1))
+    pool = make_pool(train, val, k, seed)
+    cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
+                   monitor="roc_auc")
+    result = refit(model_cfg, train_cfg, augment, pool, meta, cv.epochs, seed=seed,
+                   device=device, monitor="roc_auc", callbacks=callbacks)
+    keep = pool.originals
+    return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
+                 pool.folds, cv)
+
+
+def write_threshold_basis(path: str | Path, final: Final) -> None:
+    """The predictions the evaluate stage chooses the threshold on (full float precision)."""
+    with atomic_path(Path(path)) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "probability", "fold"])
+        for row in zip(final.ids, final.y, final.p, final.fold, strict=True):
+            writer.writerow([row[0], int(row[1]), repr(float(row[2])), int(row[3])])
+
+
+def read_threshold_basis(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) from write_threshold_basis's file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the train stage first")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return (np.array([float(r["label"]) for r in rows]),
+            np.array([float(r["probability"]) for r in rows]))

@@ -1,0 +1,94 @@
+"""One tuning trial: sample params, fit or cross-validate them in a nested run, report them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import optuna
+
+from pipeline import tracking, trial_runs
+from pipeline.config import Params
+from pipeline.crossval import cross_fit, make_pool, n_sources, resolve_folds
+from pipeline.dataset import DatasetMeta, Split
+from pipeline.engine import Callback, FitResult, select_device
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.study import mark_owner, suggest
+from pipeline.training import apply_tuned, fit_model
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Everything a worker process needs (picklable for spawn)."""
+
+    params: Params
+    data_dir: str
+    train_dir: str
+    storage: str
+    study_name: str
+    parent_run_id: str
+    experiment_id: str
+    worker: int = 0
+
+
+class ReportToOptuna(Callback):
+    """Report the validation metric each epoch (or the running fold mean after each fold)
+    and prune when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, run_id: str) -> None:
+        self.trial, self.metric, self.run_id, self.epoch = trial, metric, run_id, 0
+
+    def on_fold(self, fold: int, result: FitResult, scores: list[float]) -> None:
+        """After fold `fold` (0-based): its score into the trial's run, the mean to Optuna."""
+        self.epoch = fold + 1  # pruned@k then reads "after k folds"
+        tracking.log_metrics({f"fold_val_{self.metric}": result.best_score,
+                              "fold_best_epoch": result.best_epoch}, self.run_id, step=fold)
+        self.trial.report(sum(scores) / len(scores), fold + 1)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {fold + 1}")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch = epoch  # the run's name says where a pruned trial stopped
+        self.trial.report(logs[f"val_{self.metric}"], epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+
+def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
+              meta: DatasetMeta) -> float:
+    """Train one sampled configuration, exactly as the train stage would, in a nested run."""
+    params = job.params
+    mark_owner(trial)
+    values = suggest(trial, params.tune.search_space)
+    try:
+        train_cfg, model_cfg = apply_tuned(params.train, params.model, values)
+    except ConfigError as err:
+        raise PipelineError(f"trial {trial.number}: invalid sampled params {values}: {err}") \
+            from None
+    # Parallel workers share the cores instead of oversubscribing them.
+    threads = max(1, train_cfg.num_threads // params.tune.n_workers)
+    train_cfg = replace(train_cfg, num_threads=threads)
+    with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
+                            {**values, "worker": job.worker}) as run:
+        logger = tracking.EpochLogger(run.run_id)
+        reporter = ReportToOptuna(trial, params.tune.metric, run.run_id)
+        folds = resolve_folds(train_cfg.cv_folds, n_sources(train, val))
+        try:
+            if folds:  # small data: folds are the reported steps, the objective their mean
+                cv = cross_fit(model_cfg, train_cfg, params.augment,
+                               make_pool(train, val, folds, params.seed), meta, seed=params.seed,
+                               device=select_device(), monitor=params.tune.metric,
+                               on_fold=reporter.on_fold)
+                score, best_epoch = cv.score, cv.epochs
+            else:
+                result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
+                                   seed=params.seed, device=select_device(),
+                                   monitor=params.tune.metric, callbacks=[reporter, logger])
+                score, best_epoch = result.best_score, result.best_epoch
+        except optuna.TrialPruned:
+            logger.flush()
+            logger.wait()
+            run.state, run.pruned_at = "PRUNED", reporter.epoch
+            raise
+        run.state = "COMPLETE"
+        tracking.log_metrics({"objective": score, "best_epoch": best_epoch}, run.run_id)
+        return score
