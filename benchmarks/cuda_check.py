@@ -35,7 +35,7 @@ import torch
 
 from pipeline.config import Params
 from pipeline.data import preprocess
-from pipeline.dataset import DatasetMeta, ImageSpec, Split
+from pipeline.dataset import DatasetMeta, ImageSpec, Split, load_splits
 from pipeline.engine import predict_proba, select_device
 from pipeline.metrics import ranking_metrics
 from pipeline.training import fit_model
@@ -55,7 +55,10 @@ def digits_runs(device: torch.device, epochs: int) -> dict:
     params = Params()
     with tempfile.TemporaryDirectory() as tmp:
         data = dataclasses.replace(params.data, path=str(Path(tmp) / "digits"))
-        splits, meta = preprocess(data, params.seed)
+        preprocess(data, params.seed, Path(tmp) / "processed")
+        splits, meta = load_splits(Path(tmp) / "processed")
+        # Memory-mapped from disk: into memory before the folder goes.
+        splits = {name: Split(np.array(s.X), np.array(s.y), s.ids) for name, s in splits.items()}
     train_cfg = dataclasses.replace(params.train, epochs=epochs, patience=0,
                                     online_augment=True)
     runs = []
