@@ -13,7 +13,8 @@ Figures, per pruner and seed (the seeds run one after the other, and the pruner 
 from seed to seed):
 
 * trial-epochs: the epochs that the study's trials actually trained, summed over trials. This is
-  ``len(trial.intermediate_values)``, because each epoch reports once. Pruning and early
+  the trial's ``epochs_run`` user attribute (reports to Optuna are sparse: only the epochs the
+  pruner reads). Pruning and early
   stopping (``train.patience``) both cut trials short and are counted the same way for every
   pruner.
 * wall time: seconds around ``run_study``, data loading and study set-up included.
@@ -328,10 +329,10 @@ def run_arm(params: Params, workdir: Path, args: argparse.Namespace, *, pruner: 
     except ValueError:
         best = float("nan")
     return Arm(pruner=pruner, seed=seed, n_trials=n_trials, n_workers=n_workers, wall=wall,
-               trial_epochs=sum(len(t.intermediate_values) for t in trials), best=best,
+               trial_epochs=sum(t.user_attrs.get("epochs_run", 0) for t in trials), best=best,
                states=states,
                early_stopped=sum(1 for t in trials if t.state == optuna.trial.TrialState.COMPLETE
-                                 and len(t.intermediate_values) < epochs),
+                                 and t.user_attrs.get("epochs_run", epochs) < epochs),
                active=active, in_trials=sum(e - s for s, e in spans),
                optuna=dict(clock.seconds) if n_workers == 1 else {},
                load_start=start_load, load_end=load(), noisy=noisy)

@@ -12,7 +12,7 @@ from pipeline.crossval import cross_fit, make_pool, n_sources, resolve_folds
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, select_device
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.study import mark_owner, suggest
+from pipeline.study import mark_owner, report_epochs, suggest
 from pipeline.training import apply_tuned, fit_model
 
 
@@ -34,8 +34,10 @@ class ReportToOptuna(Callback):
     """Report the validation metric each epoch (or the running fold mean after each fold)
     and prune when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, run_id: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, run_id: str,
+                 epochs: set[int] | None = None) -> None:
         self.trial, self.metric, self.run_id, self.epoch = trial, metric, run_id, 0
+        self.epochs = epochs  # the epochs the pruner reads (study.report_epochs); None: all
 
     def on_fold(self, fold: int, result: FitResult, scores: list[float]) -> None:
         """After fold `fold` (0-based): its score into the trial's run, the mean to Optuna."""
@@ -48,9 +50,15 @@ class ReportToOptuna(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch = epoch  # the run's name says where a pruned trial stopped
+        if self.epochs is not None and epoch not in self.epochs:
+            return
         self.trial.report(logs[f"val_{self.metric}"], epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def on_fit_end(self, result: FitResult) -> None:
+        # Reports are sparse, so the epoch count is stored once (benchmarks sum it).
+        self.trial.set_user_attr("epochs_run", len(result.history))
 
 
 def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
@@ -70,7 +78,8 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
                             {**values, "worker": job.worker}) as run:
         logger = tracking.EpochLogger(run.run_id)
-        reporter = ReportToOptuna(trial, params.tune.metric, run.run_id)
+        reporter = ReportToOptuna(trial, params.tune.metric, run.run_id,
+                                  report_epochs(params.tune.pruner, train_cfg.epochs))
         folds = resolve_folds(train_cfg.cv_folds, n_sources(train, val))
         try:
             if folds:  # small data: folds are the reported steps, the objective their mean
@@ -88,6 +97,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
             logger.flush()
             logger.wait()
             run.state, run.pruned_at = "PRUNED", reporter.epoch
+            trial.set_user_attr("epochs_run", reporter.epoch)
             raise
         run.state = "COMPLETE"
         tracking.log_metrics({"objective": score, "best_epoch": best_epoch}, run.run_id)

@@ -149,16 +149,41 @@ def study_name(params: Params, data_hashes: dict[str, str]) -> str:
     return f"{params.mlflow.experiment}-{digest[:12]}"
 
 
+# Successive halving and Hyperband judge a trial only at rung steps MIN_RESOURCE * FACTOR**k.
+MIN_RESOURCE, FACTOR = 2, 3
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     """Pruner from tune.pruner; warm-up avoids judging trials on their noisy first epochs."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min(4, epochs - 1))
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE,
+                                                      reduction_factor=FACTOR)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=epochs,
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=MIN_RESOURCE, max_resource=epochs,
+                                              reduction_factor=FACTOR)
     return optuna.pruners.NopPruner()
+
+
+def report_epochs(name: str, epochs: int) -> set[int] | None:
+    """The epochs whose validation score the pruner reads (None: every epoch).
+
+    Each report is a storage write and each prune check a read: one database round trip per
+    epoch and trial on a shared server. Successive halving and Hyperband (whose brackets share
+    the rungs MIN_RESOURCE * FACTOR**k) decide only at rung steps, so reporting just those gives
+    the same decisions; the median pruner reads every step; no pruner reads none (per-epoch
+    curves are in each trial's MLflow run).
+    """
+    if name == "median":
+        return None
+    if name == "none":
+        return set()
+    rungs, step = set(), MIN_RESOURCE
+    while step <= epochs:
+        rungs.add(step)
+        step *= FACTOR
+    return rungs
 
 
 def make_sampler(seed: int, worker: int, finished: int) -> optuna.samplers.TPESampler:

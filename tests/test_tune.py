@@ -322,3 +322,28 @@ def test_trials_train_exactly_like_the_train_stage(tmp_path: Path, imagefolder: 
     other = run_stages(plain, tmp_path / "plain", upto="train")
     assert [row["val_loss"] for row in json.loads(
         (Path(other["reports"]) / "train_history.json").read_text())] != trial_losses
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving",
+                                    pytest.param("hyperband", marks=pytest.mark.slow)])
+def test_reporting_only_the_epochs_the_pruner_reads_changes_no_decision(
+        tune_env: Path, pruner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.objective
+
+    assert pipeline.objective.report_epochs(pruner, 20) == {2, 6, 18}
+    params = csv_tune_params(tune_env, n_trials=10, pruner=pruner)
+    run_stages(params, tune_env, upto="augment")
+    outcomes = []
+    for journal, steps in (("sparse.journal", pipeline.objective.report_epochs),
+                           ("dense.journal", lambda name, epochs: None)):
+        monkeypatch.setenv("OPTUNA_STORAGE", str(tune_env / journal))
+        monkeypatch.setattr(pipeline.objective, "report_epochs", steps)
+        tune_stage.main(tune_args(params, tune_env, f"{journal}.json"))
+        study = load_study(tune_env, journal)
+        outcomes.append([(t.state, t.params, t.value, t.user_attrs["epochs_run"],
+                          {s: v for s, v in t.intermediate_values.items() if s in (2, 6)})
+                         for t in study.trials])
+    sparse, dense = outcomes
+    assert sparse == dense  # same pruned trials, same epochs trained, same values at rungs
+    assert any(state == optuna.trial.TrialState.PRUNED for state, *_ in sparse)
+    assert len(load_study(tune_env, "sparse.journal").trials[0].intermediate_values) <= 2
