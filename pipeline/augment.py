@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,19 @@ from pipeline.files import atomic_dir, write_json
 from pipeline.progress import Progress
 
 CHUNK = 1024  # images augmented at a time: bounds memory; the random draws follow it
+
+
+COPY_SUFFIX = re.compile(r"#aug\d+$")
+
+
+def copy_id(sample_id: str, k: int) -> str:
+    """The id of the k-th augmented copy of a sample."""
+    return f"{sample_id}#aug{k}"
+
+
+def source_id(row_id: str) -> str:
+    """The sample an augmented copy was made from (an original is its own source)."""
+    return COPY_SUFFIX.sub("", row_id)
 
 
 def augment_images(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -97,7 +111,7 @@ def augment_split(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: int
         n = len(train.y)
         extra = augment_table(base.X[n:], n_numeric, cfg, rng)
         base = Split(np.concatenate([base.X[:n], extra]), base.y, base.ids)
-    ids = list(base.ids) + [f"{i}#aug{k + 1}" for k in range(cfg.copies) for i in base.ids]
+    ids = list(base.ids) + [copy_id(i, k + 1) for k in range(cfg.copies) for i in base.ids]
     return Split(np.concatenate([base.X, *copies]).astype(np.float32),
                  np.concatenate([base.y] * (1 + cfg.copies)), ids)
 
@@ -112,7 +126,7 @@ def write_augmented(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: i
         return
     copies = cfg.copies if cfg.enabled else 0
     n = len(train.y)
-    ids = list(train.ids) + [f"{i}#aug{k + 1}" for k in range(copies) for i in train.ids]
+    ids = list(train.ids) + [copy_id(i, k + 1) for k in range(copies) for i in train.ids]
     y = np.concatenate([np.asarray(train.y, np.float32)] * (1 + copies))
     gen = torch.Generator().manual_seed(seed)
     progress = Progress(max(1, (1 + copies) * -(-n // CHUNK)), "augment")

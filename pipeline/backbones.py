@@ -15,7 +15,6 @@ from torch import nn
 
 from pipeline.config import BACKBONES, ModelConfig
 from pipeline.errors import ConfigError
-from pipeline.lineage import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +122,10 @@ def load_checkpoint(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
     loaded, skipped = {}, []
     for key, value in read_checkpoint(cfg.weights).items():
         name = key.removeprefix("module.").removeprefix("body.net.")
-        if name.startswith(head) or key.startswith("norm."):
+        if name.startswith(head) or name.startswith("norm."):
             skipped.append(key)
+        elif name in loaded:  # e.g. both conv1.weight and body.net.conv1.weight
+            raise ConfigError(f"{where}: key {key!r} holds {name!r} a second time")
         elif name not in own:
             raise ConfigError(f"{where}: key {key!r} is not a {cfg.type} parameter (a "
                               "checkpoint of another architecture?)")
@@ -141,8 +142,7 @@ def load_checkpoint(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
     net.load_state_dict(loaded, strict=False)
     log.info("model.weights: %d tensors loaded from %s; skipped (replaced head, input "
              "statistics): %s", len(loaded), cfg.weights, ", ".join(skipped) or "none")
-    return {"path": cfg.weights, "sha256": file_sha256(cfg.weights), "loaded": len(loaded),
-            "skipped": skipped}
+    return {"path": cfg.weights, "loaded": len(loaded), "skipped": skipped}
 
 
 def check_checkpoint(cfg: ModelConfig, input_shape: Sequence[int]) -> None:

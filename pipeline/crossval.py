@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.augment import source_id
 from pipeline.callbacks import Callback
 from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import FitResult, predict_proba
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_path
 from pipeline.training import fit_model
 
@@ -33,16 +34,25 @@ AUTO_MAX_SAMPLES = 1000
 AUTO_FOLDS = 5
 
 
-def resolve_folds(cv_folds: int | str, n_samples: int) -> int:
-    """The fold count train.cv_folds means for this many train + validation samples (0: off)."""
+def resolve_folds(cv_folds: int | str, n_samples: int, n_minority: int) -> int:
+    """The fold count train.cv_folds means for this many train + validation samples (0: off);
+    every fold must hold both classes, so k is at most the minority class's count."""
     if cv_folds == "auto":
-        return AUTO_FOLDS if n_samples <= AUTO_MAX_SAMPLES else 0
-    return int(cv_folds)
+        k = AUTO_FOLDS if n_samples <= AUTO_MAX_SAMPLES else 0
+        return min(k, n_minority) if n_minority >= 2 else 0
+    k = int(cv_folds)
+    if k > n_minority:
+        raise ConfigError(f"train.cv_folds = {k}: train + val hold only {n_minority} samples of "
+                          "the smaller class, and every fold needs one; use fewer folds or 0")
+    return k
 
 
-def n_sources(train: Split, val: Split) -> int:
-    """Distinct samples in train + val (an augmented copy counts as its original)."""
-    return len({i.split("#aug")[0] for i in (*train.ids, *val.ids)})
+def folds_for(cv_folds: int | str, train: Split, val: Split) -> int:
+    """resolve_folds for these splits (counted by source sample: copies are not samples)."""
+    labels = dict(zip(map(source_id, (*train.ids, *val.ids)),
+                      np.concatenate([train.y, val.y]).tolist(), strict=True))
+    positives = int(sum(labels.values()))
+    return resolve_folds(cv_folds, len(labels), min(positives, len(labels) - positives))
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ def make_pool(train: Split, val: Split, k: int, seed: int) -> Pool:
 
     ids = list(train.ids) + list(val.ids)
     index: dict[str, int] = {}
-    source = np.array([index.setdefault(i.split("#aug")[0], len(index)) for i in ids])
+    source = np.array([index.setdefault(source_id(i), len(index)) for i in ids])
     originals = np.unique(source, return_index=True)[1]  # first row of each source
     data = Split(np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), ids)
     y = data.y[originals]
@@ -124,15 +134,29 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
     return CrossFit(scores, epochs, oof, pool)
 
 
+class StopAfter(Callback):
+    """Ends a fit after `epochs` epochs, leaving the learning-rate schedule as configured."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.stop = epoch >= self.epochs
+
+
 def refit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig, pool: Pool,
-          meta: DatasetMeta, epochs: int, *, seed: int, device: torch.device, monitor: str,
+          meta: DatasetMeta, cv: CrossFit, *, seed: int, device: torch.device, monitor: str,
           callbacks: Sequence[Callback] = ()) -> FitResult:
-    """Train on every pooled row for `epochs` epochs and keep the last epoch's weights."""
-    cfg = dataclasses.replace(train_cfg, epochs=epochs, patience=0)
+    """Train on every pooled row for the folds' median best epoch and keep those weights."""
+    # The folds found their best epoch under the schedule of train.epochs: same schedule here,
+    # stopped at that epoch (a schedule compressed to it would anneal differently).
+    cfg = dataclasses.replace(train_cfg, patience=0)
     # Its "validation" rows are in the training data: reported, never used to choose weights.
-    return fit_model(model_cfg, cfg, augment, pool.data, rows(pool.data, pool.originals), meta,
-                     seed=seed, device=device, monitor=monitor, callbacks=callbacks,
-                     restore_best=False)
+    result = fit_model(model_cfg, cfg, augment, pool.data, rows(pool.data, pool.originals), meta,
+                       seed=seed, device=device, monitor=monitor,
+                       callbacks=[*callbacks, StopAfter(cv.epochs)], restore_best=False)
+    result.best_epoch, result.best_score = cv.epochs, cv.score  # the folds' verdict, not in-sample
+    return result
 
 
 @dataclass
@@ -146,6 +170,14 @@ class Final:
     p: np.ndarray
     fold: np.ndarray
     cv: CrossFit | None = None
+
+    def write_basis(self, path: str | Path) -> None:
+        """The predictions the evaluate stage chooses the threshold on (full float precision)."""
+        with atomic_path(Path(path)) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "label", "probability", "fold"])
+            for row in zip(self.ids, self.y, self.p, self.fold, strict=True):
+                writer.writerow([row[0], int(row[1]), repr(float(row[2])), int(row[3])])
 
     def folds(self) -> tuple[list[float], list[int]]:
         """Per-fold best validation scores and epochs (none without folds)."""
@@ -166,7 +198,7 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
               callbacks: Sequence[Callback] = ()) -> Final:
     """The train stage's model: fit on train with early stopping on val, or (train.cv_folds)
     cross-validate over train + val and refit on all of it for the folds' median epochs."""
-    k = resolve_folds(train_cfg.cv_folds, n_sources(train, val))
+    k = folds_for(train_cfg.cv_folds, train, val)
     if not k:
         result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
                            device=device, callbacks=callbacks)
@@ -175,20 +207,11 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
     pool = make_pool(train, val, k, seed)
     cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
                    monitor="roc_auc")
-    result = refit(model_cfg, train_cfg, augment, pool, meta, cv.epochs, seed=seed,
-                   device=device, monitor="roc_auc", callbacks=callbacks)
+    result = refit(model_cfg, train_cfg, augment, pool, meta, cv, seed=seed, device=device,
+                   monitor="roc_auc", callbacks=callbacks)
     keep = pool.originals
     return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
                  pool.folds, cv)
-
-
-def write_threshold_basis(path: str | Path, final: Final) -> None:
-    """The predictions the evaluate stage chooses the threshold on (full float precision)."""
-    with atomic_path(Path(path)) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "label", "probability", "fold"])
-        for row in zip(final.ids, final.y, final.p, final.fold, strict=True):
-            writer.writerow([row[0], int(row[1]), repr(float(row[2])), int(row[3])])
 
 
 def read_threshold_basis(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import optuna
 
 from pipeline import tracking, trial_runs
 from pipeline.config import Params
-from pipeline.crossval import cross_fit, make_pool, n_sources, resolve_folds
+from pipeline.crossval import cross_fit, make_pool
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, select_device
 from pipeline.errors import ConfigError, PipelineError
@@ -28,6 +28,7 @@ class TuneJob:
     parent_run_id: str
     experiment_id: str
     worker: int = 0
+    folds: int = 0  # > 0: trials cross-validate (train.cv_folds resolved for the data)
 
 
 class ReportToOptuna(Callback):
@@ -38,10 +39,12 @@ class ReportToOptuna(Callback):
                  epochs: set[int] | None = None) -> None:
         self.trial, self.metric, self.run_id, self.epoch = trial, metric, run_id, 0
         self.epochs = epochs  # the epochs the pruner reads (study.report_epochs); None: all
+        self.trained = 0  # epochs trained so far, over all folds
 
     def on_fold(self, fold: int, result: FitResult, scores: list[float]) -> None:
         """After fold `fold` (0-based): its score into the trial's run, the mean to Optuna."""
         self.epoch = fold + 1  # pruned@k then reads "after k folds"
+        self.trained += len(result.history)
         tracking.log_metrics({f"fold_val_{self.metric}": result.best_score,
                               "fold_best_epoch": result.best_epoch}, self.run_id, step=fold)
         self.trial.report(sum(scores) / len(scores), fold + 1)
@@ -49,16 +52,12 @@ class ReportToOptuna(Callback):
             raise optuna.TrialPruned(f"pruned after fold {fold + 1}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epoch = epoch  # the run's name says where a pruned trial stopped
+        self.epoch = self.trained = epoch  # the run's name says where a pruned trial stopped
         if self.epochs is not None and epoch not in self.epochs:
             return
         self.trial.report(logs[f"val_{self.metric}"], epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-    def on_fit_end(self, result: FitResult) -> None:
-        # Reports are sparse, so the epoch count is stored once (benchmarks sum it).
-        self.trial.set_user_attr("epochs_run", len(result.history))
 
 
 def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
@@ -80,13 +79,12 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
         logger = tracking.EpochLogger(run.run_id)
         reporter = ReportToOptuna(trial, params.tune.metric, run.run_id,
                                   report_epochs(params.tune.pruner, train_cfg.epochs))
-        folds = resolve_folds(train_cfg.cv_folds, n_sources(train, val))
         try:
-            if folds:  # small data: folds are the reported steps, the objective their mean
-                cv = cross_fit(model_cfg, train_cfg, params.augment,
-                               make_pool(train, val, folds, params.seed), meta, seed=params.seed,
-                               device=select_device(), monitor=params.tune.metric,
-                               on_fold=reporter.on_fold)
+            if job.folds:  # small data: folds are the reported steps, the objective their mean
+                pool = make_pool(train, val, job.folds, params.seed)
+                cv = cross_fit(model_cfg, train_cfg, params.augment, pool, meta,
+                               seed=params.seed, device=select_device(),
+                               monitor=params.tune.metric, on_fold=reporter.on_fold)
                 score, best_epoch = cv.score, cv.epochs
             else:
                 result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
@@ -97,8 +95,10 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
             logger.flush()
             logger.wait()
             run.state, run.pruned_at = "PRUNED", reporter.epoch
-            trial.set_user_attr("epochs_run", reporter.epoch)
+            # Reports are sparse: the epochs trained are stored once (benchmarks sum them).
+            trial.set_user_attr("epochs_run", reporter.trained)
             raise
+        trial.set_user_attr("epochs_run", reporter.trained)
         run.state = "COMPLETE"
         tracking.log_metrics({"objective": score, "best_epoch": best_epoch}, run.run_id)
         return score

@@ -153,15 +153,18 @@ def study_name(params: Params, data_hashes: dict[str, str]) -> str:
 MIN_RESOURCE, FACTOR = 2, 3
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Pruner from tune.pruner; warm-up avoids judging trials on their noisy first epochs."""
+def make_pruner(name: str, epochs: int, folds: int = 0) -> optuna.pruners.BasePruner:
+    """Pruner from tune.pruner over epochs, or over folds when trials cross-validate (each
+    fold is a step); warm-up avoids judging trials on their noisy first epochs."""
+    steps, first = (folds, 1) if folds else (epochs, MIN_RESOURCE)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min(4, epochs - 1))
+        warmup = 1 if folds else min(4, epochs - 1)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=warmup)
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE,
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first,
                                                       reduction_factor=FACTOR)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=MIN_RESOURCE, max_resource=epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=steps,
                                               reduction_factor=FACTOR)
     return optuna.pruners.NopPruner()
 

@@ -86,8 +86,6 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
     """Write the weights, the JSON that rebuilds the model, the training reports and the
     predictions the threshold is chosen on."""
-    from pipeline.crossval import write_threshold_basis
-
     result = final.result
     mean, std = input_norm(model_cfg, meta.norm)
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
@@ -103,5 +101,5 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
         f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early,
         **final.summary()})
     write_json(Path(reports) / "train_history.json", history)
-    write_threshold_basis(Path(reports) / "threshold_predictions.csv", final)
+    final.write_basis(Path(reports) / "threshold_predictions.csv")
     return Path(out) / WEIGHTS_FILE

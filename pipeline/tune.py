@@ -16,6 +16,7 @@ import optuna
 from pipeline import tracking, trial_runs
 from pipeline.backbones import check_checkpoint
 from pipeline.config import Params
+from pipeline.crossval import folds_for
 from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.errors import PipelineError
 from pipeline.lineage import dvc_hash
@@ -96,11 +97,15 @@ def run_worker(job: TuneJob, progress: Progress | None = None,
     """
     processed, meta = load_splits(job.data_dir, names=("val",))
     train = load_splits(job.train_dir, names=("train",))[0]["train"]
+    folds = folds_for(job.params.train.cv_folds, train, processed["val"])
     study = study or open_study(job)
+    if folds:  # trials report folds, not epochs: the pruner counts folds
+        study.pruner = make_pruner(job.params.tune.pruner, job.params.train.epochs, folds)
     lock = ask_lock(job.storage, job.study_name)
     started = time.monotonic()
     with watching(job):
-        return work(job, study, lock, train, processed["val"], meta, started, progress)
+        return work(replace(job, folds=folds), study, lock, train, processed["val"], meta,
+                    started, progress)
 
 
 def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split,

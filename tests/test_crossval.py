@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.crossval import make_pool, resolve_folds
 from pipeline.dataset import Split, load_splits
+from pipeline.errors import ConfigError
 from pipeline.lineage import file_sha256
 from pipeline.metrics import choose_threshold
 from pipeline.stages import tune as tune_stage
@@ -39,9 +40,13 @@ def test_folds_are_stratified_disjoint_and_keep_copies_with_their_original() -> 
     assert np.array_equal(again.folds, pool.folds)  # seeded
 
 
-def test_auto_cross_validates_small_data_only() -> None:
-    assert resolve_folds("auto", 400) == 5 and resolve_folds("auto", 5000) == 0
-    assert resolve_folds(3, 5000) == 3 and resolve_folds(0, 10) == 0
+def test_auto_cross_validates_small_data_with_both_classes_in_every_fold() -> None:
+    assert resolve_folds("auto", 400, 150) == 5 and resolve_folds("auto", 5000, 2000) == 0
+    assert resolve_folds("auto", 40, 3) == 3  # 3 positives: at most 3 folds
+    assert resolve_folds("auto", 40, 1) == 0
+    assert resolve_folds(3, 5000, 2000) == 3 and resolve_folds(0, 10, 5) == 0
+    with pytest.raises(ConfigError, match=r"train.cv_folds = 5: train \+ val hold only 4 "):
+        resolve_folds(5, 100, 4)
 
 
 def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(

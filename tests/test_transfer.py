@@ -77,7 +77,7 @@ def test_fine_tunes_from_the_file_with_a_fresh_head(checkpoint: Path, freeze: st
     assert not torch.equal(before["body.net.fc.weight"], file["body.net.fc.weight"])
     assert sorted(report["skipped"]) == ["body.net.fc.bias", "body.net.fc.weight",
                                          "norm.mean", "norm.std"]
-    assert report["sha256"] == file_sha256(checkpoint)
+    assert report["loaded"] == len(backbone_keys(file))
     result = fit(model, stripes(16, 0), stripes(8, 1), TrainConfig(epochs=2, batch_size=8,
                                                                     patience=0), seed=1, device=CPU)
     after = result.model.state_dict()
