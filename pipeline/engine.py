@@ -150,7 +150,7 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
                  if cfg.scheduler == "cosine" else None)
     order_gen = torch.Generator().manual_seed(seed)  # batch order, independent of init draws
     use_amp = device.type == "cuda"
-    best_score, best_epoch, best_state = None, 0, None
+    best_score, best_loss, best_epoch, best_state = None, float("inf"), 0, None
     history: list[dict[str, float]] = []
     stale, stopped_early, samples = 0, False, 0
     for cb in callbacks:
@@ -191,8 +191,11 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
                 **{f"val_{k}": v for k, v in scores.items()}}
         history.append(logs)
         score = logs[f"val_{monitor}"]
-        if best_score is None or improvement(monitor, score, best_score) > 0:
-            best_score, best_epoch, stale = score, epoch, 0
+        gain = None if best_score is None else improvement(monitor, score, best_score)
+        # A tie is broken by the validation loss: on small or easy data a ranking metric
+        # saturates (ROC AUC 1.0 after an epoch or two) while the probabilities still improve.
+        if gain is None or gain > 0 or (gain == 0 and val_loss < best_loss):
+            best_score, best_loss, best_epoch, stale = score, val_loss, epoch, 0
             if restore_best:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:

@@ -17,7 +17,7 @@ from pipeline.plots import save_figures
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Test-split metrics at the validation-chosen threshold, plus what the reports need."""
+    """Test-split metrics at the threshold chosen before test, plus what the reports need."""
 
     metrics: dict[str, Any]
     curves: dict[str, list[dict[str, float]]]

@@ -1,4 +1,4 @@
-"""The registered raw-input model: saved preprocessing + network + validation-chosen threshold."""
+"""The registered raw-input model: saved preprocessing + network + the chosen threshold."""
 
 from __future__ import annotations
 

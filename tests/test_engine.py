@@ -14,7 +14,15 @@ import torch.nn.functional as F
 
 from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.dataset import DatasetMeta, ImageSpec, Split
-from pipeline.engine import Callback, TrainingDiverged, pos_weight, predict_proba, select_device
+from pipeline.engine import (
+    Callback,
+    TrainingDiverged,
+    fit,
+    pos_weight,
+    predict_proba,
+    seed_everything,
+    select_device,
+)
 from pipeline.errors import ConfigError
 from pipeline.metrics import monitor_scores
 from pipeline.models import BUILDERS, WEIGHTS_FILE, build_model, load_model, save_model
@@ -162,3 +170,25 @@ def test_class_weight_balanced_changes_training() -> None:
     weighted = build_and_fit(ModelConfig(type="logreg"), replace(cfg, class_weight="balanced"),
                              train, images(8, 1), seed=0, device=CPU)
     assert plain.history[0]["train_loss"] != weighted.history[0]["train_loss"]
+
+
+def test_a_saturated_monitor_keeps_the_epoch_with_the_lower_validation_loss() -> None:
+    # Separable data: validation ROC AUC is 1.0 from the first epochs on; without the loss
+    # tie-break the first such epoch would be kept and its probabilities are barely trained.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    x[:, 0] += np.where(y == 1, 3.0, -3.0)
+    train, val = Split(x[:48], y[:48], list(map(str, range(48)))), Split(
+        x[48:], y[48:], list(map(str, range(48, 64))))
+    seed_everything(0, 1)
+    model = build_model(ModelConfig(type="logreg"), (4,), [0.0] * 4, [1.0] * 4)
+    result = fit(model, train, val, TrainConfig(epochs=20, batch_size=16, patience=0, lr=0.01,
+                                                scheduler="none"), seed=0,
+                 device=torch.device("cpu"))
+    aucs = [row["val_roc_auc"] for row in result.history]
+    losses = [row["val_loss"] for row in result.history]
+    assert aucs.count(1.0) > 1  # the monitor ties
+    assert result.best_epoch == 1 + int(np.argmin([loss if auc == 1.0 else np.inf for auc, loss
+                                                   in zip(aucs, losses, strict=True)]))
+    assert result.best_epoch > aucs.index(1.0) + 1
