@@ -49,7 +49,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 def make_repo(dest: Path, overrides: dict | None = None, commit: bool = False) -> Path:
     """Copy code, dvc.yaml and params (with overrides) into a new git + DVC repo at `dest`."""
     dest.mkdir(parents=True)
-    for item in ("pipeline", "data/raw"):
+    for item in ("pipeline", "data/raw", "data/weights"):
         shutil.copytree(REPO / item, dest / item,
                         ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
     for item in ("dvc.yaml", ".gitignore", ".dvcignore"):

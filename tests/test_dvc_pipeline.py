@@ -48,8 +48,8 @@ def make_repo(dest: Path, overrides: dict, source: Path = REPO) -> Path:
     dest.mkdir()
     # Tracked files only, and params from the code's defaults: whatever a user did in their
     # checkout (untracked files, an edited params.yaml) cannot change what the tests run.
-    tracked = sh(source, "git", "ls-files", "pipeline", "data/raw", "dvc.yaml", ".gitignore",
-                 ".dvcignore").stdout.split()
+    tracked = sh(source, "git", "ls-files", "pipeline", "data/raw", "data/weights", "dvc.yaml",
+                 ".gitignore", ".dvcignore").stdout.split()
     for name in tracked:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / name, dest / name)
