@@ -189,7 +189,10 @@ def kill_inside_trial(params: Path, root: Path, journal: str, completed: int, ou
             time.sleep(0.2)
             if not (root / journal).exists() or proc.poll() is not None:
                 continue
-            states = [t.state.name for t in load_study(root, journal).trials]
+            try:
+                states = [t.state.name for t in load_study(root, journal).trials]
+            except ValueError:  # the journal file exists before the study is written to it
+                continue
             if states.count("COMPLETE") == completed and states[-1:] == ["RUNNING"]:
                 break
         else:
