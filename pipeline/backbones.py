@@ -109,14 +109,15 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
-    """Copy `cfg.weights` into the backbone of `model` (a Classifier); the head stays fresh.
+    """Copy `cfg.weights` into the backbone of `model` (a Classifier, or a bare Backbone); the
+    head stays fresh.
 
     Keys may be torchvision's (conv1.weight) or this pipeline's (body.net.conv1.weight, from a
     saved model); the head and saved input statistics are skipped and reported; any other key
     that does not fit is an error naming it.
     """
     assert cfg.weights is not None
-    net = model.get_submodule("body.net")
+    net = model.get_submodule("body.net" if hasattr(model, "body") else "net")
     own, head = net.state_dict(), HEAD[cfg.type] + "."
     where = f"model.weights = {cfg.weights!r}"
     loaded, skipped = {}, []
@@ -148,11 +149,4 @@ def load_checkpoint(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
 def check_checkpoint(cfg: ModelConfig, input_shape: Sequence[int]) -> None:
     """Load `cfg.weights` into a throwaway model: a bad file fails before any run or trial."""
     if cfg.weights is not None:
-        load_checkpoint(backbone_classifier(cfg, input_shape), cfg)
-
-
-def backbone_classifier(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
-    """`body.net` as build_model nests it, without input statistics (they are not loaded)."""
-    model = nn.Module()
-    model.body = backbone(cfg, input_shape)
-    return model
+        load_checkpoint(backbone(cfg, input_shape), cfg)
