@@ -47,8 +47,9 @@ class DataConfig:
     """CSV column holding the label (ignored for images: the folder name is the label)."""
     positive_class: str | None = "odd"
     """Positive label; None means 1/True, or the second class folder in sort order."""
-    image_size: int = 16
-    """Images are resized to image_size x image_size."""
+    image_size: int | Literal["auto"] = "auto"
+    """Images are resized to image_size x image_size; auto: the images' median shorter side,
+    within [16, 64] (small images keep their detail, photos stay cheap on a CPU)."""
     channels: Literal[1, 3] = 1
     """Image channels fed to the model: 1 converts every image to grayscale, 3 to RGB."""
     skip_corrupt: bool = False
@@ -56,7 +57,8 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
-        in_range(self, "image_size", 4, 1024)
+        if self.image_size != "auto":
+            in_range(self, "image_size", 4, 1024)
         require(bool(self.path), "path", self.path, "must not be empty")
 
 

@@ -18,7 +18,7 @@ from pipeline.config import DataConfig, SplitConfig
 from pipeline.dataset import META_FILE, DatasetMeta, ImageSpec, Split, save_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_dir, atomic_path, write_json
-from pipeline.images import decode_files, histogram, list_imagefolder
+from pipeline.images import auto_size, decode_files, histogram, list_imagefolder
 from pipeline.tables import fit_table_spec, read_table, transform_table
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,13 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
     """Decode with a process pool straight into each split's .npy rows; with skip_corrupt,
     into a scratch file first (the split depends on which files were readable)."""
     files, labels, ids = list_imagefolder(cfg)
+    size = cfg.image_size
+    if size == "auto":
+        size = auto_size(files)
+        log.info("data.image_size: auto -> %d px (median shorter side of %s)", size, cfg.path)
     if cfg.skip_corrupt:
         scratch = tmp / ".decoded.npy"
-        errors, _ = decode_files({scratch: files}, cfg.image_size, cfg.channels)
+        errors, _ = decode_files({scratch: files}, size, cfg.channels)
         keep = np.array([i for i, f in enumerate(files) if f not in errors], dtype=np.int64)
     else:
         # Every file must decode, so the split is known before decoding.
@@ -199,7 +203,7 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
     else:
         errors, counts = decode_files({outs[name]: [files[i] for i in idx]
                                        for name, idx in parts.items()},
-                                      cfg.image_size, cfg.channels)
+                                      size, cfg.channels)
         if errors:
             first = min(errors, key=files.index)  # the error a sequential decode would raise
             raise DataError(f"{errors[first]} (set data.skip_corrupt: true to skip it)")
@@ -207,7 +211,7 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
     skipped = tuple({"file": ids[i], "reason": errors[f]} for i, f in enumerate(files)
                     if f in errors)
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
-                       skipped=skipped, image=ImageSpec(cfg.image_size, cfg.channels, mean, std))
+                       skipped=skipped, image=ImageSpec(size, cfg.channels, mean, std))
     for name, idx in parts.items():
         np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y[idx], dtype=np.float32))
     write_json(tmp / "ids.json", {name: [ids[keep[i]] for i in idx]

@@ -7,6 +7,7 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from pipeline.progress import Progress
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 CHUNK = 256  # files per pool task: big enough to amortise the hand-off, small for the bar
+AUTO_SIZE = (16, 64)  # data.image_size: auto stays within these sides (px)
+AUTO_SAMPLE = 2000  # files whose headers auto reads at most (evenly spaced, deterministic)
 
 
 def decode_image(source: str | Path | bytes, size: int, channels: int) -> np.ndarray:
@@ -85,6 +88,19 @@ def list_imagefolder(cfg: DataConfig) -> tuple[list[Path], list[str], list[str]]
         files += found
         labels += [cls] * len(found)
     return files, labels, [f.relative_to(root).as_posix() for f in files]
+
+
+def auto_size(files: list[Path]) -> int:
+    """data.image_size: auto for these files: the median shorter side, within AUTO_SIZE."""
+    step = max(1, len(files) // AUTO_SAMPLE)
+    sides = []
+    for file in files[::step]:
+        # Only the header is read; a file that cannot be opened is the decoder's to report.
+        with contextlib.suppress(OSError, SyntaxError, ValueError, Image.DecompressionBombError), \
+                Image.open(file) as img:
+            sides.append(min(img.size))
+    low, high = AUTO_SIZE
+    return min(max(statistics.median_low(sides), low), high) if sides else low
 
 
 def data_workers() -> int:

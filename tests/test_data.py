@@ -94,6 +94,26 @@ def test_same_seed_byte_identical_outputs(tmp_path: Path, image_params: Path,
             folder.rmdir()
 
 
+@pytest.mark.parametrize(("sides", "expected"), [
+    ([(25, 25)] * 5, 25),  # small images keep their native size
+    ([(8, 8)] * 5, 16),  # tiny ones are upsampled to the floor
+    ([(300, 200)] * 5, 64),  # photos are capped
+    ([(20, 40), (30, 30), (40, 50), (16, 16), (90, 90)], 30),  # median shorter side
+])
+def test_auto_image_size_is_the_median_shorter_side_within_bounds(
+        tmp_path: Path, sides: list[tuple[int, int]], expected: int) -> None:
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i, side in enumerate(sides):
+            Image.new("L", side, color=40 + 40 * i).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")  # left to the decoder
+    splits, meta = prep(replace(image_cfg(tmp_path), image_size="auto", skip_corrupt=True,
+                                split=SplitConfig(0.4, 0.3, 0.3)), seed=0)
+    assert meta.image is not None and meta.image.size == expected
+    assert {s.X.shape[2:] for s in splits.values()} == {(expected, expected)}
+    assert [s["file"] for s in meta.skipped] == ["dog/broken.png"]
+
+
 def test_corrupt_image_fails_naming_file(imagefolder: Path) -> None:
     bad = imagefolder / "dog" / "broken.png"
     good = (imagefolder / "dog" / "dog_000.png").read_bytes()
