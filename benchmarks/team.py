@@ -112,14 +112,14 @@ def train_share(root: Path, uri: str) -> tuple[float, float]:
     clock = Clock()
     import pipeline.stages.train as stage_mod
 
-    original = stage_mod.fit_model
-    stage_mod.fit_model = fit.wrap(original)
+    original = stage_mod.fit_final  # the fit (or cross-fit and refit) the stage trains with
+    stage_mod.fit_final = fit.wrap(original)
     try:
         owners = [MlflowClient, mlflow, mlflow.pytorch, tracking.Background]
         with contextlib.chdir(root), clock.patch(owners):
             train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
     finally:
-        stage_mod.fit_model = original
+        stage_mod.fit_final = original
     print(f"  train run against {uri.split(':')[0]}: {clock.top()}")
     return clock.seconds, fit.seconds
 

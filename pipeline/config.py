@@ -206,7 +206,8 @@ class TuneConfig:
     timeout: float | None = None
     """Optional wall-clock budget in seconds for this invocation."""
     metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss"] = "roc_auc"
-    """Validation metric to optimise; log_loss is minimised, the rest maximised."""
+    """Validation metric to optimise and to early-stop on (in trials and in the train stage);
+    log_loss is minimised, the rest maximised."""
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"
     """Stops unpromising trials early from per-epoch validation reports."""
     n_workers: int = 1

@@ -195,20 +195,21 @@ class Final:
 
 def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
               train: Split, val: Split, meta: DatasetMeta, *, seed: int, device: torch.device,
-              callbacks: Sequence[Callback] = ()) -> Final:
-    """The train stage's model: fit on train with early stopping on val, or (train.cv_folds)
-    cross-validate over train + val and refit on all of it for the folds' median epochs."""
+              monitor: str, callbacks: Sequence[Callback] = ()) -> Final:
+    """The train stage's model: fit on train with early stopping on val's `monitor` (the
+    metric the trials were scored on), or (train.cv_folds) cross-validate over train + val
+    and refit on all of it for the folds' median epochs."""
     k = folds_for(train_cfg.cv_folds, train, val)
     if not k:
         result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
-                           device=device, callbacks=callbacks)
+                           device=device, monitor=monitor, callbacks=callbacks)
         return Final(result, list(val.ids), val.y, predict_proba(result.model, val.X),
                      np.full(len(val.y), -1))
     pool = make_pool(train, val, k, seed)
     cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
-                   monitor="roc_auc")
+                   monitor=monitor)
     result = refit(model_cfg, train_cfg, augment, pool, meta, cv, seed=seed, device=device,
-                   monitor="roc_auc", callbacks=callbacks)
+                   monitor=monitor, callbacks=callbacks)
     keep = pool.originals
     return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
                  pool.folds, cv)

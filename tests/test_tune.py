@@ -292,9 +292,11 @@ def test_postgres_storage_with_heartbeat(tune_env: Path, monkeypatch) -> None:
     assert beats == 3
 
 
+@pytest.mark.parametrize("metric", ["roc_auc", "log_loss"])
 def test_trials_train_exactly_like_the_train_stage(tmp_path: Path, imagefolder: Path,
-                                                   monkeypatch) -> None:
-    """A trial with the train stage's params gets the train stage's score, online augment on."""
+                                                   monkeypatch, metric: str) -> None:
+    """A trial with the train stage's params gets the train stage's score (early-stopped on
+    the same tune.metric), online augment on."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
     monkeypatch.chdir(tmp_path)
@@ -304,7 +306,7 @@ def test_trials_train_exactly_like_the_train_stage(tmp_path: Path, imagefolder: 
         "model": {"type": "cnn"}, "augment": {"hflip": True},
         "train": {"epochs": 4, "online_augment": True},
         # One point in the space: the trial must train exactly what train will train.
-        "tune": {"enabled": True, "n_trials": 1, "pruner": "none",
+        "tune": {"enabled": True, "n_trials": 1, "pruner": "none", "metric": metric,
                  "search_space": {"train.lr": {"choices": [0.01]}}}})
     run_stages(params, tmp_path, upto="augment")
     tune_stage.main(tune_args(params, tmp_path, "models/best_params.json"))
@@ -312,7 +314,7 @@ def test_trials_train_exactly_like_the_train_stage(tmp_path: Path, imagefolder: 
     paths = run_stages(params, tmp_path, upto="train")
     trained = json.loads((Path(paths["reports"]) / "train_metrics.json").read_text())
     assert best["params"] == {"train.lr": 0.01}
-    assert best["value"] == trained["best_val_roc_auc"]
+    assert best["value"] == trained[f"best_val_{metric}"]
     # Epoch by epoch, the trial's validation loss is the train stage's (float-exact).
     (trial,) = child_runs(MlflowClient())
     trial_losses = [m.value for m in sorted(MlflowClient().get_metric_history(

@@ -30,7 +30,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         background = records.log_training_inputs(sections, tuned, (train, args.train_dir),
                                                  (val, args.data_dir), str(device))
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta,
-                          seed=params.seed, device=device,
+                          seed=params.seed, device=device, monitor=params.tune.metric,
                           callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
         background.close()
         weights = save_training(final, args.out, args.reports, model_cfg, train_cfg,
