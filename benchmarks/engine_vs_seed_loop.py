@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(meta.path)
     size = int(meta.input_shape[-1])
     ids = {name: s.ids for name, s in splits.items()}
-    model_cfg = ModelConfig()
+    model_cfg = ModelConfig(conv_channels=(16, 32))  # the shape its published figures used
     # The engine's defaults (= params.yaml's train section) with early stopping off, so both
     # sides run every epoch; both sides get the same thread count.
     threads, other = args.threads, 1 if args.threads > 1 else 2

@@ -152,8 +152,10 @@ def on_host(root: Path, host: str, args: list[str], env: dict[str, str]) -> subp
 
 
 def trials_per_minute(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
-                      seed: int) -> float:
-    """Finished trials per minute of a fresh study (first trial start to last trial end)."""
+                      seed: int) -> tuple[float, float]:
+    """Finished trials and trained epochs per minute of a fresh study (first trial start to
+    last trial end). Each study samples its own params (its own seed), so trials differ in
+    length: epochs per minute is the work-normalised figure."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["seed"] = seed  # a new study name: nothing resumed
     name = f"params-{seed}.yaml"
@@ -170,7 +172,9 @@ def trials_per_minute(root: Path, env: dict[str, str], optuna_url: str, hosts: i
     start = min(t.datetime_start for t in trials)
     end = max(t.datetime_complete for t in trials)
     done = sum(t.state.is_finished() and t.state.name != "FAIL" for t in trials)
-    return done / ((end - start).total_seconds() / 60)
+    epochs = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+    minutes = (end - start).total_seconds() / 60
+    return done / minutes, epochs / minutes
 
 
 def main() -> None:
@@ -211,13 +215,14 @@ def main() -> None:
             for i in range(args.repeats if "hosts" in parts else 0):
                 one.append(trials_per_minute(root, env, optuna_url, 1, 1000 + i))
                 two.append(trials_per_minute(root, env, optuna_url, 2, 2000 + i))
-            ratios = [b / a for a, b in zip(one, two, strict=True)]
-            if not ratios:
-                return
-            runs = ", ".join(f"{r:.2f}" for r in ratios)
-            print(f"trials/min: 1 host x 1 thread {statistics.median(one):.2f}, 2 hosts x 1 "
-                  f"thread {statistics.median(two):.2f}; ratio median "
-                  f"{statistics.median(ratios):.2f} (runs: {runs})")
+            for k, unit in enumerate(("trials", "epochs")):
+                ratios = [b[k] / a[k] for a, b in zip(one, two, strict=True)]
+                if not ratios:
+                    return
+                runs = ", ".join(f"{r:.2f}" for r in ratios)
+                print(f"{unit}/min: 1 host x 1 thread {statistics.median(a[k] for a in one):.2f}, "
+                      f"2 hosts x 1 thread {statistics.median(b[k] for b in two):.2f}; ratio "
+                      f"median {statistics.median(ratios):.2f} (runs: {runs})")
         finally:
             stop_server(server)
             for suffix in ("mlflow", "optuna", "auth"):

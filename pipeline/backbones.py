@@ -66,7 +66,9 @@ def backbone(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
     channels, size = input_shape[0], min(input_shape[1:])
     if size < MIN_SIZE[cfg.type]:
         raise ConfigError(f"data.image_size = {size}: model.type = {cfg.type!r} needs images of "
-                          f"at least {MIN_SIZE[cfg.type]} px (it downsamples by 32)")
+                          f"at least {MIN_SIZE[cfg.type]} px (it downsamples by 32); set "
+                          f"data.image_size to a number >= {MIN_SIZE[cfg.type]} (auto takes "
+                          "the images' own size)")
     if channels not in (1, 3):
         raise ConfigError(f"data.channels = {channels}: torchvision backbones take 1 or 3")
     extra = {"dropout": cfg.dropout} if cfg.type in WITH_DROPOUT else {}

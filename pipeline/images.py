@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +93,16 @@ def list_imagefolder(cfg: DataConfig) -> tuple[list[Path], list[str], list[str]]
 
 def auto_size(files: list[Path]) -> int:
     """data.image_size: auto for these files: the median shorter side, within AUTO_SIZE."""
-    step = max(1, len(files) // AUTO_SAMPLE)
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]  # what decode_file takes
+    step = -(-len(images) // AUTO_SAMPLE) or 1  # ceil: at most AUTO_SAMPLE headers
     sides = []
-    for file in files[::step]:
-        # Only the header is read; a file that cannot be opened is the decoder's to report.
-        with contextlib.suppress(OSError, SyntaxError, ValueError, Image.DecompressionBombError), \
-                Image.open(file) as img:
-            sides.append(min(img.size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns on odd headers; decoding reports real faults
+        for file in images[::step]:
+            # Only the header is read; a file that cannot be opened is the decoder's to report.
+            with contextlib.suppress(OSError, SyntaxError, ValueError,
+                                     Image.DecompressionBombError), Image.open(file) as img:
+                sides.append(min(img.size))
     low, high = AUTO_SIZE
     return min(max(statistics.median_low(sides), low), high) if sides else low
 

@@ -72,6 +72,7 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
     background.submit(tracking.log_tags, {
         **git_info(), **runtime_tags(device, sections["train"].num_threads),
         Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
+        Tag.INPUT_SHAPE: "x".join(map(str, train[0].X.shape[1:])),
         Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]],
         **({Tag.CHECKPOINT_SHA: file_sha256(weights)} if weights else {})}, run_id)
     for (split, folder), name, context in ((train, "train", "training"),

@@ -14,6 +14,7 @@ class Tag:
     PARAMS_SHA = "pipeline.params_sha256"
     RUN_ID = "pipeline.run_id"
     TUNED_KEYS = "pipeline.tuned_keys"
+    INPUT_SHAPE = "pipeline.input_shape"  # what the model took, e.g. 1x16x16 (image_size: auto)
     # CPU kernel dispatch that computed a run (pipeline/cpu.py): the kernels mode, ATen's
     # effective capability, the CPU model, and "pipeline.cpu.env.<VAR>" per pinned variable.
     CPU_KERNELS, CPU_CAPABILITY = "pipeline.cpu.kernels", "pipeline.cpu.capability"

@@ -17,7 +17,7 @@ from pipeline.config import DataConfig, SplitConfig, load_params
 from pipeline.data import preprocess
 from pipeline.dataset import DatasetMeta, load_splits
 from pipeline.errors import ConfigError, DataError
-from pipeline.images import decode_image
+from pipeline.images import auto_size, decode_image
 from pipeline.stages import preprocess as preprocess_stage
 from pipeline.tables import transform_table
 from tests.conftest import REPO, make_csv, make_imagefolder
@@ -112,6 +112,17 @@ def test_auto_image_size_is_the_median_shorter_side_within_bounds(
     assert meta.image is not None and meta.image.size == expected
     assert {s.X.shape[2:] for s in splits.values()} == {(expected, expected)}
     assert [s["file"] for s in meta.skipped] == ["dog/broken.png"]
+
+
+def test_auto_image_size_reads_only_files_the_decoder_takes(tmp_path: Path) -> None:
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("L", (20, 20)).save(files[-1])
+    for i in range(5):  # PIL opens WebP, but decode_file refuses the suffix
+        files.append(tmp_path / f"{i}.webp")
+        Image.new("L", (200, 200)).save(files[-1])
+    assert auto_size(files) == 20
 
 
 def test_corrupt_image_fails_naming_file(imagefolder: Path) -> None:

@@ -62,7 +62,7 @@ def test_train_and_evaluate_land_in_one_mlflow_run(image_run: dict) -> None:
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"]
     assert tags["pipeline.torch"] and tags["pipeline.threads"] == "2"
-    assert tags["pipeline.device"] == "cpu"
+    assert tags["pipeline.device"] == "cpu" and tags["pipeline.input_shape"] == "1x8x8"
     assert len(tags["pipeline.dvc.data/processed"]) == 32
     # Artifacts: plots, metrics, history, the network.
     names = {a.path for a in client.list_artifacts(run.info.run_id)}

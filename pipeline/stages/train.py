@@ -22,16 +22,16 @@ def run(params: Params, args: argparse.Namespace) -> None:
     processed, meta = load_splits(args.data_dir, names=("val",))
     train, val = load_splits(args.train_dir, names=("train",))[0]["train"], processed["val"]
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
-    device = select_device()
+    device, monitor = select_device(), params.tune.metric  # trials early-stopped on it
     tracking.configure()
     with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
         background = records.log_training_inputs(sections, tuned, (train, args.train_dir),
                                                  (val, args.data_dir), str(device))
-        final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta,
-                          seed=params.seed, device=device, monitor=params.tune.metric,
-                          callbacks=[tracking.EpochLogger(run_id), EpochProgress("train")])
+        final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
+                          device=device, monitor=monitor,
+                          callbacks=[tracking.EpochLogger(run_id), EpochProgress("train", monitor)])
         background.close()
         weights = save_training(final, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
