@@ -151,7 +151,7 @@ def on_host(root: Path, host: str, args: list[str], env: dict[str, str]) -> subp
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def trials_per_minute(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
+def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
                       seed: int) -> tuple[float, float]:
     """Finished trials and trained epochs per minute of a fresh study (first trial start to
     last trial end). Each study samples its own params (its own seed), so trials differ in
@@ -213,12 +213,10 @@ def main() -> None:
             env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": optuna_url}
             one, two = [], []
             for i in range(args.repeats if "hosts" in parts else 0):
-                one.append(trials_per_minute(root, env, optuna_url, 1, 1000 + i))
-                two.append(trials_per_minute(root, env, optuna_url, 2, 2000 + i))
-            for k, unit in enumerate(("trials", "epochs")):
+                one.append(throughput(root, env, optuna_url, 1, 1000 + i))
+                two.append(throughput(root, env, optuna_url, 2, 2000 + i))
+            for k, unit in enumerate(("trials", "epochs") if one else ()):
                 ratios = [b[k] / a[k] for a, b in zip(one, two, strict=True)]
-                if not ratios:
-                    return
                 runs = ", ".join(f"{r:.2f}" for r in ratios)
                 print(f"{unit}/min: 1 host x 1 thread {statistics.median(a[k] for a in one):.2f}, "
                       f"2 hosts x 1 thread {statistics.median(b[k] for b in two):.2f}; ratio "
