@@ -53,13 +53,15 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
 
 
 def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> None:
-    """End the RUNNING child runs of trials that Optuna failed (their worker died anywhere)."""
+    """Mark the child runs of trials that Optuna failed (their worker died anywhere) KILLED."""
     if not numbers:
         return
     client = MlflowClient()
     wanted = {str(n) for n in numbers}  # tag filters have no IN
+    # Not only RUNNING ones: a worker killed between closing its run and telling Optuna
+    # leaves a FINISHED run of a trial that Optuna fails and reruns.
     for run in client.search_runs([experiment_id], f"tags.`{Tag.STUDY}` = '{study}' and "
-                                  "attributes.status = 'RUNNING'", max_results=1000):
+                                  f"tags.`{Tag.TRIAL_STATE}` != 'FAIL'", max_results=1000):
         if run.data.tags.get(Tag.TRIAL_NUMBER) not in wanted:
             continue
         client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "FAIL")

@@ -89,6 +89,18 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def frozen_look(proc: subprocess.Popen, look: Callable[[], Any]) -> Any:
+    """`look()` while `proc` is stopped; it stays stopped if the look found something."""
+    proc.send_signal(signal.SIGSTOP)
+    found = None
+    try:
+        found = look()
+    finally:
+        if not found:
+            proc.send_signal(signal.SIGCONT)
+    return found
+
+
 def b_mid_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """Host B's running trial once it has trained a while, if B has completed one already."""
     on_b = [t for t in study.trials if t.user_attrs.get("host") == "host-b"]
@@ -108,9 +120,10 @@ def test_two_hosts_one_study_and_a_killed_worker_is_retried(tmp_path: Path,
     stage = on_host(host_a, "host-a", "pipeline.stages.tune",
                     [*STAGE_ARGS, "--out", "models/best_params.json"], env)
     worker_b = on_host(host_b, "host-b", "pipeline.tune_worker", STAGE_ARGS, env)
-    # Once host B has finished a trial, kill it mid-way through its next one.
-    victim = wait_for(lambda: b_mid_trial(the_study(shared_server)), 240,
-                      "host-b to finish a trial and be mid-way through another")
+    # Once host B has finished a trial, kill it mid-way through its next one. B is frozen
+    # while the study is read, so the trial cannot finish between the look and the kill.
+    victim = wait_for(lambda: frozen_look(worker_b, lambda: b_mid_trial(
+        the_study(shared_server))), 240, "host-b to finish a trial and be mid-way through another")
     worker_b.send_signal(signal.SIGKILL)
     worker_b.wait()
     killed_at = time.monotonic()

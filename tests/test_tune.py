@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -352,3 +353,28 @@ def test_reporting_only_the_epochs_the_pruner_reads_changes_no_decision(
     assert sparse == dense  # same pruned trials, same epochs trained, same values at rungs
     assert any(state == optuna.trial.TrialState.PRUNED for state, *_ in sparse)
     assert len(load_study(tune_env, "sparse.journal").trials[0].intermediate_values) <= 2
+
+
+def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow_uri: str
+                                                                          ) -> None:
+    from pipeline import tracking, trial_runs
+
+    tracking.configure()
+    exp = tracking.experiment_id("e")
+    parent = tracking.create_run("e", "tune", {})
+    # Trial 0 closed its run and then its worker died before telling Optuna; trial 1 died
+    # mid-way; trial 2 raised (FAILED by its own hand); trial 3 completed and was told.
+    for number, state in ((0, "COMPLETE"), (2, None), (3, "COMPLETE")):
+        with pytest.raises(RuntimeError) if state is None else contextlib.nullcontext(), \
+                trial_runs.trial_run(exp, parent, "s", number, {}) as run:
+            if state is None:
+                raise RuntimeError("boom")
+            run.state = state
+    MlflowClient().create_run(exp, tags={"optuna.study_name": "s", "optuna.trial_number": "1",
+                                         "optuna.trial_state": "RUNNING"})
+    trial_runs.end_trial_runs(exp, "s", [0, 1])
+    runs = {r.data.tags["optuna.trial_number"]: r
+            for r in MlflowClient().search_runs([exp], "tags.`optuna.trial_number` != ''")}
+    seen = {n: (r.info.status, r.data.tags["optuna.trial_state"]) for n, r in runs.items()}
+    assert seen == {"0": ("KILLED", "FAIL"), "1": ("KILLED", "FAIL"), "2": ("FAILED", "FAIL"),
+                    "3": ("FINISHED", "COMPLETE")}
