@@ -1,6 +1,6 @@
 """Cost of the team's shared services, against a real `mlflow server` on PostgreSQL (loopback).
 
-Prints, for the default digits config:
+Prints, for the default digits config (params.yaml as is, but --trials and --set):
 * tracking share: seconds inside MLflow calls (outermost, main thread) of the train stage,
   as a share of its training seconds -- against the server, and against local SQLite;
 * Optuna storage share: seconds inside RDBStorage methods (main thread) of the tune stage, as a
@@ -8,7 +8,7 @@ Prints, for the default digits config:
 * trials per minute with 2 hosts of 1 thread each (the tune stage plus `pipeline.tune_worker`
   in its own UTS namespace) vs 1 host of 1 thread, each on a fresh study.
 
-Usage: python benchmarks/team.py [--trials 8] [--repeats 3] [--set train.epochs=10]
+Usage: python benchmarks/team.py [--trials 20] [--repeats 3] [--set train.epochs=10]
 (Needs PostgreSQL at PIPELINE_TEAM_DATABASE or postgresql://127.0.0.1:5432/postgres.)
 """
 
@@ -115,6 +115,8 @@ def train_share(root: Path, uri: str) -> tuple[float, float]:
     original = stage_mod.fit_final  # the fit (or cross-fit and refit) the stage trains with
     stage_mod.fit_final = fit.wrap(original)
     try:
+        # mlflow.pytorch is imported lazily: load it, or its functions are not there to wrap.
+        assert mlflow.pytorch.log_model
         owners = [MlflowClient, mlflow, mlflow.pytorch, tracking.Background]
         with contextlib.chdir(root), clock.patch(owners):
             train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
@@ -158,6 +160,7 @@ def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
     length: epochs per minute is the work-normalised figure."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["seed"] = seed  # a new study name: nothing resumed
+    params["train"]["num_threads"] = 1  # each host: one thread
     name = f"params-{seed}.yaml"
     (root / name).write_text(yaml.safe_dump(params, sort_keys=False))
     best = root / f"best-{seed}.json"
@@ -179,7 +182,8 @@ def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=20, help="tune.n_trials (default: as "
+                        "params.yaml)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", help="params override, e.g. train.epochs=10")
     parser.add_argument("--parts", default="tracking,storage,hosts",
@@ -187,9 +191,8 @@ def main() -> None:
     args = parser.parse_args()
     admin = os.environ.get("PIPELINE_TEAM_DATABASE", DEFAULT_ADMIN_DB)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    overrides = deep_merge({"train": {"num_threads": 1},
-                            "tune": {"n_trials": args.trials, "pruner": "none"}},
-                           parse_sets(args.set))
+    # The local defaults (params.yaml) but for the trial count; hosts run 1 thread each.
+    overrides = deep_merge({"tune": {"n_trials": args.trials}}, parse_sets(args.set))
     with tempfile.TemporaryDirectory() as tmp:
         root = workspace(Path(tmp) / "ws", overrides)
         server, exports = start_server(admin, prefix, Path(tmp) / "state", port=5099,

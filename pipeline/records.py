@@ -12,8 +12,9 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 
-from pipeline import cpu, tracking
+from pipeline import cpu, tracking, views
 from pipeline.crossval import Final
 from pipeline.feed import as_inputs
 from pipeline.lineage import dvc_hash, file_sha256, git_info
@@ -33,14 +34,18 @@ def runtime_tags(device: str, threads: int) -> dict[str, str]:
             **{Tag.CPU_ENV + name: value for name, value in kernels.items()}}
 
 
+def dataset(features: Any, targets: Any, name: str, source: str, digest: str) -> Any:
+    """An MLflow dataset of numpy arrays with the DVC hash as its digest."""
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    return mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36],
+                                  source=LocalArtifactDatasetSource(str(source)))
+
+
 def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str,
                 context: str) -> None:
     """Record a dataset input on the active run with the DVC hash as its digest."""
-    from mlflow.data.sources import LocalArtifactDatasetSource
-
-    dataset = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36],
-                                     source=LocalArtifactDatasetSource(str(source)))
-    mlflow.log_input(dataset, context=context)
+    mlflow.log_input(dataset(features, targets, name, source, digest), context=context)
 
 
 def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
@@ -51,16 +56,20 @@ def log_network(model: torch.nn.Module, example: np.ndarray) -> None:
     example = as_inputs(torch.from_numpy(np.array(example))).contiguous().numpy()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
+    # validate_serving_input off: MLflow would load the program back and predict, a second
+    # export-sized cost per run; tests/test_train_stages.py loads it and compares outputs.
     mlflow.pytorch.log_model(model, name="network", serialization_format="pt2",
                              signature=infer_signature(example, output), input_example=example,
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                             validate_serving_input=False)
 
 
 def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
                         train: tuple[Any, str], val: tuple[Any, str],
-                        device: str) -> tracking.Background:
+                        device: str) -> tuple[tracking.Background, str]:
     """Params, lineage tags and dataset inputs of the active train run; params and tags are
-    sent from the returned Background (they overlap training): close it before the run ends."""
+    sent from the returned Background (they overlap training): close it before the run ends.
+    Also returns the validation data's hash."""
     run_id = mlflow.active_run().info.run_id
     background = tracking.Background()
     background.submit(tracking.log_params, flatten({
@@ -75,25 +84,36 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
         Tag.INPUT_SHAPE: "x".join(map(str, train[0].X.shape[1:])),
         Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]],
         **({Tag.CHECKPOINT_SHA: file_sha256(weights)} if weights else {})}, run_id)
-    for (split, folder), name, context in ((train, "train", "training"),
-                                           (val, "val", "validation")):
-        log_dataset(split.X, split.y, name, folder, hashes[folder], context)
-    return background
+    # One request for both datasets.
+    mlflow.log_inputs([dataset(split.X, split.y, name, folder, hashes[folder])
+                       for (split, folder), name in ((train, "train"), (val, "val"))],
+                      ["training", "validation"], [None, None])
+    return background, hashes[val[1]]
 
 
-def log_training_result(final: Final, weights: Path, example: np.ndarray) -> None:
+def log_training_result(final: Final, weights: Path, example: np.ndarray,
+                        processed: str) -> None:
     """Weights hash (the key later stages resume this run by), timings, history, fold scores,
-    network."""
+    test metrics of earlier runs of the same weights, and the network; the rest is sent from a
+    background thread while this one exports the network."""
     result = final.result
-    tracking.log_tags({Tag.MODEL_SHA: file_sha256(weights)})
-    tracking.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-                 "samples_per_second": result.samples_seen / result.train_seconds,
-                 **final.summary()})
+    run, sha = mlflow.active_run().info, file_sha256(weights)
+    by_step = {0: {"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+                   "samples_per_second": result.samples_seen / result.train_seconds,
+                   **final.summary()}}
     for fold, (score, epoch) in enumerate(zip(*final.folds(), strict=True)):
-        tracking.log_metrics({f"fold_val_{result.monitor}": score, "fold_best_epoch": epoch},
-                             step=fold)
-    tracking.log_dict({"history": result.history}, "train_history.json")
-    log_network(result.model, example)
+        by_step.setdefault(fold, {}).update({f"fold_val_{result.monitor}": score,
+                                             "fold_best_epoch": epoch})
+    background = tracking.Background()
+    background.submit(tracking.log_batch, run.run_id, by_step, {Tag.MODEL_SHA: sha})
+    background.submit(MlflowClient().log_dict, run.run_id, {"history": result.history},
+                      "train_history.json")
+    background.submit(views.adopt_test_metrics, run.run_id, run.experiment_id, sha,
+                      processed)
+    try:
+        log_network(result.model, example)
+    finally:
+        background.close()
 
 
 def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],

@@ -193,6 +193,15 @@ def log_metrics(metrics: dict[str, float], run_id: str | None = None, step: int 
         if isinstance(v, int | float) and not isinstance(v, bool)])
 
 
+def log_batch(run_id: str, metrics_by_step: dict[int, dict[str, float]],
+              tags: dict[str, str]) -> None:
+    """Log metrics at several steps and tags in one call."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], metrics=[
+        Metric(k, float(v), now, step) for step, metrics in metrics_by_step.items()
+        for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)])
+
+
 class Background:
     """Logging calls run one after another on a thread of their own, off the training thread
     (against a server each is a round trip); `close` returns when all are stored, or raises

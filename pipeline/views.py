@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
@@ -64,19 +65,19 @@ def pipeline_run(experiment: str, stage: str) -> Iterator[str]:
     """Start the pipeline's run, named and tagged after its DVC experiment; share the view."""
     with tracking.start_run(experiment, run_name=pipeline_run_name(),
                             tags={Tag.STAGE: stage, **dvc_experiment_tags()}) as run_id:
-        share_table_view(MlflowClient().get_run(run_id).info.experiment_id)
+        share_table_view(mlflow.active_run().info.experiment_id)
         yield run_id
 
 
-def adopt_test_metrics(run_id: str) -> str | None:
+def adopt_test_metrics(run_id: str, experiment_id: str, model_sha: str,
+                       processed: str) -> str | None:
     """Copy test metrics from the latest earlier run of the same weights and test data."""
     # DVC skips evaluate when train reproduces its weights byte for byte (a tuned key changed,
     # a rerun): without this the new run, the one named after the experiment, would have none.
     client = MlflowClient()
-    run = client.get_run(run_id)
-    query = (f"tags.`{Tag.MODEL_SHA}` = '{run.data.tags[Tag.MODEL_SHA]}' and "
-             f"tags.`{Tag.PROCESSED}` = '{run.data.tags[Tag.PROCESSED]}'")
-    for earlier in client.search_runs([run.info.experiment_id], query, max_results=50,
+    query = (f"tags.`{Tag.MODEL_SHA}` = '{model_sha}' and "
+             f"tags.`{Tag.PROCESSED}` = '{processed}'")
+    for earlier in client.search_runs([experiment_id], query, max_results=50,
                                       order_by=["attributes.start_time DESC"]):
         test = {k: v for k, v in earlier.data.metrics.items() if k.startswith("test_")}
         if earlier.info.run_id == run_id or not test:

@@ -12,10 +12,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.dataset import load_splits
 from pipeline.engine import predict_proba
+from pipeline.feed import as_inputs
 from pipeline.metrics import choose_threshold
 from pipeline.models import load_model
 from pipeline.stages import train
@@ -75,6 +77,13 @@ def test_train_and_evaluate_land_in_one_mlflow_run(image_run: dict) -> None:
     # The network takes what the loop feeds it: float32 in [0, 1], not the stored uint8.
     signature = mlflow.models.get_model_info(models[0].model_uri).signature
     assert signature.inputs.inputs[0].type == np.dtype("float32")
+    # It loads back (MLflow's own reload check is off: it doubled the export's cost) and
+    # computes what the trained model does, at a batch size other than the example's.
+    network = mlflow.pytorch.load_model(models[0].model_uri)
+    trained, _ = load_model(paths["models"])
+    x = as_inputs(torch.from_numpy(load_splits(paths["processed"])[0]["test"].X[:5]))
+    with torch.no_grad():
+        assert torch.allclose(network(x.contiguous()), trained.eval()(x), atol=1e-6)
     # Datasets with the DVC hash as digest.
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}

@@ -27,16 +27,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
-        background = records.log_training_inputs(sections, tuned, (train, args.train_dir),
-                                                 (val, args.data_dir), str(device))
+        background, val_hash = records.log_training_inputs(
+            sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
                           device=device, monitor=monitor,
                           callbacks=[tracking.EpochLogger(run_id), EpochProgress("train", monitor)])
         background.close()
         weights = save_training(final, args.out, args.reports, model_cfg, train_cfg,
                                 params.seed, meta, tuned)
-        records.log_training_result(final, weights, val.X[:4])
-        views.adopt_test_metrics(run_id)
+        records.log_training_result(final, weights, val.X[:4], val_hash)
 
 
 main = stage_main(__doc__, PATHS, run)
