@@ -1,7 +1,8 @@
 """Cost of the team's shared services, against a real `mlflow server` on PostgreSQL (loopback).
 
 Prints, for the default digits config (params.yaml as is, but --trials and --set):
-* tracking share: seconds inside MLflow calls (outermost, main thread) of the train stage,
+* tracking share: seconds inside MLflow calls (outermost, main thread) of the train stage (a
+  fresh process each time, as DVC runs it),
   as a share of its training seconds -- against the server, and against local SQLite;
 * Optuna storage share: seconds inside RDBStorage methods (main thread) of the tune stage, as a
   share of the summed trial durations;
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import functools
 import inspect
+import json
 import os
 import statistics
 import subprocess
@@ -106,24 +108,33 @@ def workspace(root: Path, overrides: dict) -> Path:
 
 
 def train_share(root: Path, uri: str) -> tuple[float, float]:
-    """(seconds in MLflow, seconds training) for one train stage run against `uri`."""
+    """(seconds in MLflow, seconds training) for one train stage run against `uri`, in a fresh
+    process as DVC runs it (a process's first export and model log are the costly ones)."""
+    out = subprocess.run([sys.executable, __file__, "--one-train-run", str(root), uri],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"train run failed:\n{out.stderr[-3000:]}")
+    *lines, last = out.stdout.strip().splitlines()
+    print("\n".join(lines))
+    figures = json.loads(last)
+    return figures["tracking"], figures["fit"]
+
+
+def one_train_run(root: Path, uri: str) -> None:
+    """Run the train stage in this process; print the costliest calls, then the JSON figures."""
     os.environ["MLFLOW_TRACKING_URI"] = uri
     fit = Clock()
     clock = Clock()
     import pipeline.stages.train as stage_mod
 
-    original = stage_mod.fit_final  # the fit (or cross-fit and refit) the stage trains with
-    stage_mod.fit_final = fit.wrap(original)
-    try:
-        # mlflow.pytorch is imported lazily: load it, or its functions are not there to wrap.
-        assert mlflow.pytorch.log_model
-        owners = [MlflowClient, mlflow, mlflow.pytorch, tracking.Background]
-        with contextlib.chdir(root), clock.patch(owners):
-            train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
-    finally:
-        stage_mod.fit_final = original
+    stage_mod.fit_final = fit.wrap(stage_mod.fit_final)  # the fit (or cross-fit and refit)
+    # mlflow.pytorch is imported lazily: load it, or its functions are not there to wrap.
+    assert mlflow.pytorch.log_model
+    owners = [MlflowClient, mlflow, mlflow.pytorch, tracking.Background]
+    with contextlib.chdir(root), clock.patch(owners), contextlib.redirect_stdout(sys.stderr):
+        train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
     print(f"  train run against {uri.split(':')[0]}: {clock.top()}")
-    return clock.seconds, fit.seconds
+    print(json.dumps({"tracking": clock.seconds, "fit": fit.seconds}))
 
 
 def storage_share(root: Path, uri: str, optuna_url: str, trials: int) -> tuple[float, float]:
@@ -188,7 +199,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", help="params override, e.g. train.epochs=10")
     parser.add_argument("--parts", default="tracking,storage,hosts",
                         help="which figures to measure (comma-separated)")
+    parser.add_argument("--one-train-run", nargs=2, metavar=("ROOT", "URI"),
+                        help=argparse.SUPPRESS)  # internal: one measured train stage
     args = parser.parse_args()
+    if args.one_train_run:
+        one_train_run(Path(args.one_train_run[0]), args.one_train_run[1])
+        return
     admin = os.environ.get("PIPELINE_TEAM_DATABASE", DEFAULT_ADMIN_DB)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     # The local defaults (params.yaml) but for the trial count; hosts run 1 thread each.
