@@ -99,6 +99,5 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
             trial.set_user_attr("epochs_run", reporter.trained)
             raise
         trial.set_user_attr("epochs_run", reporter.trained)
-        run.state = "COMPLETE"
-        tracking.log_metrics({"objective": score, "best_epoch": best_epoch}, run.run_id)
+        run.state, run.metrics = "COMPLETE", {"objective": score, "best_epoch": best_epoch}
         return score

@@ -191,10 +191,13 @@ def kill_inside_trial(params: Path, root: Path, journal: str, completed: int, ou
             if not (root / journal).exists() or proc.poll() is not None:
                 continue
             try:
-                states = [t.state.name for t in load_study(root, journal).trials]
+                trials = load_study(root, journal).trials
             except ValueError:  # the journal file exists before the study is written to it
                 continue
-            if states.count("COMPLETE") == completed and states[-1:] == ["RUNNING"]:
+            states = [t.state.name for t in trials]
+            # Once the worker has marked the trial as its own (a few ms after creating it).
+            if states.count("COMPLETE") == completed and states[-1:] == ["RUNNING"] \
+                    and "pid" in trials[-1].user_attrs:
                 break
         else:
             pytest.fail(f"tuning never reached a running trial after {completed} complete")
