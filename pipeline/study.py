@@ -124,10 +124,11 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
 
 
-def count(study: optuna.Study) -> dict[str, int]:
-    """Trials per state name."""
+def count(study: optuna.Study | list[FrozenTrial]) -> dict[str, int]:
+    """Trials per state name (of a study, or of its trials already fetched)."""
+    trials = study if isinstance(study, list) else study.get_trials(deepcopy=False)
     out: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         out[trial.state.name] = out.get(trial.state.name, 0) + 1
     return out
 

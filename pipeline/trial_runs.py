@@ -10,6 +10,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
 from pipeline.tags import Tag
@@ -71,3 +72,18 @@ def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> None:
             continue
         client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "FAIL")
         client.set_terminated(run.info.run_id, "KILLED")
+
+
+class DeadTrialRuns:
+    """Ends the child runs of failed trials, each once, whoever failed them: this worker,
+    another host, or Optuna's own stale-trial check at the start of a trial."""
+
+    def __init__(self, experiment_id: str, study: str) -> None:
+        self.experiment_id, self.study = experiment_id, study
+        self.done: set[int] = set()
+
+    def sweep(self, trials: list[FrozenTrial]) -> None:
+        """End the runs of FAIL trials not swept before (one search request if any)."""
+        new = [t.number for t in trials if t.state == TrialState.FAIL and t.number not in self.done]
+        end_trial_runs(self.experiment_id, self.study, new)
+        self.done.update(new)

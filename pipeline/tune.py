@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from pipeline import tracking, trial_runs
 from pipeline.backbones import check_checkpoint
@@ -74,10 +75,11 @@ def watching(job: TuneJob) -> Iterator[None]:
 
     def watch() -> None:
         study, lock = open_study(job), ask_lock(job.storage, job.study_name)
+        ended = trial_runs.DeadTrialRuns(job.experiment_id, job.study_name)
         while not stop.wait(heartbeat_seconds()):
             with lock:
-                dead = fail_dead_trials(study, job.storage)
-            trial_runs.end_trial_runs(job.experiment_id, job.study_name, dead)
+                fail_dead_trials(study, job.storage)
+            ended.sweep(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
     thread = threading.Thread(target=watch, name="dead-trial-watch", daemon=True)
     thread.start()
@@ -112,14 +114,17 @@ def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split
          meta: DatasetMeta, started: float, progress: Progress | None) -> optuna.Study:
     """The worker loop: under the lock, repair, count, then start one trial or wait."""
     tune = job.params.tune
+    ended = trial_runs.DeadTrialRuns(job.experiment_id, job.study_name)
     while True:
         if tune.timeout is not None and time.monotonic() - started > tune.timeout:
             log.info("worker %d: tune.timeout reached", job.worker)
             return study
         lock.acquire()
         try:
-            dead = fail_dead_trials(study, job.storage)
-            counts = count(study)
+            fail_dead_trials(study, job.storage)
+            trials = study.get_trials(deepcopy=False)
+            ended.sweep(trials)  # also before returning: the last trial failed may be a dead one
+            counts = count(trials)
             if counts.get("FAIL", 0) > 2 * tune.n_trials:
                 raise PipelineError(f"study {job.study_name}: {counts['FAIL']} failed trials; "
                                     "see the FAILED child runs in MLflow for the errors")
@@ -146,7 +151,6 @@ def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split
         finally:
             if lock.is_locked:
                 lock.release()
-        trial_runs.end_trial_runs(job.experiment_id, job.study_name, dead)
         if busy:
             time.sleep(POLL_SECONDS)
         elif progress is not None:

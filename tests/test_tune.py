@@ -381,3 +381,25 @@ def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow
     seen = {n: (r.info.status, r.data.tags["optuna.trial_state"]) for n, r in runs.items()}
     assert seen == {"0": ("KILLED", "FAIL"), "1": ("KILLED", "FAIL"), "2": ("FAILED", "FAIL"),
                     "3": ("FINISHED", "COMPLETE")}
+
+
+def test_sweep_ends_the_runs_of_trials_failed_by_anyone_once(mlflow_uri: str) -> None:
+    # Optuna's own stale-trial check (at the start of another worker's trial) fails a dead
+    # worker's trial without telling the pipeline: the next sweep still ends its run.
+    from pipeline import tracking, trial_runs
+
+    tracking.configure()
+    exp = tracking.experiment_id("e")
+    study = optuna.create_study()
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(), 0.5)
+    client = MlflowClient()
+    runs = [client.create_run(exp, tags={"optuna.study_name": "s", "optuna.trial_number": str(n),
+                                         "optuna.trial_state": state}).info.run_id
+            for n, state in ((0, "RUNNING"), (1, "COMPLETE"))]
+    client.set_terminated(runs[1], "FINISHED")
+    swept = trial_runs.DeadTrialRuns(exp, "s")
+    swept.sweep(study.trials)
+    assert [client.get_run(r).info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert client.get_run(runs[0]).data.tags["optuna.trial_state"] == "FAIL"
+    assert swept.done == {0}
