@@ -186,16 +186,13 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
 
 def log_metrics(metrics: dict[str, float], run_id: str | None = None, step: int = 0) -> None:
     """Log scalar metrics (ints and floats; anything else is skipped) in one call."""
-    run_id = run_id or mlflow.active_run().info.run_id
-    now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[
-        Metric(k, float(v), now, step) for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)])
+    log_batch(run_id or mlflow.active_run().info.run_id, {step: metrics}, {})
 
 
 def log_batch(run_id: str, metrics_by_step: dict[int, dict[str, float]],
               tags: dict[str, str]) -> None:
-    """Log metrics at several steps and tags in one call."""
+    """Log scalar metrics at several steps (ints and floats; anything else is skipped) and
+    tags in one call: against a server each call is a round trip."""
     now = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], metrics=[
         Metric(k, float(v), now, step) for step, metrics in metrics_by_step.items()
@@ -258,9 +255,7 @@ class EpochLogger(Callback):
 
 def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
     """Set tags on a run (the active one by default) in one call."""
-    run_id = run_id or mlflow.active_run().info.run_id
-    # One request, not one per tag: against a server each call is a round trip.
-    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    log_batch(run_id or mlflow.active_run().info.run_id, {}, tags)
 
 
 def log_artifacts(paths: list[Path], folder: str | None = None) -> None:

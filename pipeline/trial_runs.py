@@ -14,7 +14,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
 from pipeline.tags import Tag
-from pipeline.tracking import log_params, owner_tags
 
 
 @dataclass
@@ -37,10 +36,10 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
     """Child run of the study's parent run; its status mirrors the trial's final state."""
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
-        Tag.PARENT_RUN: parent_run_id, **owner_tags(), Tag.STUDY: study,
+        Tag.PARENT_RUN: parent_run_id, **tracking.owner_tags(), Tag.STUDY: study,
         Tag.TRIAL_NUMBER: str(number), Tag.TRIAL_STATE: "RUNNING", Tag.STAGE: "tune"})
     trial = TrialRun(run.info.run_id)
-    log_params(params, run_id=trial.run_id)
+    tracking.log_params(params, run_id=trial.run_id)
     tick = time.perf_counter()
     try:
         yield trial
