@@ -3,14 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint clean team-server exps
+.PHONY: setup run test test-fast lint clean team-server exps lock
 
-$(BIN)/.installed: pyproject.toml
+# Every dependency at the version requirements.lock names; a new lock reinstalls.
+$(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c requirements.lock
 	touch $@
 
 setup: $(BIN)/.installed
+
+# Rewrite requirements.lock: what pip resolves for '.[dev]' today (the newest versions
+# pyproject.toml admits), from nothing: a throwaway venv, not whatever .venv holds. Commit it.
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install --quiet --dry-run --ignore-installed \
+	  --report "$$tmp/report.json" '.[dev]' && \
+	"$$tmp/venv/bin/python" -m pipeline.packaging "$$tmp/report.json" > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro

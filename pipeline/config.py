@@ -104,21 +104,18 @@ class ModelConfig:
 
     type: Literal["logreg", "mlp", "cnn", "resnet18", "mobilenet_v3_small",
                   "efficientnet_b0"] = "cnn"
-    """logreg and mlp flatten images; cnn and the torchvision backbones need image data (the
-    backbones at least 32 px; built without weights, nothing is downloaded)."""
+    """logreg/mlp flatten images; cnn and backbones need images (backbones >= 32 px, no weights)."""
     weights: str | None = None
     """Backbones: a local checkpoint (torchvision state dict, .pth or .safetensors) under
     data/weights/ to start from; its classifier head is replaced by the one-logit head."""
     freeze: Literal["none", "backbone"] = "none"
     """backbone trains only the classifier on top of the loaded weights (BatchNorm kept fixed)."""
     norm: Literal["data", "imagenet"] = "data"
-    """Input standardisation: the train split's channel statistics, or ImageNet's (use with
-    ImageNet-pretrained weights)."""
+    """Input standardisation: the train split's channel statistics, or ImageNet's (its weights)."""
     hidden_sizes: tuple[int, ...] = (64,)
     """MLP hidden layer widths."""
     conv_channels: tuple[int, ...] = (16, 32, 64)
-    """CNN conv block widths; each block but the last halves the spatial size (three blocks
-    see a whole 16 px digit before the global pooling; two saw half of it)."""
+    """CNN block widths; each but the last halves the size (3 blocks see a whole 16 px digit)."""
     dropout: float = 0.1
     """Dropout before every linear layer except logreg's (and resnet18's, which has none)."""
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
@@ -170,6 +167,8 @@ class TrainConfig:
     """Fresh batched augmentation (the augment section's ops) on the device every epoch; images."""
     num_threads: int = 2
     """CPU threads; pinned because float reductions depend on it (byte-identical reruns)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast of every forward pass, predictions too: auto is bf16 on CUDA, fp32 elsewhere."""
     cv_folds: int | Literal["auto"] = "auto"
     """k >= 2: k-fold cross-validation over train + val for the tuning objective, the epoch
     count and the threshold (out-of-fold), then a refit on train + val; 0: the validation
@@ -207,8 +206,7 @@ class TuneConfig:
     timeout: float | None = None
     """Optional wall-clock budget in seconds for this invocation."""
     metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss"] = "roc_auc"
-    """Validation metric to optimise and to early-stop on (in trials and in the train stage);
-    log_loss is minimised, the rest maximised."""
+    """Validation metric to optimise and early-stop on (trials and train); log_loss minimised."""
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"
     """Stops unpromising trials early from per-epoch validation reports."""
     n_workers: int = 1
@@ -251,9 +249,12 @@ class RegisterConfig:
     """Test metric compared between challenger and champion (log_loss/brier: lower is better)."""
     min_improvement: float = 0.0
     """Challenger must beat the champion by at least this much (and by more than 0)."""
+    min_gate_rows: int = 30
+    """Fewest test rows new to both models for the gate to decide by score; else champion kept."""
 
     def __post_init__(self) -> None:
         in_range(self, "min_improvement", 0)
+        in_range(self, "min_gate_rows", 1)
         require(bool(self.model_name), "model_name", self.model_name, "must not be empty")
 
 
@@ -300,8 +301,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if raw is None:
-        # An empty file is almost always a mistake (a bad merge, a truncated copy), not a wish
-        # for the defaults: say so instead of training on values nobody chose.
+        # A mistake (a bad merge, a truncated copy), not a wish for defaults nobody chose.
         raise ConfigError(f"{path}: params file is empty; start from the repository's "
                           "params.yaml")
     try:

@@ -126,12 +126,25 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
         result = fit_model(model_cfg, train_cfg, augment, rows(pool.data, train_rows),
                            rows(pool.data, pool.originals[held]), meta, seed=seed,
                            device=device, monitor=monitor, callbacks=callbacks(fold))
-        oof[held] = predict_proba(result.model, pool.data.X[pool.originals[held]])
+        oof[held] = predict_proba(result.model, pool.data.X[pool.originals[held]],
+                                  precision=train_cfg.precision)  # as the fold was validated
         scores.append(result.best_score)
         epochs.append(result.best_epoch)
         if on_fold is not None:
             on_fold(fold, result, scores)
     return CrossFit(scores, epochs, oof, pool)
+
+
+class FoldVerdict(Callback):
+    """Puts the folds' verdict (mean score, median best epoch) into a refit's result before
+    the other callbacks see it: its in-sample "validation" score chose nothing."""
+
+    def __init__(self, cv: CrossFit) -> None:
+        self.cv = cv
+
+    def on_fit_end(self, result: FitResult) -> None:
+        result.best_epoch, result.best_score = self.cv.epochs, self.cv.score
+        result.cv_folds = len(self.cv.scores)
 
 
 class StopAfter(Callback):
@@ -151,12 +164,12 @@ def refit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig
     # The folds found their best epoch under the schedule of train.epochs: same schedule here,
     # stopped at that epoch (a schedule compressed to it would anneal differently).
     cfg = dataclasses.replace(train_cfg, patience=0)
-    # Its "validation" rows are in the training data: reported, never used to choose weights.
-    result = fit_model(model_cfg, cfg, augment, pool.data, rows(pool.data, pool.originals), meta,
-                       seed=seed, device=device, monitor=monitor,
-                       callbacks=[*callbacks, StopAfter(cv.epochs)], restore_best=False)
-    result.best_epoch, result.best_score = cv.epochs, cv.score  # the folds' verdict, not in-sample
-    return result
+    # Its "validation" rows are in the training data: reported, never used to choose weights,
+    # and FoldVerdict (first) makes the progress line and the result say the folds' score.
+    return fit_model(model_cfg, cfg, augment, pool.data, rows(pool.data, pool.originals), meta,
+                     seed=seed, device=device, monitor=monitor,
+                     callbacks=[FoldVerdict(cv), *callbacks, StopAfter(cv.epochs)],
+                     restore_best=False)
 
 
 @dataclass
@@ -203,7 +216,8 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
     if not k:
         result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
                            device=device, monitor=monitor, callbacks=callbacks)
-        return Final(result, list(val.ids), val.y, predict_proba(result.model, val.X),
+        return Final(result, list(val.ids), val.y,
+                     predict_proba(result.model, val.X, precision=train_cfg.precision),
                      np.full(len(val.y), -1))
     pool = make_pool(train, val, k, seed)
     cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import arrays
+from pipeline import arrays, fingerprints
 from pipeline.arrays import Rows
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.dataset import META_FILE, DatasetMeta, ImageSpec, Split, save_splits
@@ -167,7 +167,8 @@ def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
                        table=spec)
     splits = {name: Split(transform_table(frame.iloc[idx], spec, cfg.path), y[idx],
                           [ids[i] for i in idx]) for name, idx in parts.items()}
-    save_splits(out, splits, meta)
+    rows = fingerprints.of_rows(frame)
+    save_splits(out, splits, meta, {name: [rows[i] for i in idx] for name, idx in parts.items()})
     return meta.with_counts(splits)
 
 
@@ -216,6 +217,9 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
         np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y[idx], dtype=np.float32))
     write_json(tmp / "ids.json", {name: [ids[keep[i]] for i in idx]
                                   for name, idx in parts.items()})
+    # What the gate needs to know which test images a model learned from (file bytes).
+    fingerprints.write(tmp, {name: [fingerprints.of_file(files[keep[i]]) for i in idx]
+                             for name, idx in parts.items()})
     meta = meta.with_labels({name: y[idx] for name, idx in parts.items()})
     meta.write(tmp / META_FILE)
     return meta

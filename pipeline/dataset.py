@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.files import atomic_dir, read_json, write_json
+from pipeline.fingerprints import write as write_fingerprints
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
@@ -151,9 +152,13 @@ class DatasetMeta:
                             f"({type(err).__name__}: {err}); rerun preprocess") from None
 
 
-def save_splits(out: str | Path, splits: dict[str, Split], meta: DatasetMeta) -> None:
-    """Write .npy arrays (deterministic bytes, unlike .npz) plus ids and meta, atomically."""
+def save_splits(out: str | Path, splits: dict[str, Split], meta: DatasetMeta,
+                fingerprints: dict[str, list[str]] | None = None) -> None:
+    """Write .npy arrays (deterministic bytes, unlike .npz) plus ids, the raw examples'
+    fingerprints (pipeline/fingerprints.py) when given, and meta, atomically."""
     with atomic_dir(out) as tmp:
+        if fingerprints is not None:
+            write_fingerprints(tmp, fingerprints)
         for name, s in splits.items():
             np.save(tmp / f"X_{name}.npy", np.ascontiguousarray(s.X, dtype=feature_dtype(s.X)))
             np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(s.y, dtype=np.float32))

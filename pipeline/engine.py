@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 from pipeline.callbacks import Callback
 from pipeline.config import TrainConfig
 from pipeline.dataset import Split
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.feed import Feed, as_inputs
 from pipeline.metrics import improvement, monitor_scores
 
@@ -37,6 +38,8 @@ class FitResult:
     samples_seen: int
     train_seconds: float
     device: str
+    precision: str = "fp32"  # resolve_precision's answer: what every forward pass ran in
+    cv_folds: int = 0  # > 0: a refit, scored by the folds (best_score is their mean)
 
 
 def select_device() -> torch.device:
@@ -65,6 +68,29 @@ def seed_everything(seed: int, num_threads: int, device: torch.device | None = N
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     torch.set_num_threads(num_threads)
+
+
+def resolve_precision(precision: str, device: torch.device, *, fitting: bool = True) -> str:
+    """fp32 or bf16 for train.precision on `device`: auto is bf16 on CUDA, fp32 elsewhere.
+
+    bf16 off CUDA is refused for a fit (CPU bf16 autocast is ~4x slower and not what the
+    byte-identical CPU reruns are checked with); a bf16 model predicting on CPU (evaluate,
+    serving) predicts in fp32 there instead.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision = {precision!r}: must be auto, fp32 or bf16")
+    cuda = device.type == "cuda"
+    if precision == "bf16" and not cuda and fitting:
+        raise ConfigError(f"train.precision = 'bf16': bf16 autocast needs a CUDA device, and "
+                          f"this fit runs on {device.type}; use auto or fp32")
+    return "bf16" if cuda and precision != "fp32" else "fp32"
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """Forward passes in `precision` (resolve_precision's answer); bf16 needs no loss scaling."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        yield
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -103,13 +129,15 @@ def predict_batch_size(feed: Feed) -> int:
     return max(1, min(2048, 2 ** 22 // max(1, feed.row_size)))
 
 
-def predict_proba(model: nn.Module, X: np.ndarray,
-                  device: torch.device | None = None) -> np.ndarray:
-    """Positive-class probabilities (float64) for stored inputs (uint8 images or float32)."""
+def predict_proba(model: nn.Module, X: np.ndarray, device: torch.device | None = None,
+                  precision: str = "auto") -> np.ndarray:
+    """Positive-class probabilities (float64) for stored inputs (uint8 images or float32),
+    under the autocast the model's train.precision means on the model's device."""
     device = device or next(model.parameters()).device
     feed = Feed(X, None, device)
     try:
-        logits = predict_logits(model, feed)
+        with autocast(resolve_precision(precision, device, fitting=False), device):
+            logits = predict_logits(model, feed)
     finally:
         feed.close()
     return torch.sigmoid(logits).cpu().double().numpy()
@@ -149,7 +177,7 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.scheduler == "cosine" else None)
     order_gen = torch.Generator().manual_seed(seed)  # batch order, independent of init draws
-    use_amp = device.type == "cuda"
+    precision = resolve_precision(cfg.precision, device)  # bf16 off CUDA fails here
     best_score, best_loss, best_epoch, best_state = None, float("inf"), 0, None
     history: list[dict[str, float]] = []
     stale, stopped_early, samples = 0, False, 0
@@ -165,8 +193,7 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
             xb = as_inputs(xb)  # uint8 → [0, 1] on the device, per batch
             if batch_transform is not None:
                 xb = batch_transform(xb)
-            # bf16 autocast needs no loss scaling; CPU stays in float32 for exact reruns.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with autocast(precision, device):  # auto: fp32 on CPU, for exact reruns
                 loss = loss_fn(model(xb).float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,7 +206,7 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
         if scheduler is not None:
             scheduler.step()
         # Validation once per epoch; one host sync for the whole epoch.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(precision, device):
             val_logits = predict_logits(model, val_feed)
         if not bool(torch.isfinite(val_logits).all()):
             raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
@@ -214,7 +241,8 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
                        best_score=float(best_score if best_score is not None else np.nan),
                        monitor=monitor,
                        stopped_early=stopped_early, samples_seen=samples,
-                       train_seconds=time.perf_counter() - start, device=str(device))
+                       train_seconds=time.perf_counter() - start, device=str(device),
+                       precision=precision)
     for cb in callbacks:
         cb.on_fit_end(result)
     return result

@@ -8,8 +8,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from pipeline.tags import Tag
 
 
@@ -44,29 +42,30 @@ def pipeline_run_name() -> str:
             or ("repro" if commit == "unknown" else f"repro@{commit[:7]}"))
 
 
-def content_md5(path: str | Path) -> str:
-    """md5 over a file or a folder's sorted (relative path, bytes); stable across machines."""
+def _file_md5(path: Path) -> str:
+    with open(path, "rb") as f:  # in chunks: a data file can be larger than memory
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _dvc_ignored(relpath: str) -> bool:
+    # .dvcignore's one pattern: temp files of atomic writes (pipeline/files.py).
+    return any(part.startswith(".") and ".tmp-" in part for part in relpath.split("/"))
+
+
+def dvc_hash(path: str | Path) -> str:
+    """DVC's md5 of a file or folder as it is on disk now (what dvc.lock records for it).
+
+    Computed from the bytes, never read from dvc.lock: a stage run by hand on data changed
+    since the last `dvc repro` must not be tagged with the old data's hash."""
     path = Path(path)
-    digest = hashlib.md5()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-        with open(file, "rb") as f:  # in chunks: a data file can be larger than memory
-            digest.update(hashlib.file_digest(f, "md5").digest())
-    return digest.hexdigest()
-
-
-def dvc_hash(path: str | Path, lock: str | Path = "dvc.lock") -> str:
-    """DVC's md5 of a stage output from dvc.lock, else our own content md5 (outside DVC)."""
-    wanted = Path(path).as_posix().rstrip("/")
-    lock = Path(lock)
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        for stage in stages.values():
-            for out in stage.get("outs", []):
-                if out.get("path", "").rstrip("/") == wanted and "md5" in out:
-                    return str(out["md5"])
-    return content_md5(path)
+    if path.is_file():
+        return _file_md5(path)
+    # DVC 3's directory object: md5 of the sorted (md5, relpath) list as sorted-key JSON.
+    entries = [{"md5": _file_md5(file), "relpath": rel}
+               for file in sorted(p for p in path.rglob("*") if p.is_file())
+               if not _dvc_ignored(rel := file.relative_to(path).as_posix())]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def file_sha256(path: str | Path) -> str:

@@ -15,6 +15,14 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.study import mark_owner, report_epochs, suggest
 from pipeline.training import apply_tuned, fit_model
 
+# The trial's user attribute holding the CPU threads it trained with.
+THREADS_ATTR = "num_threads"
+
+
+def trial_threads(num_threads: int, n_workers: int) -> int:
+    """CPU threads per trial: parallel workers share the cores instead of oversubscribing."""
+    return max(1, num_threads // n_workers)
+
 
 @dataclass(frozen=True)
 class TuneJob:
@@ -62,7 +70,8 @@ class ReportToOptuna(Callback):
 
 def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
               meta: DatasetMeta) -> float:
-    """Train one sampled configuration, exactly as the train stage would, in a nested run."""
+    """Train one sampled configuration, exactly as the train stage would (with the trial's
+    thread count, which best_params.json hands to train), in a nested run."""
     params = job.params
     mark_owner(trial)
     values = suggest(trial, params.tune.search_space)
@@ -71,9 +80,10 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     except ConfigError as err:
         raise PipelineError(f"trial {trial.number}: invalid sampled params {values}: {err}") \
             from None
-    # Parallel workers share the cores instead of oversubscribing them.
-    threads = max(1, train_cfg.num_threads // params.tune.n_workers)
+    # Float reductions depend on the thread count: the trial records it, train uses it.
+    threads = trial_threads(train_cfg.num_threads, params.tune.n_workers)
     train_cfg = replace(train_cfg, num_threads=threads)
+    trial.set_user_attr(THREADS_ATTR, threads)
     with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
                             {**values, "worker": job.worker}) as run:
         logger = tracking.EpochLogger(run.run_id)

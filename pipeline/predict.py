@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pipeline.config import load_params
 from pipeline.errors import DataError, PipelineError
 
 log = logging.getLogger("pipeline.predict")
+REGISTRATION = Path("reports/registration.json")  # the register stage's output (dvc.yaml)
 
 
 def default_model_uri(params_path: str) -> str:
@@ -55,8 +57,22 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as err:
         fail(str(err))
     except mlflow.exceptions.MlflowException as err:
-        fail(f"--model {uri}: {err.message}")
+        fail(f"--model {uri}: {err.message}{store_hint(uri, tracking.tracking_uri())}")
     log.info("wrote %d predictions to %s", n, args.output)
+
+
+def store_hint(uri: str, store: str, report: Path = REGISTRATION) -> str:
+    """When the default champion is missing: what DVC says was registered, and where, and the
+    command that registers it in this store (DVC skips register when its output is there)."""
+    if not uri.endswith("@champion") or not report.is_file():
+        return ""
+    from pipeline.services import mask
+
+    done = json.loads(report.read_text())
+    return (f". {report} says {done.get('model_name')} v{done.get('version')} was registered "
+            f"in {done.get('tracking_uri', 'another store')}, but this store "
+            f"({mask(store)}) lacks it; run `dvc repro -f register` to retrain and register "
+            "into this one (or point MLFLOW_TRACKING_URI at that store)")
 
 
 def fail(message: str) -> NoReturn:

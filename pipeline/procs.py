@@ -22,3 +22,25 @@ def owner_gone(host: object, pid: object) -> bool:
     if host != platform.node() or pid is None:
         return False  # another host's record: only its own processes (or heartbeats) can judge
     return int(str(pid)) != os.getpid() and not process_alive(int(str(pid)))
+
+
+def _is_dvc(cmdline: list[str]) -> bool:
+    # `dvc ...` (a console script run by python), `python -m dvc ...`, or DVC's executor.
+    head = cmdline[:3]
+    return any(os.path.basename(arg) == "dvc" for arg in head) or (
+        "-m" in head and head.index("-m") + 1 < len(head) and head[head.index("-m") + 1] == "dvc")
+
+
+def invocation_id() -> str:
+    """host:pid:start of the `dvc` process running this stage (one `dvc repro` / `dvc exp run`),
+    or of this process when no DVC runs it (a stage started by hand)."""
+    import psutil  # imported here: only the stages that open an MLflow run need it
+
+    me = psutil.Process()
+    owner = me
+    try:
+        owner = next((p for p in me.parents() if _is_dvc(p.cmdline())), me)
+        start = owner.create_time()
+    except psutil.Error:  # a parent exited or is not ours to read: this process stands alone
+        owner, start = me, me.create_time()
+    return f"{platform.node()}:{owner.pid}:{start:.3f}"

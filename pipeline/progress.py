@@ -64,5 +64,10 @@ class EpochProgress(Callback):
     def on_fit_end(self, result: FitResult) -> None:
         if self.progress is not None:
             self.progress.close()
+        if result.cv_folds:  # a refit: its own "validation" rows were training rows
+            log.info("%s: cv mean val_%s=%.4f over %d folds; refit %d epochs on train+val",
+                     self.desc, result.monitor, result.best_score, result.cv_folds,
+                     len(result.history))
+            return
         log.info("%s: best epoch %d of %d, val_%s=%.4f", self.desc, result.best_epoch,
                  len(result.history), result.monitor, result.best_score)

@@ -15,7 +15,7 @@ import torch
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipeline import cpu, tracking, views
+from pipeline import cpu, packaging, tracking, views
 from pipeline.crossval import Final
 from pipeline.feed import as_inputs
 from pipeline.lineage import dvc_hash, file_sha256, git_info
@@ -29,6 +29,8 @@ def runtime_tags(device: str, threads: int) -> dict[str, str]:
     return {"pipeline.torch": torch.__version__, "pipeline.device": device,
             "pipeline.threads": str(threads), "pipeline.python": platform.python_version(),
             "pipeline.mlflow": mlflow.__version__, Tag.CPU_KERNELS: kernels.pop("mode"),
+            # The lock the environment was installed from (same bytes need the same lock).
+            Tag.LOCK_SHA: packaging.lock_sha256() or "none",
             # ATen's choice as made (it is fixed at the first tensor operation).
             Tag.CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
             Tag.CPU_MODEL: kernels.pop("cpu"),
@@ -129,7 +131,8 @@ def log_training_result(final: Final, weights: Path, example: np.ndarray,
         by_step.setdefault(fold, {}).update({f"fold_val_{result.monitor}": score,
                                              "fold_best_epoch": epoch})
     background = tracking.Background()
-    background.submit(tracking.log_batch, run.run_id, by_step, {Tag.MODEL_SHA: sha})
+    background.submit(tracking.log_batch, run.run_id, by_step,
+                      {Tag.MODEL_SHA: sha, Tag.TRAINED_BY: run.run_id})
     background.submit(MlflowClient().log_dict, run.run_id, {"history": result.history},
                       "train_history.json")
     background.submit(views.adopt_test_metrics, run.run_id, run.experiment_id, sha,
@@ -141,8 +144,10 @@ def log_training_result(final: Final, weights: Path, example: np.ndarray,
 
 
 def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],
-                   reports: Path) -> None:
-    """Test metrics, the threshold rule, the test dataset and the report files."""
+                   reports: Path, sections: dict[str, Any]) -> None:
+    """Test metrics, the params that chose them (e.g. evaluate.threshold), the threshold rule,
+    the test dataset and the report files."""
+    tracking.log_stage_params(flatten({k: dataclasses.asdict(v) for k, v in sections.items()}))
     tracking.log_metrics({f"test_{k}": v for k, v in metrics.items()})
     tracking.log_tags({Tag.THRESHOLD_RULE: metrics["threshold_rule"]})
     log_dataset(test.X, test.y, "test", data_dir, dvc_hash(data_dir), "testing")

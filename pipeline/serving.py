@@ -89,6 +89,7 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         if config_path.parent != folder:
             raise DataError(f"{config_path}: expected beside {context.artifacts['weights']}")
         self.model, self.config = load_model(folder)
+        self.precision = self.config["train"].get("precision", "auto")  # older models: auto
         self.meta = DatasetMeta.read(context.artifacts["meta"])
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         self.threshold = float(serving["threshold"])
@@ -107,7 +108,7 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         except DataError as err:
             # A bad request (HTTP 400 when served) with our message, not a server traceback.
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-        probs = predict_proba(self.model, X) if len(X) else np.zeros(0)
+        probs = predict_proba(self.model, X, precision=self.precision) if len(X) else np.zeros(0)
         labels = [self.classes[int(p >= self.threshold)] for p in probs]
         return pd.DataFrame({"probability": probs, "label": labels})
 

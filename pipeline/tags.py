@@ -12,6 +12,7 @@ class Tag:
     AUGMENTED = "pipeline.dvc.data/augmented"
     GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "pipeline.git_dirty"
     PARAMS_SHA = "pipeline.params_sha256"
+    LOCK_SHA = "pipeline.lock_sha256"  # requirements.lock the environment was installed from
     RUN_ID = "pipeline.run_id"
     TUNED_KEYS = "pipeline.tuned_keys"
     INPUT_SHAPE = "pipeline.input_shape"  # what the model took, e.g. 1x16x16 (image_size: auto)
@@ -21,12 +22,21 @@ class Tag:
     CPU_MODEL, CPU_ENV = "pipeline.cpu.model", "pipeline.cpu.env."
     THRESHOLD_RULE = "pipeline.threshold_rule"
     REGISTERED_VERSION = "pipeline.registered_version"
+    # On a version: how many distinct raw examples it learned from (the fingerprints are its
+    # learned_from.txt artifact) and the register params it was gated under.
+    LEARNED_ROWS = "pipeline.learned_rows"
+    REGISTER_PARAMS = "pipeline.register_params_sha256"
     GATE_DECISION = "pipeline.gate_decision"
     # `dvc exp run` experiment that made a run; a row of `dvc exp show` finds its run by it.
     DVC_EXP, DVC_EXP_BASELINE = "pipeline.dvc_exp", "pipeline.dvc_exp_baseline"
     # Run whose evaluate produced this run's test metrics (itself, or an earlier run of the
     # same weights and test data when DVC skipped evaluate for byte-identical weights).
     TEST_METRICS_FROM = "pipeline.test_metrics_from"
+    # The `dvc repro` / `dvc exp run` (or hand-run process) a run belongs to: train, evaluate
+    # and register of one invocation share a run; a later invocation never writes into it.
+    INVOCATION = "pipeline.invocation"
+    # The train run whose weights a run evaluated or registered (a train run names itself).
+    TRAINED_BY = "pipeline.trained_by"
     PRUNED_AT = "pipeline.pruned_at_epoch"
     STUDY = "optuna.study_name"
     STUDY_PARENT = "optuna.study_name_parent"

@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.engine import Callback, FitResult
 from pipeline.errors import StoreError
 from pipeline.lineage import dvc_experiment_tags, file_sha256, pipeline_run_name
 from pipeline.locks import lock_for
-from pipeline.procs import owner_gone
+from pipeline.procs import invocation_id, owner_gone
 from pipeline.services import check_database, check_server, is_http, mask
 from pipeline.tags import Tag
 
@@ -161,14 +162,29 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
     mlflow.end_run("FINISHED")
 
 
+def invocation() -> str:
+    """The `dvc repro` / `dvc exp run` running this stage (or this process, run by hand), and
+    its experiment's name: one process can run several experiments' stages (tests)."""
+    exp = dvc_experiment_tags().get(Tag.DVC_EXP)
+    return f"{exp}@{invocation_id()}" if exp else invocation_id()
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Tags of a new pipeline run: the stage that opened it, its invocation, its experiment."""
+    return {Tag.STAGE: stage, Tag.INVOCATION: invocation(), **dvc_experiment_tags()}
+
+
 @contextlib.contextmanager
-def model_run(experiment: str, weights: str | Path) -> Iterator[str]:
-    """Resume the run that trained these weights (found by their hash), or start a new one."""
+def model_run(experiment: str, stage: str, weights: str | Path) -> Iterator[str]:
+    """This invocation's run of these weights (train's, when it ran in the same `dvc repro`),
+    else a new run linked to the train run of the weights: history is append-only, so a later
+    experiment never writes into an earlier experiment's run."""
     sha = file_sha256(weights)
-    found = find_run(experiment, Tag.MODEL_SHA, sha)
-    # Only a new run (the trainer's is gone) takes a name and experiment tags; resuming keeps them.
-    tags = {Tag.MODEL_SHA: sha, **({} if found else dvc_experiment_tags())}
-    with start_run(experiment, run_name=pipeline_run_name(), run_id=found, tags=tags) as run_id:
+    mine = find_run(experiment, {Tag.INVOCATION: invocation(), Tag.MODEL_SHA: sha})
+    trainer = None if mine else find_run(experiment, {Tag.MODEL_SHA: sha, Tag.STAGE: "train"})
+    tags = {**run_tags(stage), Tag.MODEL_SHA: sha, Tag.TRAINED_BY: trainer or "unknown"}
+    with start_run(experiment, run_name=pipeline_run_name(), run_id=mine,
+                   tags=None if mine else tags) as run_id:
         yield run_id
 
 
@@ -182,6 +198,18 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
     """Log many params in one call (MlflowClient.log_batch splits at the server's limits)."""
     run_id = run_id or mlflow.active_run().info.run_id
     MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
+def log_stage_params(params: dict[str, Any]) -> None:
+    """Params of a stage adding to a shared run (evaluate.*, register.*): MLflow params are
+    immutable, so a key the run holds stays (a warning if it differs: only a stage run twice
+    in one invocation, in-process, meets one)."""
+    run_id = mlflow.active_run().info.run_id
+    held = MlflowClient().get_run(run_id).data.params
+    for key in sorted(k for k, v in params.items() if k in held and held[k] != str(v)[:6000]):
+        warnings.warn(f"run {run_id} already records {key}={held[key]!r}; not changed to "
+                      f"{params[key]!r}", stacklevel=2)
+    log_params({k: v for k, v in params.items() if k not in held})
 
 
 def log_metrics(metrics: dict[str, float], run_id: str | None = None, step: int = 0) -> None:
@@ -269,11 +297,12 @@ def log_dict(obj: Any, name: str) -> None:
     mlflow.log_dict(obj, name)
 
 
-def find_run(experiment: str, tag: str, value: str) -> str | None:
-    """Most recent run in `experiment` whose tag `tag` equals `value`."""
+def find_run(experiment: str, tags: dict[str, str]) -> str | None:
+    """Most recent run in `experiment` whose tags have all these values."""
     exp = MlflowClient().get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = MlflowClient().search_runs([exp.experiment_id], f"tags.`{tag}` = '{value}'",
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = MlflowClient().search_runs([exp.experiment_id], query,
                                       order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None

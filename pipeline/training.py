@@ -42,10 +42,13 @@ def apply_tuned(train: TrainConfig, model: ModelConfig, overrides: dict[str, Any
 
 def load_tuned(best_params: str | Path, params: Params, input_shape: Sequence[int]
                ) -> tuple[dict[str, Any], TrainConfig, ModelConfig]:
-    """Tuned values from best_params.json (if any) applied over params.yaml, saying which win;
-    a checkpoint (model.weights) is checked against `input_shape` before anything is trained."""
+    """Tuned values from best_params.json (if any) applied over params.yaml, saying which win,
+    and the trials' thread count (float reductions depend on it, so the best trial's score is
+    what train reproduces); a checkpoint (model.weights) is checked against `input_shape`
+    before anything is trained."""
     path = Path(best_params)
-    tuned = read_json(path)["params"] if path.is_file() else {}
+    best = read_json(path) if path.is_file() else {}
+    tuned = best.get("params", {})
     train, model = params.train, params.model
     sections = {"train": train, "model": model}
     for key, value in sorted(tuned.items()):
@@ -57,6 +60,12 @@ def load_tuned(best_params: str | Path, params: Params, input_shape: Sequence[in
                      "yours, drop %s from tune.search_space or set tune.enabled: false",
                      key, value, path, mine, key)
     train, model = apply_tuned(train, model, tuned)
+    threads = best.get("num_threads", train.num_threads)  # absent: tuning off, or older file
+    if threads != train.num_threads:
+        log.info("train.num_threads: %d (the thread count the tuning trials ran with, so train "
+                 "reproduces the best trial's score; params.yaml says %d)", threads,
+                 params.train.num_threads)
+        train = apply_overrides(train, {"num_threads": threads}, "train")
     check_checkpoint(model, input_shape)
     return tuned, train, model
 
@@ -91,7 +100,8 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "seed": seed, "input_shape": list(meta.input_shape),
               "norm": {"mean": list(mean), "std": list(std)}, "classes": list(meta.classes),
-              "kind": meta.kind, "best_epoch": result.best_epoch, "tuned": tuned}
+              "kind": meta.kind, "best_epoch": result.best_epoch, "tuned": tuned,
+              "precision": result.precision}  # train.precision resolved on the fit's device
     if model_cfg.weights is not None:  # which checkpoint bytes the model started from
         config["weights_sha256"] = file_sha256(model_cfg.weights)
     save_model(result.model, out, config)

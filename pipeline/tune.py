@@ -19,11 +19,12 @@ from pipeline.backbones import check_checkpoint
 from pipeline.config import Params
 from pipeline.crossval import folds_for
 from pipeline.dataset import DatasetMeta, Split, load_splits
+from pipeline.engine import resolve_precision, select_device
 from pipeline.errors import PipelineError
 from pipeline.lineage import dvc_hash
 from pipeline.locks import Lock, lock_for
 from pipeline.metrics import direction
-from pipeline.objective import TuneJob, run_trial
+from pipeline.objective import THREADS_ATTR, TuneJob, run_trial, trial_threads
 from pipeline.plots import save_study_figures
 from pipeline.progress import Progress
 from pipeline.services import check_database, mask
@@ -209,7 +210,7 @@ def parent_run_id(params: Params, name: str, storage: str) -> str:
     """The study's one parent run: found by its tag, or created under a lock all hosts see."""
     experiment = params.mlflow.experiment
     with lock_for(storage, f"parent-{name}"):
-        return tracking.find_run(experiment, Tag.STUDY_PARENT, name) or tracking.create_run(
+        return tracking.find_run(experiment, {Tag.STUDY_PARENT: name}) or tracking.create_run(
             experiment, f"tune {name}", {Tag.STUDY_PARENT: name, Tag.STUDY: name,
                                          Tag.STORAGE: mask(storage), Tag.STAGE: "tune"})
 
@@ -228,6 +229,7 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
         return {"enabled": False, "params": {}}
     # A bad checkpoint fails here, once, not as every trial failing in turn.
     check_checkpoint(params.model, load_splits(data_dir, names=())[1].input_shape)
+    resolve_precision(params.train.precision, select_device())  # bf16 off CUDA: fail once
     name = open_services(params, data_dir, train_dir, storage)
     log.info("study %s in %s (%d trials, %d worker(s) here; other hosts may join with "
              "`python -m pipeline.tune_worker`)", name, mask(storage), params.tune.n_trials,
@@ -246,6 +248,10 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
         tracking.log_artifacts(save_study_figures(study), "optuna")
     log.info("best trial %d: val_%s=%.5f %s", best.number, params.tune.metric, best.value,
              best.params)
+    # The threads the best trial trained with (trials from before the attribute: this host's
+    # count): train uses them to reproduce its score.
+    threads = best.user_attrs.get(THREADS_ATTR, trial_threads(params.train.num_threads,
+                                                              params.tune.n_workers))
     return {"enabled": True, "params": best.params, "metric": params.tune.metric,
             "value": best.value, "study_name": name,
-            "n_trials": params.tune.n_trials}
+            "n_trials": params.tune.n_trials, "num_threads": threads}

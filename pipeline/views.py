@@ -1,5 +1,6 @@
 """What the team sees in MLflow: the pipeline run's name, a saved runs-table view with the
-metrics that matter, and test metrics carried to a rerun whose weights DVC found unchanged."""
+metrics that matter (and the tags that link a run to the run that trained its weights), and
+test metrics copied into a rerun whose weights DVC found unchanged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.lineage import dvc_experiment_tags, pipeline_run_name
+from pipeline.lineage import pipeline_run_name
 from pipeline.tags import Tag
 
 # MLflow's UI (3.x) lists experiment tags with this prefix under "Views" and opens one with
@@ -33,7 +34,8 @@ def view_url(experiment_id: str) -> str:
 
 def table_view() -> dict:
     """The runs-table state MLflow's UI saves for a view: columns, sort, expanded parents."""
-    tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.PRUNED_AT, Tag.TEST_METRICS_FROM)]
+    tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.STAGE, Tag.TRAINED_BY, Tag.PRUNED_AT,
+                                    Tag.TEST_METRICS_FROM)]
     columns = [f"metrics.`{m}`" for m in COLUMNS] + tags + [
         "params.`model.type`", "params.`train.lr`"]
     return {"selectedColumns": columns, "orderByKey": "attributes.start_time",
@@ -64,7 +66,7 @@ def share_table_view(experiment_id: str) -> None:
 def pipeline_run(experiment: str, stage: str) -> Iterator[str]:
     """Start the pipeline's run, named and tagged after its DVC experiment; share the view."""
     with tracking.start_run(experiment, run_name=pipeline_run_name(),
-                            tags={Tag.STAGE: stage, **dvc_experiment_tags()}) as run_id:
+                            tags=tracking.run_tags(stage)) as run_id:
         share_table_view(mlflow.active_run().info.experiment_id)
         yield run_id
 

@@ -61,6 +61,7 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"mlflow": {"experiment": " "}}, "mlflow.experiment = ' ': must not be empty"),
     ({"train": {"weight_decay": float("nan")}}, "train.weight_decay = nan: must be a finite"),
     ({"train": {"optimizer": "lbfgs"}}, "train.optimizer = 'lbfgs'"),
+    ({"train": {"precision": "fp16"}}, "train.precision = 'fp16'"),
     ({"model": {"hidden_sizes": 64}}, "model.hidden_sizes = 64: must be a list"),
     ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold = 1.5"),
     ({"evaluate": {"threshold": "best"}}, "evaluate.threshold = 'best'"),

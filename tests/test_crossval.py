@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,9 @@ def test_auto_cross_validates_small_data_with_both_classes_in_every_fold() -> No
 
 
 def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
-        tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.progress")
     root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 80,
                         {"train": {"cv_folds": 3, "epochs": 4}, "evaluate": {"threshold": "f1"}})
     monkeypatch.chdir(root)
@@ -77,6 +80,11 @@ def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
     history = MlflowClient().get_metric_history(run.info.run_id, "fold_val_roc_auc")
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert fitted["best_val_roc_auc"] == pytest.approx(np.mean([m.value for m in history]))
+    # The console summary says the folds' score the refit was chosen by, not its in-sample one.
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"
+                  and r.getMessage().startswith("train: ")]
+    assert summary == (f"train: cv mean val_roc_auc={fitted['best_val_roc_auc']:.4f} over 3 "
+                       f"folds; refit {fitted['refit_epochs']} epochs on train+val")
 
 
 def test_cross_validated_training_reruns_byte_identically(tmp_path: Path,

@@ -151,3 +151,71 @@ def test_changing_a_tuned_key_reruns_only_validate_and_train(two_clones: tuple[P
     assert new.data.tags[Tag.TEST_METRICS_FROM] == first.info.run_id
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert new.data.metrics["test_log_loss"] == pytest.approx(metrics["log_loss"])
+
+
+def team_env(shared: Path) -> dict[str, str]:
+    """A teammate's settings: the shared tracking store and Optuna storage."""
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}",
+            "OPTUNA_STORAGE": str(shared / "optuna.journal")}
+
+
+def sh_env(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`sh` with extra environment variables (the store settings `sh` clears)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run(args, cwd=cwd, env={**os.environ, "PATH": path, **env},
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_fresh_clone_registers_and_a_pulled_clone_reruns_nothing(
+        two_clones: tuple[Path, Path], tmp_path: Path) -> None:
+    # A committed workspace, as the repository's main branch holds one: dvc.lock and the
+    # outputs git keeps. The study's and register's outputs are DVC's, not git's.
+    origin = two_clones[0]
+    sh(origin, "git", "add", "-A")
+    sh(origin, "git", "commit", "-qm", "results")
+    tracked = sh(origin, "git", "ls-files").stdout.split()
+    assert "reports/registration.json" not in tracked and "models/best_params.json" not in tracked
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    env = team_env(shared)
+    # A fresh clone: every stage whose real effect lives in the store runs against it.
+    mine = tmp_path / "mine"
+    sh(tmp_path, "git", "clone", "-q", str(origin), str(mine))
+    assert {"tune", "train", "evaluate", "register"} <= ran(sh_env(mine, env, "dvc",
+                                                                   "repro").stdout)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("binary-classifier", "champion")
+    exp = client.get_experiment_by_name("binary-classification")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{Tag.STUDY_PARENT}` != ''")
+    assert len(parents) == 1
+    trials = client.search_runs([exp.experiment_id],
+                                f"tags.`{Tag.PARENT_RUN}` = '{parents[0].info.run_id}'")
+    assert len(trials) == E2E["tune"]["n_trials"]
+    pipeline_run = client.get_run(champion.run_id)
+    assert {"test_roc_auc", "best_epoch"} <= set(pipeline_run.data.metrics)
+    predicted = sh_env(mine, env, "python", "-m", "pipeline.predict", "--input",
+                       "data/raw/digits/odd", "--output", "predictions.csv")
+    assert predicted.returncode == 0 and (mine / "predictions.csv").is_file()
+    # Shared: a DVC remote, the commit that records this clone's outputs.
+    sh(mine, "dvc", "remote", "add", "-q", "-d", "team", str(tmp_path / "remote"))
+    sh(mine, "dvc", "push", "-q")
+    sh(mine, "git", "add", "-A")
+    sh(mine, "git", "commit", "-qm", "our results")
+    # A teammate on the same store: pull, repro: nothing runs, no version is added.
+    theirs = tmp_path / "theirs"
+    sh(tmp_path, "git", "clone", "-q", str(mine), str(theirs))
+    sh(theirs, "dvc", "pull", "-q")
+    out = sh_env(theirs, env, "dvc", "repro").stdout
+    assert "Running stage" not in out and "Data and pipelines are up to date" in out
+    assert len(client.search_model_versions("name = 'binary-classifier'")) == 1
+    # A new, empty store: predict names what DVC thinks was registered, and the fix.
+    empty = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.predict", "--input",
+                           "data/raw/digits/odd", "--output", "p.csv"], cwd=theirs,
+                          env={**os.environ, **empty}, capture_output=True, text=True)
+    assert proc.returncode == 2 and "dvc repro -f register" in proc.stderr
+    assert f"binary-classifier v{champion.version} was registered in" in proc.stderr

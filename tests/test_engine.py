@@ -17,9 +17,11 @@ from pipeline.dataset import DatasetMeta, ImageSpec, Split
 from pipeline.engine import (
     Callback,
     TrainingDiverged,
+    autocast,
     fit,
     pos_weight,
     predict_proba,
+    resolve_precision,
     seed_everything,
     select_device,
 )
@@ -192,3 +194,36 @@ def test_a_saturated_monitor_keeps_the_epoch_with_the_lower_validation_loss() ->
     assert result.best_epoch == 1 + int(np.argmin([loss if auc == 1.0 else np.inf for auc, loss
                                                    in zip(aucs, losses, strict=True)]))
     assert result.best_epoch > aucs.index(1.0) + 1
+
+
+CUDA = torch.device("cuda")  # a device object only: resolve_precision never touches the GPU
+
+
+@pytest.mark.parametrize(("precision", "device", "resolved"), [
+    ("auto", CPU, "fp32"), ("auto", CUDA, "bf16"), ("fp32", CPU, "fp32"),
+    ("fp32", CUDA, "fp32"), ("bf16", CUDA, "bf16"), ("auto", torch.device("mps"), "fp32"),
+])
+def test_precision_decides_the_autocast_of_every_forward_pass(
+        precision: str, device: torch.device, resolved: str) -> None:
+    assert resolve_precision(precision, device) == resolved
+    # The answer is what the forward passes run in (shown on CPU, where autocast also works).
+    with autocast(resolved, CPU):
+        out = torch.nn.Linear(4, 1)(torch.ones(2, 4))
+    assert out.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[resolved]
+
+
+def test_bf16_is_refused_for_a_fit_off_cuda_and_predicts_fp32_there() -> None:
+    with pytest.raises(ConfigError, match=r"train\.precision = 'bf16': .*runs on cpu"):
+        resolve_precision("bf16", CPU)
+    with pytest.raises(ConfigError, match=r"train\.precision = 'fp16'"):
+        resolve_precision("fp16", CPU)
+    train, val = images(16, 0), images(8, 1)
+    cfg = TrainConfig(epochs=2, batch_size=8, patience=0)
+    with pytest.raises(ConfigError, match=r"train\.precision = 'bf16'.*this fit runs on cpu"):
+        build_and_fit(ModelConfig(type="logreg"), replace(cfg, precision="bf16"), train, val,
+                      seed=0, device=CPU)
+    # A bf16 model served or evaluated on CPU predicts there in fp32, exactly like fp32.
+    result = build_and_fit(ModelConfig(type="logreg"), cfg, train, val, seed=0, device=CPU)
+    assert result.precision == "fp32"
+    assert np.array_equal(predict_proba(result.model, val.X, precision="bf16"),
+                          predict_proba(result.model, val.X, precision="fp32"))

@@ -23,7 +23,9 @@ from PIL import Image
 
 from pipeline import predict as predict_cli
 from pipeline.config import RegisterConfig
-from pipeline.registry import audit_trail, decide
+from pipeline.gate import decide
+from pipeline.lineage import dvc_hash
+from pipeline.registry import audit_trail, params_sha
 from pipeline.stages import register
 from pipeline.tags import Tag
 from tests.conftest import (
@@ -195,20 +197,28 @@ def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> N
                      "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
             "model": {"type": "logreg"}, "register": {"metric": "log_loss"}}
     bad = {"train": {"epochs": 1, "lr": 1e-5}}
+    worse = {"train": {"epochs": 1, "lr": 1e-6}}
     good = {"train": {"epochs": 20, "lr": 0.05}}
     trained = {}
-    for name, overrides in (("bad", bad), ("good", good)):
+    for name, overrides in (("bad", bad), ("good", good), ("worse", worse)):
         params = write_params(tmp_path / f"{name}.yaml", {**base, **overrides})
         trained[name] = params, run_stages(params, tmp_path / name)
     reports = []
-    # The bad model comes back after the good one: a new version, refused by the gate.
-    for i, name in enumerate(("bad", "good", "bad")):
+    # A worse model comes after the good one: a new version, refused by the gate. The bad
+    # weights again (same data, same register params): no duplicate version.
+    for i, name in enumerate(("bad", "good", "worse", "bad")):
         register.main(register_args(*trained[name], tmp_path / f"reg{i}.json"))
         reports.append(json.loads((tmp_path / f"reg{i}.json").read_text()))
-    assert [r["promote"] for r in reports] == [True, True, False]
+    assert [r["promote"] for r in reports[:3]] == [True, True, False]
     assert "improvement" in reports[1]["reason"] and reports[1]["champion_score"] is not None
     assert reports[2]["reason"].startswith("test log_loss")
+    # Same split for all: every test row is new to both models.
+    ids = json.loads((Path(trained["worse"][1]["processed"]) / "ids.json").read_text())
+    assert reports[2]["excluded_rows"] == 0 and reports[2]["overlap"] == "known"
+    assert reports[2]["compared_rows"] == len(ids["test"]) == trail_rows(reports[2])
+    assert reports[3]["version"] == "1" and reports[3]["champion_version"] == "2"
     client = MlflowClient(mlflow_uri)
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
     v3 = client.get_model_version(NAME, "3")
@@ -218,6 +228,11 @@ def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> N
     assert [(e["version"], e["champion_after"]) for e in trail] == [
         ("1", "1"), ("2", "2"), ("3", "2")]
     assert reports[2]["audit"] == trail
+
+
+def trail_rows(report: dict) -> int:
+    """Rows the audit trail says the report's decision compared on."""
+    return next(e["compared_rows"] for e in report["audit"] if e["version"] == report["version"])
 
 
 def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path, mlflow_uri: str,
@@ -298,8 +313,9 @@ def test_register_killed_after_creating_the_version_is_completed_on_rerun(
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     client.create_registered_model("idem")
     first = client.get_model_version_by_alias(NAME, "champion")
-    client.create_model_version("idem", first.source, run_id=first.run_id,
-                                tags={Tag.MODEL_SHA: sha})
+    key = {Tag.MODEL_SHA: sha, Tag.PROCESSED: dvc_hash(paths["processed"]),
+           Tag.REGISTER_PARAMS: params_sha(RegisterConfig(model_name="idem"))}
+    client.create_model_version("idem", first.source, run_id=first.run_id, tags=key)
     register.main(register_args(params, paths, root / "idem.json"))
     report = json.loads((root / "idem.json").read_text())
     assert report["version"] == "1" and report["promote"] is True
@@ -307,3 +323,8 @@ def test_register_killed_after_creating_the_version_is_completed_on_rerun(
     assert [str(v.version) for v in versions] == ["1"]
     assert client.get_model_version("idem", "1").tags["decision"] == "promoted"
     assert str(client.get_model_version_by_alias("idem", "champion").version) == "1"
+    # A forced rerun (or a fresh clone's register on the same store) adds no duplicate.
+    register.main(register_args(params, paths, root / "again.json"))
+    again = json.loads((root / "again.json").read_text())
+    assert again["version"] == "1" and again["champion_version"] == "1"
+    assert len(client.search_model_versions("name = 'idem'")) == 1

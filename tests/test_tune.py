@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -403,3 +404,45 @@ def test_sweep_ends_the_runs_of_trials_failed_by_anyone_once(mlflow_uri: str) ->
     assert [client.get_run(r).info.status for r in runs] == ["KILLED", "FINISHED"]
     assert client.get_run(runs[0]).data.tags["optuna.trial_state"] == "FAIL"
     assert swept.done == {0}
+
+
+@pytest.mark.slow
+def test_two_workers_best_trial_score_is_what_train_reproduces(
+        tmp_path: Path, imagefolder: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Two workers train each trial on num_threads // 2 threads; train uses that count too
+    (best_params.json says it), so it reproduces the best trial's score exactly."""
+    caplog.set_level(logging.INFO, logger="pipeline.training")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "params.yaml", {
+        "data": {"source": "imagefolder", "path": str(imagefolder), "positive_class": "dog",
+                 "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "model": {"type": "cnn"}, "train": {"epochs": 3, "num_threads": 2},
+        "tune": {"enabled": True, "n_trials": 4, "n_workers": 2, "pruner": "none",
+                 "metric": "log_loss",
+                 "search_space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}}})
+    run_stages(params, tmp_path, upto="augment")
+    tune_stage.main(tune_args(params, tmp_path, "models/best_params.json"))
+    best = json.loads((tmp_path / "models" / "best_params.json").read_text())
+    study = load_study(tmp_path)
+    assert {t.user_attrs["num_threads"] for t in study.trials} == {1} == {best["num_threads"]}
+    assert best["value"] == study.best_value
+    paths = run_stages(params, tmp_path, upto="train")
+    trained = json.loads((Path(paths["reports"]) / "train_metrics.json").read_text())
+    config = json.loads((Path(paths["models"]) / "model_config.json").read_text())
+    assert config["train"]["num_threads"] == 1 and config["precision"] == "fp32"
+    assert trained["best_val_log_loss"] == best["value"]
+    assert "train.num_threads: 1 (the thread count the tuning trials ran with" in caplog.text
+    # On params.yaml's 2 threads (a best_params.json without the count) the float sums differ,
+    # so the equality above is no coincidence (measured: 0.0756178045 vs 0.0756178014).
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({k: v for k, v in best.items() if k != "num_threads"}))
+    p = stage_paths(tmp_path)
+    train_stage.main(["--params", str(params), "--data-dir", p["processed"], "--train-dir",
+                      p["augmented"], "--best-params", str(older), "--out", str(tmp_path / "m2"),
+                      "--reports", str(tmp_path / "r2")])
+    two = json.loads((tmp_path / "r2" / "train_metrics.json").read_text())
+    assert json.loads((tmp_path / "m2" / "model_config.json").read_text())[
+        "train"]["num_threads"] == 2
+    assert two["best_val_log_loss"] != best["value"]

@@ -22,7 +22,7 @@ USER_NOTE = "Our team's notes about this experiment."
 def three_experiments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`dvc exp run` as DVC runs stages: train + evaluate under one experiment name; train
     alone under another, reproducing the same weights (DVC then skips evaluate); evaluate alone
-    under a third (say, only evaluate.threshold changed)."""
+    under a third (only evaluate.threshold changed)."""
     root = tmp_path_factory.mktemp("views")
     with module_store(root) as uri, pytest.MonkeyPatch.context() as mp:
         client = MlflowClient(uri)
@@ -30,10 +30,13 @@ def three_experiments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         exp_id = client.create_experiment("binary-classification",
                                           artifact_location=(root / "mlartifacts").as_uri())
         client.set_experiment_tag(exp_id, "mlflow.note.content", USER_NOTE)
-        params = write_params(root / "params.yaml", {"data": {
-            "source": "imagefolder", "path": str(make_imagefolder(root / "images")),
-            "positive_class": "dog", "image_size": 8, "channels": 1,
-            "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+        data = {"source": "imagefolder", "path": str(make_imagefolder(root / "images")),
+                "positive_class": "dog", "image_size": 8, "channels": 1,
+                "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
+        params = write_params(root / "params.yaml", {"data": data})
+        # The third experiment changes only evaluate.threshold.
+        threshold = write_params(root / "params-threshold.yaml",
+                                 {"data": data, "evaluate": {"threshold": 0.3}})
         # What DVC exports to every stage of an experiment (checked with a real `dvc exp run`
         # in tests/test_dvc_pipeline.py).
         mp.setenv("DVC_EXP_NAME", "first-exp")
@@ -46,28 +49,40 @@ def three_experiments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
                     "--best-params", str(root / "models" / "best_params.json")])
         runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
         mp.setenv("DVC_EXP_NAME", "third-exp")
-        evaluate.main(["--params", str(params), "--data-dir", paths["processed"],
+        evaluate.main(["--params", str(threshold), "--data-dir", paths["processed"],
                        "--model-dir", paths["models"], "--reports", paths["reports"]])
         after = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
         yield {"client": client, "exp_id": exp_id, "runs": runs, "after": after}
 
 
-def test_run_is_named_after_the_dvc_experiment_and_resuming_keeps_the_name(
+def test_run_is_named_after_the_dvc_experiment_and_history_is_append_only(
         three_experiments: dict) -> None:
     first = three_experiments["runs"][0]
-    # evaluate resumed train's run (test metrics are there) without renaming it "evaluate".
+    # evaluate resumed train's run of the same invocation without renaming it "evaluate".
     assert first.info.run_name == "first-exp"
     assert first.data.tags["pipeline.dvc_exp"] == "first-exp"
     assert first.data.tags["pipeline.dvc_exp_baseline"] == "a" * 40
     assert "test_roc_auc" in first.data.metrics
     assert first.data.tags["pipeline.test_metrics_from"] == first.info.run_id
-    # A later experiment's evaluate resumes the latest run of these weights: no new run, and
-    # neither its name nor its experiment tag changes.
-    after = three_experiments["after"]
-    assert [r.info.run_id for r in after] == [r.info.run_id for r in three_experiments["runs"]]
-    assert after[1].info.run_name == "second-exp"
-    assert after[1].data.tags["pipeline.dvc_exp"] == "second-exp"
-    assert after[1].data.tags["pipeline.test_metrics_from"] == after[1].info.run_id
+    assert first.data.tags["pipeline.trained_by"] == first.info.run_id
+    # A later experiment's evaluate (same weights) records into a run of its own, linked to
+    # the latest run that trained those weights; the earlier runs are left exactly as they were.
+    before, after = three_experiments["runs"], three_experiments["after"]
+    assert [r.info.run_id for r in after[:2]] == [r.info.run_id for r in before]
+    for old, now in zip(before, after[:2], strict=True):
+        assert (now.data.metrics, now.data.tags, now.data.params) == (
+            old.data.metrics, old.data.tags, old.data.params)
+    third = after[2]
+    assert len(after) == 3 and third.info.run_name == "third-exp"
+    assert third.data.tags["pipeline.dvc_exp"] == "third-exp"
+    assert third.data.tags["pipeline.stage"] == "evaluate"
+    assert third.data.tags["pipeline.trained_by"] == before[1].info.run_id
+    assert third.data.tags["pipeline.test_metrics_from"] == third.info.run_id
+    assert third.data.tags["pipeline.model_sha256"] == first.data.tags["pipeline.model_sha256"]
+    assert third.data.metrics["test_threshold"] == 0.3
+    assert third.data.params["evaluate.threshold"] == "0.3"
+    assert first.data.params["evaluate.threshold"] != "0.3"
+    assert first.data.metrics["test_threshold"] != 0.3
 
 
 def test_retrain_with_identical_weights_adopts_the_test_metrics(three_experiments: dict) -> None:

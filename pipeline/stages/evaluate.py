@@ -10,7 +10,7 @@ from pipeline import records, tracking
 from pipeline.config import Params
 from pipeline.crossval import read_threshold_basis
 from pipeline.dataset import load_splits
-from pipeline.engine import predict_proba, seed_everything
+from pipeline.engine import predict_proba, seed_everything, select_device
 from pipeline.evaluation import evaluate, write_reports
 from pipeline.models import WEIGHTS_FILE, load_model
 from pipeline.stages._common import stage_main
@@ -25,16 +25,18 @@ def run(params: Params, args: argparse.Namespace) -> None:
     write reports; log them to the model's run."""
     splits, meta = load_splits(args.data_dir, names=("test",))
     model, config = load_model(args.model_dir)
-    seed_everything(params.seed, config["train"]["num_threads"])
-    p_test = predict_proba(model, splits["test"].X)
+    device = select_device()  # where train predicted the threshold's basis, in its precision
+    seed_everything(params.seed, config["train"]["num_threads"], device)
+    p_test = predict_proba(model.to(device), splits["test"].X, device,
+                           config["train"].get("precision", "auto"))  # older configs: auto
     y_basis, p_basis = read_threshold_basis(Path(args.reports) / "threshold_predictions.csv")
     result = evaluate(y_basis, p_basis, splits["test"], p_test, params.evaluate.threshold)
     figures = write_reports(Path(args.reports), result, meta)
     tracking.configure()
-    with tracking.model_run(params.mlflow.experiment,
+    with tracking.model_run(params.mlflow.experiment, "evaluate",
                             Path(args.model_dir) / WEIGHTS_FILE) as run_id:
         records.log_evaluation(result.metrics, splits["test"], args.data_dir, figures,
-                                Path(args.reports))
+                               Path(args.reports), {"evaluate": params.evaluate})
         tracking.log_tags({Tag.TEST_METRICS_FROM: run_id})  # evaluated here, not adopted
 
 

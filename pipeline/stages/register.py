@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from pipeline import registry, tracking
@@ -12,6 +13,7 @@ from pipeline.files import read_json, write_json
 from pipeline.lineage import lineage_tags
 from pipeline.models import CONFIG_FILE, WEIGHTS_FILE
 from pipeline.stages._common import stage_main
+from pipeline.typed import flatten
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented", "model_dir": "models",
          "metrics": "reports/metrics.json", "out": "reports/registration.json"}
@@ -22,7 +24,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     splits, meta = load_splits(args.data_dir, names=("test",))
     weights = Path(args.model_dir) / WEIGHTS_FILE
     tracking.configure()
-    with tracking.model_run(params.mlflow.experiment, weights):
+    with tracking.model_run(params.mlflow.experiment, "register", weights):
+        tracking.log_stage_params(flatten({"register": dataclasses.asdict(params.register)}))
         lineage = lineage_tags(args.data_dir, args.train_dir, weights,
                                         Path(args.model_dir) / CONFIG_FILE)
         report = registry.register_and_gate(params.register, args.model_dir, args.data_dir, meta,

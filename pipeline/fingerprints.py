@@ -1,0 +1,73 @@
+"""Content hashes of raw examples: which rows a model learned from, and which test rows are new
+to it. An image is its file's bytes; a CSV row is its feature values, whatever its position."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DataError
+
+FILE = "fingerprints.json"
+LEARNED_FILE = "learned_from.txt"
+HEX = 32  # 128 bits of sha256: no two of a few billion examples collide
+
+
+def of_file(path: str | Path) -> str:
+    """An image's fingerprint: its bytes (a renamed or moved copy is the same example)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:HEX]
+
+
+def _canonical(value: object) -> object:
+    # The same number written 3, 3.0 or "3" is the same value; missing is missing.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    return None if math.isnan(number) else repr(number)
+
+
+def of_rows(frame: pd.DataFrame) -> list[str]:
+    """A CSV row's fingerprint: its feature values by column name (column order and the row's
+    position in the file do not matter; the label is not part of it)."""
+    columns = sorted(map(str, frame.columns))
+    named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
+    return [hashlib.sha256(json.dumps([_canonical(v) for v in row]).encode()).hexdigest()[:HEX]
+            for row in named.itertuples(index=False, name=None)]
+
+
+def write(folder: str | Path, by_split: dict[str, Sequence[str]]) -> None:
+    """Store each split's fingerprints beside ids.json (same order)."""
+    Path(folder, FILE).write_text(json.dumps({k: list(v) for k, v in by_split.items()}))
+
+
+def read(folder: str | Path) -> dict[str, list[str]]:
+    """What `write` stored; a folder from before fingerprints names the stage to rerun."""
+    path = Path(folder, FILE)
+    if not path.is_file():
+        raise DataError(f"{path}: missing (processed by an older pipeline); rerun preprocess "
+                        "(dvc repro -f preprocess)")
+    return json.loads(path.read_text())
+
+
+def write_learned(path: str | Path, fingerprints: Iterable[str]) -> int:
+    """Write the sorted, unique fingerprints a model learned from; return how many."""
+    unique = sorted(set(fingerprints))
+    Path(path).write_text("".join(f"{f}\n" for f in unique))
+    return len(unique)
+
+
+def read_learned(path: str | Path) -> set[str]:
+    """What `write_learned` wrote."""
+    return set(Path(path).read_text().split())

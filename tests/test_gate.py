@@ -1,0 +1,143 @@
+"""The champion/challenger gate compares both models only on test rows neither learned from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import fingerprints
+from pipeline.config import RegisterConfig
+from pipeline.gate import comparison, decide, score
+from pipeline.stages import register
+from tests.conftest import make_csv, run_stages, write_params
+
+NAME = "binary-classifier"
+
+
+def register_stage(params: Path, paths: dict[str, str], out: Path) -> dict:
+    """Run the register stage in-process; return its report."""
+    register.main(["--params", str(params), "--data-dir", paths["processed"], "--train-dir",
+                   paths["augmented"], "--model-dir", paths["models"], "--metrics",
+                   str(Path(paths["reports"]) / "metrics.json"), "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+def learned_by(version: str, into: Path) -> set[str]:
+    """The fingerprints a registered version says it learned from (its artifact)."""
+    folder = mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(into))
+    return fingerprints.read_learned(Path(folder) / "artifacts" / fingerprints.LEARNED_FILE)
+
+
+def test_other_split_is_compared_on_rows_neither_model_learned_from(
+        tmp_path: Path, mlflow_uri: str) -> None:
+    csv = make_csv(tmp_path / "t.csv", rows=240)
+    data = {"source": "csv", "path": str(csv), "target": "label", "positive_class": "spam"}
+    reports = {}
+    for seed in (0, 1):
+        params = write_params(tmp_path / f"s{seed}.yaml", {
+            "seed": seed, "data": data, "model": {"type": "logreg"},
+            "register": {"min_gate_rows": 5}})
+        paths = run_stages(params, tmp_path / f"s{seed}")
+        reports[seed] = register_stage(params, paths, tmp_path / f"s{seed}.json")
+    challenger = reports[1]
+    seen = fingerprints.read(paths["processed"])  # the seed-1 split: today's
+    champion_learned = learned_by("1", tmp_path / "v1")
+    challenger_learned = learned_by("2", tmp_path / "v2")
+    assert challenger_learned == set(seen["train"]) | set(seen["val"])
+    test = seen["test"]
+    clean = [f for f in test if f not in champion_learned | challenger_learned]
+    # Most of today's test rows were in the champion's train or validation split.
+    assert 5 <= len(clean) < len(test) / 2
+    assert challenger["compared_rows"] == len(clean)
+    assert challenger["excluded_rows"] == len(test) - len(clean)
+    assert challenger["overlap"] == "known" and challenger["champion_version"] in ("1", "2")
+    assert f"compared on {len(clean)} test rows neither model learned from" in \
+        challenger["reason"]
+    assert f"{len(test) - len(clean)} excluded" in challenger["reason"]
+
+
+def test_too_few_new_rows_keeps_the_champion_and_says_why(tmp_path: Path,
+                                                          mlflow_uri: str) -> None:
+    csv = make_csv(tmp_path / "t.csv", rows=120)
+    data = {"source": "csv", "path": str(csv), "target": "label", "positive_class": "spam"}
+    reports = []
+    for seed in (0, 1):
+        params = write_params(tmp_path / f"s{seed}.yaml", {
+            "seed": seed, "data": data, "model": {"type": "logreg"},
+            "register": {"min_gate_rows": 1000}})
+        reports.append(register_stage(params, run_stages(params, tmp_path / f"s{seed}"),
+                                      tmp_path / f"s{seed}.json"))
+    kept = reports[1]
+    assert kept["promote"] is False and kept["champion_version"] == "1"
+    assert "register.min_gate_rows = 1000" in kept["reason"]
+    assert kept["challenger_score"] is None and kept["champion_score"] is None
+
+
+def test_a_champion_trained_on_todays_test_rows_cannot_win_by_them(
+        tmp_path: Path, mlflow_uri: str) -> None:
+    """The champion saw most of today's test rows (its table held them, twice over, so its
+    own validation rewarded memorising them); the gate scores it on the others only."""
+    rng = np.random.default_rng(0)
+    rows = 600
+    x = rng.normal(size=(rows, 4))
+    label = np.where(x[:, 0] + rng.normal(scale=1.5, size=rows) > 0, "spam", "ham")
+    table = pd.DataFrame(x, columns=["x1", "x2", "x3", "x4"]).assign(label=label)
+    table.to_csv(tmp_path / "today.csv", index=False)
+    data = {"target": "label", "positive_class": "spam", "source": "csv"}
+    # Accuracy: memorised rows are right, not merely confident (log loss would punish the
+    # champion's overconfident misses elsewhere more than it gains).
+    gate = {"metric": "accuracy", "min_gate_rows": 10}
+    # Today's split first (the challenger's), so the champion can be rigged against it.
+    challenger = write_params(tmp_path / "challenger.yaml", {
+        "data": {**data, "path": str(tmp_path / "today.csv")}, "model": {"type": "logreg"},
+        "train": {"epochs": 10, "lr": 0.05}, "register": gate})
+    today = run_stages(challenger, tmp_path / "challenger")
+    test_ids = [int(i) for i in json.loads(Path(today["processed"], "ids.json").read_text())[
+        "test"]]
+    held_out = test_ids[:20]  # the only test rows the champion never sees
+    rigged = table.drop(index=held_out)
+    pd.concat([rigged, rigged]).to_csv(tmp_path / "rigged.csv", index=False)
+    champion = write_params(tmp_path / "champion.yaml", {
+        "data": {**data, "path": str(tmp_path / "rigged.csv")},
+        "model": {"type": "mlp", "hidden_sizes": [256, 256], "dropout": 0.0},
+        "train": {"epochs": 60, "lr": 0.01, "weight_decay": 0.0, "batch_size": 32},
+        "register": gate})
+    v1 = register_stage(champion, run_stages(champion, tmp_path / "champion"),
+                        tmp_path / "v1.json")
+    assert v1["version"] == "1" and v1["promote"] is True
+    v2 = register_stage(challenger, today, tmp_path / "v2.json")
+
+    seen = fingerprints.read(today["processed"])
+    learned = learned_by("1", tmp_path / "v1m") | learned_by("2", tmp_path / "v2m")
+    clean = np.array([f not in learned for f in seen["test"]])
+    assert clean.sum() == v2["compared_rows"] >= 20
+    assert all(seen["test"][test_ids.index(i)] not in learned for i in held_out)
+    # Re-score both as the gate does: on all of today's test rows the rigged champion looks
+    # better, because it learned most of them; on the rows it did not learn, it is not.
+    frame = table.loc[test_ids].drop(columns=["label"])
+    y = (table.loc[test_ids, "label"] == "spam").to_numpy(dtype=np.float64)
+    everything = np.ones(len(y), dtype=bool)
+    old = score(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1",
+                                                    dst_path=str(tmp_path / "s1")), frame)
+    new = score(mlflow.artifacts.download_artifacts(f"models:/{NAME}/2",
+                                                    dst_path=str(tmp_path / "s2")), frame)
+    assert old.metric(y, "spam", "accuracy", everything) > new.metric(y, "spam", "accuracy",
+                                                                      everything)
+    assert v2["champion_score"] == pytest.approx(old.metric(y, "spam", "accuracy", clean))
+    assert v2["challenger_score"] == pytest.approx(new.metric(y, "spam", "accuracy", clean))
+    # Its score in the decision is the honest one, well below its score on rows it learned.
+    assert v2["champion_score"] < old.metric(y, "spam", "accuracy", everything) - 0.1
+
+
+def test_a_champion_without_a_record_is_compared_as_before_and_says_so() -> None:
+    compared = comparison(["a", "b", "c", "d"], {"a"}, None)
+    assert compared.rows.tolist() == [False, True, True, True] and compared.overlap == "unknown"
+    decision = decide(RegisterConfig(metric="roc_auc"), 0.9, 0.8, "3", compared=compared)
+    assert decision.promote and decision.overlap == "unknown"
+    assert "overlap with them is unknown" in decision.reason
+    assert (decision.compared_rows, decision.excluded_rows) == (3, 1)
