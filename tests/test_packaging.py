@@ -305,8 +305,10 @@ def test_registered_model_scores_identically_in_a_fresh_venv(tmp_path: Path,
             assert requirements.read_text().split() == packaging.model_requirements(kind)
             # The model's own requirements; everything they pull in at the locked versions.
             begun = time.monotonic()
-            subprocess.run([python, "-m", "pip", "install", "--quiet", "-r", str(requirements),
-                            "-c", str(REPO / packaging.LOCK_FILE)], check=True, env=clean_env())
+            # --no-compile: byte-compiling torch's thousands of modules is most of the wait.
+            subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-compile", "-r",
+                            str(requirements), "-c", str(REPO / packaging.LOCK_FILE)],
+                           check=True, env=clean_env())
             print(f"{kind}: pip install {time.monotonic() - begun:.0f} s")
             frozen = subprocess.run([python, "-m", "pip", "freeze"], check=True, text=True,
                                     capture_output=True, env=clean_env()).stdout.split()
