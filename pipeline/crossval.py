@@ -136,8 +136,8 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
 
 
 class FoldVerdict(Callback):
-    """Puts the folds' verdict (mean score, median best epoch) into a refit's result before
-    the other callbacks see it: its in-sample "validation" score chose nothing."""
+    """Puts the folds' verdict (mean score, median epoch) into a refit's result for callbacks."""
+    # The refit's in-sample "validation" score chose nothing; the folds' mean did.
 
     def __init__(self, cv: CrossFit) -> None:
         self.cv = cv
@@ -197,8 +197,7 @@ class Final:
         return (self.cv.scores, self.cv.best_epochs) if self.cv is not None else ([], [])
 
     def summary(self) -> dict[str, float | int]:
-        """What train_metrics.json adds: fold count, and with folds their mean score, the
-        refit's epochs, and that score as the run's best validation score."""
+        """What train_metrics.json adds: fold count; with folds, mean score and refit epochs."""
         if self.cv is None:
             return {"cv_folds": 0}
         monitor = self.result.monitor

@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,19 +72,23 @@ def seed_everything(seed: int, num_threads: int, device: torch.device | None = N
 
 
 def resolve_precision(precision: str, device: torch.device, *, fitting: bool = True) -> str:
-    """fp32 or bf16 for train.precision on `device`: auto is bf16 on CUDA, fp32 elsewhere.
-
-    bf16 off CUDA is refused for a fit (CPU bf16 autocast is ~4x slower and not what the
-    byte-identical CPU reruns are checked with); a bf16 model predicting on CPU (evaluate,
-    serving) predicts in fp32 there instead.
-    """
+    """fp32 or bf16 for train.precision on `device` (auto: bf16 on CUDA, fp32 elsewhere)."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision = {precision!r}: must be auto, fp32 or bf16")
     cuda = device.type == "cuda"
+    # A bf16 fit on CPU is refused (~4x slower, and not what byte-identical CPU reruns are
+    # checked with); a bf16 model predicting on CPU keeps bf16, so its answers are the ones
+    # its threshold was chosen on.
     if precision == "bf16" and not cuda and fitting:
         raise ConfigError(f"train.precision = 'bf16': bf16 autocast needs a CUDA device, and "
                           f"this fit runs on {device.type}; use auto or fp32")
-    return "bf16" if cuda and precision != "fp32" else "fp32"
+    return "bf16" if precision == "bf16" or (cuda and precision == "auto") else "fp32"
+
+
+def model_precision(config: dict[str, Any]) -> str:
+    """The precision a saved model's validation, threshold and test predictions were made in."""
+    # model_config.json records the resolved one; older files only train.precision (or none).
+    return config.get("precision") or config["train"].get("precision", "auto")
 
 
 @contextlib.contextmanager

@@ -25,22 +25,25 @@ def of_file(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:HEX]
 
 
-def _canonical(value: object) -> object:
-    # The same number written 3, 3.0 or "3" is the same value; missing is missing.
+def _canonical(value: object) -> str | None:
+    # One spelling per value, whatever dtype pandas gave the column this time (a column that
+    # gains a stray string turns from bool or float into text): True / "true" / "TRUE" are
+    # "True", 3 / 3.0 / "3" are "3", missing is None.
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
+    if isinstance(value, bool | np.bool_) or str(value).lower() in ("true", "false"):
+        return str(value).lower().capitalize()
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return str(value)
-    return None if math.isnan(number) else repr(number)
+    if math.isnan(number):
+        return None
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def of_rows(frame: pd.DataFrame) -> list[str]:
-    """A CSV row's fingerprint: its feature values by column name (column order and the row's
-    position in the file do not matter; the label is not part of it)."""
+    """Each CSV row's fingerprint: its feature values by column name (not position, not label)."""
     columns = sorted(map(str, frame.columns))
     named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
     return [hashlib.sha256(json.dumps([_canonical(v) for v in row]).encode()).hexdigest()[:HEX]

@@ -26,8 +26,13 @@ def aliased(client: MlflowClient, name: str, alias: str = CHAMPION) -> ModelVers
     """The version holding `alias` (the champion by default), if any."""
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        # Only "no such model / alias" means none: a store error must not read as "no
+        # champion yet" (the challenger would be promoted without a comparison).
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                err.error_code == "INVALID_PARAMETER_VALUE" and "alias" in err.message):
+            return None
+        raise
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,7 @@ def download(name: str, version: str, into: Path) -> Path:
 
 
 def learned_from(model_dir: Path) -> set[str] | None:
-    """Fingerprints of the examples a version learned from; None for a version without the
-    record (registered before the gate excluded them)."""
+    """Fingerprints a version learned from; None if registered before versions kept them."""
     path = model_dir / "artifacts" / fingerprints.LEARNED_FILE
     return fingerprints.read_learned(path) if path.is_file() else None
 
@@ -106,7 +110,9 @@ class Comparison:
         seen = ("the champion's training rows are unknown (registered without a record), so "
                 "its overlap with them is unknown" if self.champion_seen is None
                 else f"{self.champion_seen} the champion learned from")
-        return (f"compared on {int(self.rows.sum())} test rows neither model learned from; "
+        new = ("neither model learned from" if self.champion_seen is not None
+               else "the challenger did not learn from")
+        return (f"compared on {int(self.rows.sum())} test rows {new}; "
                 f"{self.excluded} excluded ({self.challenger_seen} the challenger learned "
                 f"from, {seen})")
 
@@ -123,8 +129,8 @@ def comparison(test: list[str], challenger: set[str], champion: set[str] | None)
 def decide(cfg: RegisterConfig, challenger_score: float | None, champion_score: float | None,
            champion_version: str | None, champion_error: str | None = None,
            compared: Comparison | None = None) -> Decision:
-    """Promote if there is no champion, it cannot score current data, or the margin is met on
-    rows neither model learned from; keep the champion when too few such rows remain."""
+    """Promote on no champion, a champion that cannot score, or the margin on fair rows."""
+    # Too few rows neither model learned from (compared.rows) keep the champion, saying why.
     metric = cfg.metric
     counts = {} if compared is None else {"compared_rows": int(compared.rows.sum()),
                                           "excluded_rows": compared.excluded,
@@ -163,8 +169,7 @@ def enough(compared: Comparison, y: np.ndarray, minimum: int) -> bool:
 def gate(client: MlflowClient, cfg: RegisterConfig, challenger: Scored, learned: set[str],
          test: Split, test_fingerprints: list[str], frame: pd.DataFrame, positive: str,
          scratch: Path) -> Decision:
-    """Score challenger and champion on today's test rows that neither learned from; decide
-    (under the lock)."""
+    """Score both models on today's test rows neither learned from and decide (under the lock)."""
     current = aliased(client, cfg.model_name)
     if current is None:
         return decide(cfg, challenger.metric(test.y, positive, cfg.metric,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import importlib.metadata
 import json
 import re
@@ -20,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.lineage import canonical
 
 PACKAGE = "pipeline"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,11 +47,6 @@ class Imports:
     """Third-party top-level names imported when the module is (at module level)."""
     lazy: frozenset[str]
     """Third-party top-level names imported only inside functions: paid on those paths."""
-
-
-def canonical(name: str) -> str:
-    """A distribution's normalised name (PEP 503): `PyYAML` → `pyyaml`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
@@ -178,8 +174,7 @@ def pin(distribution: str) -> str:
 
 
 def pinned_requirements(modules: Iterable[str], lazy_from: Iterable[str] = ()) -> list[str]:
-    """Exact pins for the third-party packages `modules` import at module level, plus those
-    the `lazy_from` modules import inside functions; nothing else."""
+    """Exact pins of what `modules` import at module level and `lazy_from` inside functions."""
     lazy = set(lazy_from)
     tops: set[str] = set()
     for module in modules:
@@ -195,12 +190,6 @@ def model_requirements(model_type: str) -> list[str]:
 
     lazy_from = (BACKBONES_MODULE,) if model_type in BACKBONES else ()
     return pinned_requirements(shipped_modules(), lazy_from)
-
-
-def lock_sha256(root: str | Path = ROOT) -> str | None:
-    """sha256 of `root`/requirements.lock; None where there is none (an installed package)."""
-    path = Path(root) / LOCK_FILE
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def lock_lines(report: dict[str, Any]) -> list[str]:

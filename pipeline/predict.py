@@ -57,22 +57,25 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as err:
         fail(str(err))
     except mlflow.exceptions.MlflowException as err:
-        fail(f"--model {uri}: {err.message}{store_hint(uri, tracking.tracking_uri())}")
+        missing = err.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in err.message
+        hint = store_hint(uri, tracking.tracking_uri()) if missing else ""
+        fail(f"--model {uri}: {err.message}{hint}")
     log.info("wrote %d predictions to %s", n, args.output)
 
 
 def store_hint(uri: str, store: str, report: Path = REGISTRATION) -> str:
-    """When the default champion is missing: what DVC says was registered, and where, and the
-    command that registers it in this store (DVC skips register when its output is there)."""
+    """For a missing champion: what DVC says was registered and where, and the fix."""
     if not uri.endswith("@champion") or not report.is_file():
         return ""
     from pipeline.services import mask
 
     done = json.loads(report.read_text())
+    # DVC skips register while its output exists, so only a forced rerun fills this store.
     return (f". {report} says {done.get('model_name')} v{done.get('version')} was registered "
             f"in {done.get('tracking_uri', 'another store')}, but this store "
-            f"({mask(store)}) lacks it; run `dvc repro -f register` to retrain and register "
-            "into this one (or point MLFLOW_TRACKING_URI at that store)")
+            f"({mask(store)}) lacks it: `dvc repro -f -s register` registers the current model "
+            "here (`dvc repro -f register` also reruns the study and training into it), or "
+            "point MLFLOW_TRACKING_URI at that store")
 
 
 def fail(message: str) -> NoReturn:

@@ -32,8 +32,8 @@ def _is_dvc(cmdline: list[str]) -> bool:
 
 
 def invocation_id() -> str:
-    """host:pid:start of the `dvc` process running this stage (one `dvc repro` / `dvc exp run`),
-    or of this process when no DVC runs it (a stage started by hand)."""
+    """host:pid:start of the `dvc` process running this stage, else of this process."""
+    # One `dvc repro` / `dvc exp run` is one dvc process; a stage started by hand stands alone.
     import psutil  # imported here: only the stages that open an MLflow run need it
 
     me = psutil.Process()

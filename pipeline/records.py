@@ -15,10 +15,10 @@ import torch
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipeline import cpu, packaging, tracking, views
+from pipeline import cpu, tracking, views
 from pipeline.crossval import Final
 from pipeline.feed import as_inputs
-from pipeline.lineage import dvc_hash, file_sha256, git_info
+from pipeline.lineage import dvc_hash, file_sha256, git_info, lock_state
 from pipeline.tags import Tag
 from pipeline.typed import flatten
 
@@ -30,7 +30,7 @@ def runtime_tags(device: str, threads: int) -> dict[str, str]:
             "pipeline.threads": str(threads), "pipeline.python": platform.python_version(),
             "pipeline.mlflow": mlflow.__version__, Tag.CPU_KERNELS: kernels.pop("mode"),
             # The lock the environment was installed from (same bytes need the same lock).
-            Tag.LOCK_SHA: packaging.lock_sha256() or "none",
+            Tag.LOCK_SHA: lock_state(),
             # ATen's choice as made (it is fixed at the first tensor operation).
             Tag.CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
             Tag.CPU_MODEL: kernels.pop("cpu"),
@@ -145,8 +145,7 @@ def log_training_result(final: Final, weights: Path, example: np.ndarray,
 
 def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],
                    reports: Path, sections: dict[str, Any]) -> None:
-    """Test metrics, the params that chose them (e.g. evaluate.threshold), the threshold rule,
-    the test dataset and the report files."""
+    """Test metrics, the evaluate params, threshold rule, test dataset and report files."""
     tracking.log_stage_params(flatten({k: dataclasses.asdict(v) for k, v in sections.items()}))
     tracking.log_metrics({f"test_{k}": v for k, v in metrics.items()})
     tracking.log_tags({Tag.THRESHOLD_RULE: metrics["threshold_rule"]})

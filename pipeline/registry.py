@@ -8,12 +8,13 @@ registrations are gated one after another and the audit trail stays one linear c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,38 +42,62 @@ MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 VERSION_METRICS = ("accuracy", "f1", "roc_auc", "average_precision", "log_loss", "brier")
 
 
-def log_raw_model(model_dir: str | Path, meta_path: str | Path, meta: DatasetMeta,
-                  threshold: float, example: pd.DataFrame, learned: Path) -> ModelInfo:
-    """Log the pyfunc (models-from-code) with weights, metadata, threshold and the record of
-    the examples it learned from (the gate's fairness check reads it back)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        serving_json = Path(tmp) / "serving.json"
-        serving_json.write_text(json.dumps({"threshold": threshold,
-                                            "classes": list(meta.classes)}))
-        artifacts = {"weights": str(Path(model_dir) / WEIGHTS_FILE),
-                     "model_config": str(Path(model_dir) / CONFIG_FILE),
-                     "meta": str(meta_path), "serving": str(serving_json),
-                     "learned_from": str(learned)}
-        model_type = json.loads(Path(artifacts["model_config"]).read_text())["model"]["type"]
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
-            # Only the modules the pyfunc imports, pinned at the exact installed versions of
-            # what they import (MLflow's inference is slow and guesses): it runs in any venv.
-            code_paths=[str(packaging.model_code(Path(tmp) / "code"))], artifacts=artifacts,
-            signature=serving.signature(meta), input_example=example,
-            pip_requirements=packaging.model_requirements(model_type),
-            metadata={"pipeline": serving.contract(meta, threshold)})
-    return info
+@dataclass(frozen=True)
+class Package:
+    """The files a registered version is made of: artifacts, the code it ships, its pins."""
+
+    artifacts: dict[str, str]
+    code: Path
+    requirements: list[str]
+
+    def sha256(self) -> str:
+        """One hash of every byte the pyfunc serves from: the registry's identity for it."""
+        digest = hashlib.sha256(json.dumps(self.requirements).encode())
+        files = [(f"artifacts/{name}", Path(path)) for name, path in sorted(self.artifacts.items())]
+        files += [(f"code/{f.relative_to(self.code).as_posix()}", f)
+                  for f in sorted(self.code.rglob("*.py"))]
+        for name, path in files:
+            digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
 
 
-def record(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
-    """Tag the version with the decision, move aliases, and append to the audit trail."""
-    tags = {"decision": "promoted" if decision.promote else "rejected",
+def package(model_dir: str | Path, meta_path: str | Path, meta: DatasetMeta, threshold: float,
+            learned: set[str], tmp: Path) -> Package:
+    """Write what a version ships (threshold, learned-from record, code) under `tmp`."""
+    serving_json, record_path = tmp / "serving.json", tmp / fingerprints.LEARNED_FILE
+    serving_json.write_text(json.dumps({"threshold": threshold, "classes": list(meta.classes)}))
+    fingerprints.write_learned(record_path, learned)
+    artifacts = {"weights": str(Path(model_dir) / WEIGHTS_FILE),
+                 "model_config": str(Path(model_dir) / CONFIG_FILE),
+                 "meta": str(meta_path), "serving": str(serving_json),
+                 "learned_from": str(record_path)}
+    model_type = json.loads(Path(artifacts["model_config"]).read_text())["model"]["type"]
+    # Only the modules the pyfunc imports, pinned at the exact installed versions of what they
+    # import (MLflow's inference is slow and guesses): it runs in any venv.
+    return Package(artifacts, packaging.model_code(tmp / "code"),
+                   packaging.model_requirements(model_type))
+
+
+def log_raw_model(files: Package, meta: DatasetMeta, threshold: float,
+                  example: pd.DataFrame) -> ModelInfo:
+    """Log the pyfunc (models-from-code) from its files, with signature and contract."""
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
+        code_paths=[str(files.code)], artifacts=files.artifacts,
+        signature=serving.signature(meta), input_example=example,
+        pip_requirements=files.requirements,
+        metadata={"pipeline": serving.contract(meta, threshold)})
+
+
+def record(client: MlflowClient, name: str, version: str, decision: Decision,
+           rule: str) -> None:
+    """Tag the version with the decision and its `rule`, move aliases, append to the trail."""
+    tags = {"decision": "promoted" if decision.promote else "rejected", Tag.REGISTER_PARAMS: rule,
             "decision_reason": decision.reason, "gate_metric": decision.metric,
             "challenger_score": "none" if decision.challenger_score is None
             else f"{decision.challenger_score:.6f}",
-            "compared_rows": str(decision.compared_rows), "excluded_rows":
-            str(decision.excluded_rows), "champion_overlap": decision.overlap,
+            "compared_rows": str(decision.compared_rows).lower(), "excluded_rows":
+            str(decision.excluded_rows).lower(), "champion_overlap": decision.overlap,
             "champion_score": "none" if decision.champion_score is None
             else f"{decision.champion_score:.6f}",
             "compared_to_version": decision.champion_version or "none"}
@@ -136,68 +161,75 @@ def register(client: MlflowClient, info: ModelInfo, name: str, tags: dict[str, s
     return version
 
 
-def same_version(client: MlflowClient, name: str, key: dict[str, str]) -> ModelVersion | None:
-    """The newest version registered from these weights, data and register params, if any."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None  # no such registered model yet
-    same = [v for v in versions if all(v.tags.get(k) == value for k, value in key.items())]
+def same_version(client: MlflowClient, name: str, sha: str) -> ModelVersion | None:
+    """The newest version made of exactly these files (pipeline.pyfunc_sha256), if any."""
+    versions = client.search_model_versions(f"name = '{name}'")  # [] for a new name
+    same = [v for v in versions if v.tags.get(Tag.PYFUNC_SHA) == sha]
     return max(same, key=lambda v: int(v.version), default=None)
+
+
+def reused(earlier: Decision, version: str, champion: str | None) -> Decision:
+    """What a rerun reports for a version gated before under the same register params."""
+    state = "is the champion" if champion == version else f"is not (champion: v{champion})"
+    return dataclasses.replace(earlier, promote=champion == version, reason=(
+        f"reused v{version}: the same model files were registered and gated before under these "
+        f"register params, and it {state}; that gate said: {earlier.reason}"))
 
 
 def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: DatasetMeta,
                       test: Split, metrics: dict[str, Any], lineage: dict[str, str]
                       ) -> dict[str, Any]:
-    """Log and register the model of the active run (once per weights, data and register
-    params in this store), gate it, move aliases; return the report."""
-    client = MlflowClient()
+    """Register the active run's model once per store, gate it once per rule; report."""
+    # A rerun reuses the version holding these exact files; it is gated again only under new
+    # register params (and never against itself when it is the champion).
+    client, name, rule = MlflowClient(), cfg.model_name, params_sha(cfg)
     frame = serving.raw_inputs(meta, test.ids)
     run_id = mlflow.active_run().info.run_id
     seen = fingerprints.read(data_dir)
     # Train and validation rows (augmented copies derive from train rows; folds pool both).
     learned = set(seen["train"]) | set(seen["val"])
-    key = {Tag.MODEL_SHA: lineage[Tag.MODEL_SHA], Tag.PROCESSED: lineage[Tag.PROCESSED],
-           Tag.REGISTER_PARAMS: params_sha(cfg)}
+    lock = f"registry:{name}"
     with tempfile.TemporaryDirectory() as tmp:
-        existing = same_version(client, cfg.model_name, key)
-        if existing is not None:
-            # A rerun (forced, or a fresh clone on the team's store) or a register killed after
-            # creating the version: complete or reuse that one, never add a duplicate.
-            version, uri = str(existing.version), str(existing.source)
-            log.info("%s v%s is already registered from these weights, data and register "
-                     "params: %s", cfg.model_name, version,
-                     "reusing it" if "decision" in existing.tags else "completing its gate")
-        else:
-            record_path = Path(tmp) / fingerprints.LEARNED_FILE
-            n = fingerprints.write_learned(record_path, learned)
-            info = log_raw_model(model_dir, Path(data_dir) / "meta.json", meta,
-                                 metrics["threshold"], frame.head(3), record_path)
-            tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS}, **lineage,
-                    **key, Tag.RUN_ID: run_id, Tag.LEARNED_ROWS: str(n)}
-            uri, version = info.model_uri, register(client, info, cfg.model_name, tags)
+        files = package(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
+                        learned, Path(tmp))
+        sha = files.sha256()
+        # Look up and create under the lock: two clones registering at once make one version.
+        with team_lock(lock, tracking.tracking_uri()):
+            existing = same_version(client, name, sha)
+            if existing is None:
+                info = log_raw_model(files, meta, metrics["threshold"], frame.head(3))
+                tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS},
+                        **lineage, Tag.PYFUNC_SHA: sha, Tag.RUN_ID: run_id,
+                        Tag.LEARNED_ROWS: str(len(learned))}
+                uri, version = info.model_uri, register(client, info, name, tags)
+            else:  # a rerun (forced, a fresh clone on the team's store), or a killed register
+                uri, version = str(existing.source), str(existing.version)
+                log.info("%s v%s holds exactly these model files: no new version", name, version)
         # The challenger's own answers depend on no other registration: computed unlocked.
-        challenger = score(download(cfg.model_name, version, Path(tmp) / "challenger"), frame)
-        with team_lock(f"registry:{cfg.model_name}", tracking.tracking_uri()):
+        challenger = score(download(name, version, Path(tmp) / "challenger"), frame)
+        with team_lock(lock, tracking.tracking_uri()):
             # Everything that reads or moves the champion, the aliases or the trail is here.
-            decision = earlier_decision(client, cfg.model_name, version)
-            if decision is None:
+            earlier, champion = earlier_decision(client, name, version), aliased(client, name)
+            holder = None if champion is None else str(champion.version)
+            # Gated before under this rule, or the champion already: nothing to decide (the
+            # champion against itself would only be "rejected" for no gain).
+            done = earlier is not None and (holder == version or client.get_model_version(
+                name, version).tags.get(Tag.REGISTER_PARAMS) == rule)
+            if done:
+                decision = reused(earlier, version, holder)
+            else:
                 decision = gate(client, cfg, challenger, learned, test, seen["test"], frame,
                                 meta.positive_class, Path(tmp))
-                record(client, cfg.model_name, version, decision)
-            else:  # gated before: by an earlier run of this stage, or a concurrent register
-                log.info("%s v%s was already gated", cfg.model_name, version)
-            trail = audit_trail(client, cfg.model_name)
-            champion = aliased(client, cfg.model_name)
-    tracking.log_tags({Tag.REGISTERED_VERSION: version,
-                       Tag.GATE_DECISION: "promoted" if decision.promote else "rejected"})
-    log.info("%s v%s: %s — %s", cfg.model_name, version,
+                record(client, name, version, decision, rule)
+            trail, champion = audit_trail(client, name), aliased(client, name)
+    outcome = "reused" if done else (
+        "promoted" if decision.promote else "rejected")
+    tracking.log_tags({Tag.REGISTERED_VERSION: version, Tag.GATE_DECISION: outcome})
+    log.info("%s v%s: %s — %s", name, version,
              "champion" if decision.promote else "challenger only", decision.reason)
-    report = {"model_name": cfg.model_name, "version": version, "model_uri": uri,
+    report = {"model_name": name, "version": version, "model_uri": uri,
               "tracking_uri": mask(tracking.tracking_uri()), "run_id": run_id,
-              **asdict(decision),
-              # Read back, not inferred: a reused version's decision may be older than the
-              # champion now.
+              "outcome": outcome, **asdict(decision),
               "champion_version": None if champion is None else str(champion.version),
               "audit": trail}
     tracking.log_dict(report, "registration.json")
@@ -205,5 +237,5 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
 
 
 def params_sha(cfg: RegisterConfig) -> str:
-    """sha256 of the register section: a version is gated once per weights, data and rule."""
+    """sha256 of the register section: a version is gated once per rule."""
     return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()

@@ -18,7 +18,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from PIL import Image
 
 from pipeline.dataset import DatasetMeta
-from pipeline.engine import predict_proba
+from pipeline.engine import model_precision, predict_proba
 from pipeline.errors import DataError
 from pipeline.images import decode_image, image_to_array
 from pipeline.models import load_model
@@ -89,7 +89,7 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         if config_path.parent != folder:
             raise DataError(f"{config_path}: expected beside {context.artifacts['weights']}")
         self.model, self.config = load_model(folder)
-        self.precision = self.config["train"].get("precision", "auto")  # older models: auto
+        self.precision = model_precision(self.config)  # as its threshold was chosen
         self.meta = DatasetMeta.read(context.artifacts["meta"])
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         self.threshold = float(serving["threshold"])

@@ -25,7 +25,10 @@ class Tag:
     # On a version: how many distinct raw examples it learned from (the fingerprints are its
     # learned_from.txt artifact) and the register params it was gated under.
     LEARNED_ROWS = "pipeline.learned_rows"
+    # On a version: the register params its gate decision was made under; a hash of every file
+    # it serves from (weights, config, metadata, threshold, code, pins): one version per hash.
     REGISTER_PARAMS = "pipeline.register_params_sha256"
+    PYFUNC_SHA = "pipeline.pyfunc_sha256"
     GATE_DECISION = "pipeline.gate_decision"
     # `dvc exp run` experiment that made a run; a row of `dvc exp show` finds its run by it.
     DVC_EXP, DVC_EXP_BASELINE = "pipeline.dvc_exp", "pipeline.dvc_exp_baseline"

@@ -163,8 +163,8 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
 
 
 def invocation() -> str:
-    """The `dvc repro` / `dvc exp run` running this stage (or this process, run by hand), and
-    its experiment's name: one process can run several experiments' stages (tests)."""
+    """The `dvc repro` / `dvc exp run` (or hand-run process) running this stage, by experiment."""
+    # The experiment's name too: one process can run several experiments' stages (tests).
     exp = dvc_experiment_tags().get(Tag.DVC_EXP)
     return f"{exp}@{invocation_id()}" if exp else invocation_id()
 
@@ -176,9 +176,8 @@ def run_tags(stage: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def model_run(experiment: str, stage: str, weights: str | Path) -> Iterator[str]:
-    """This invocation's run of these weights (train's, when it ran in the same `dvc repro`),
-    else a new run linked to the train run of the weights: history is append-only, so a later
-    experiment never writes into an earlier experiment's run."""
+    """This invocation's run of these weights, else a new one linked to their train run."""
+    # History is append-only: a later experiment never writes into an earlier one's run.
     sha = file_sha256(weights)
     mine = find_run(experiment, {Tag.INVOCATION: invocation(), Tag.MODEL_SHA: sha})
     trainer = None if mine else find_run(experiment, {Tag.MODEL_SHA: sha, Tag.STAGE: "train"})
@@ -201,9 +200,9 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
 
 
 def log_stage_params(params: dict[str, Any]) -> None:
-    """Params of a stage adding to a shared run (evaluate.*, register.*): MLflow params are
-    immutable, so a key the run holds stays (a warning if it differs: only a stage run twice
-    in one invocation, in-process, meets one)."""
+    """Params of a stage adding to a shared run (evaluate.*, register.*); held keys stay."""
+    # MLflow params are immutable: only a stage run twice in one invocation (in-process) can
+    # meet a held key with another value, and is warned.
     run_id = mlflow.active_run().info.run_id
     held = MlflowClient().get_run(run_id).data.params
     for key in sorted(k for k, v in params.items() if k in held and held[k] != str(v)[:6000]):

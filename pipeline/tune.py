@@ -242,9 +242,12 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
         best = study.best_trial
         # Tags, not params: a resumed study may find a better trial, and params are immutable.
         tracking.log_tags({f"best.{k}": str(v) for k, v in best.params.items()})
+        # Stepped by the study's size: an extended study (a later experiment) adds a point
+        # to each curve instead of replacing what the earlier one recorded.
         tracking.log_metrics({f"best_val_{params.tune.metric}": best.value,
                               "best_trial": best.number,
-                              **{f"trials_{k.lower()}": v for k, v in count(study).items()}})
+                              **{f"trials_{k.lower()}": v for k, v in count(study).items()}},
+                             step=len(study.trials))
         tracking.log_artifacts(save_study_figures(study), "optuna")
     log.info("best trial %d: val_%s=%.5f %s", best.number, params.tune.metric, best.value,
              best.params)

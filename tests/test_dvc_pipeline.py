@@ -153,6 +153,32 @@ def test_changing_a_tuned_key_reruns_only_validate_and_train(two_clones: tuple[P
     assert new.data.metrics["test_log_loss"] == pytest.approx(metrics["log_loss"])
 
 
+
+def test_an_evaluate_only_experiment_records_a_run_of_its_own(
+        two_clones: tuple[Path, Path]) -> None:
+    repo = two_clones[1]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("binary-classification")
+    before = {r.info.run_id: r.data for r in client.search_runs([exp.experiment_id])}
+    out = sh(repo, "dvc", "exp", "run", "-n", "threshold-03", "-S",
+             "evaluate.threshold=0.3").stdout
+    assert ran(out) == {"validate", "evaluate", "register"}
+    after = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    new = after[0]
+    assert new.info.run_id not in before and len(after) == len(before) + 1
+    assert new.info.run_name == "threshold-03" and new.data.tags[Tag.STAGE] == "evaluate"
+    assert new.data.metrics["test_threshold"] == 0.3
+    assert new.data.params["evaluate.threshold"] == "0.3"
+    trainer = client.get_run(new.data.tags[Tag.TRAINED_BY])
+    assert trainer.data.tags[Tag.STAGE] == "train"
+    assert trainer.data.tags[Tag.MODEL_SHA] == new.data.tags[Tag.MODEL_SHA]
+    # Evaluate and register of one `dvc exp run` share its run; the earlier runs are untouched.
+    assert new.data.tags[Tag.REGISTERED_VERSION] and new.data.tags[Tag.GATE_DECISION]
+    for old in after[1:]:
+        data = before[old.info.run_id]
+        assert (old.data.metrics, old.data.params, old.data.tags) == (
+            data.metrics, data.params, data.tags), old.info.run_name
+
 def team_env(shared: Path) -> dict[str, str]:
     """A teammate's settings: the shared tracking store and Optuna storage."""
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}",
@@ -217,5 +243,5 @@ def test_fresh_clone_registers_and_a_pulled_clone_reruns_nothing(
     proc = subprocess.run([sys.executable, "-m", "pipeline.predict", "--input",
                            "data/raw/digits/odd", "--output", "p.csv"], cwd=theirs,
                           env={**os.environ, **empty}, capture_output=True, text=True)
-    assert proc.returncode == 2 and "dvc repro -f register" in proc.stderr
+    assert proc.returncode == 2 and "dvc repro -f -s register" in proc.stderr
     assert f"binary-classifier v{champion.version} was registered in" in proc.stderr

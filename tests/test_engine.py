@@ -19,6 +19,7 @@ from pipeline.engine import (
     TrainingDiverged,
     autocast,
     fit,
+    model_precision,
     pos_weight,
     predict_proba,
     resolve_precision,
@@ -212,7 +213,7 @@ def test_precision_decides_the_autocast_of_every_forward_pass(
     assert out.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[resolved]
 
 
-def test_bf16_is_refused_for_a_fit_off_cuda_and_predicts_fp32_there() -> None:
+def test_bf16_is_refused_for_a_fit_off_cuda_and_a_bf16_model_predicts_in_bf16() -> None:
     with pytest.raises(ConfigError, match=r"train\.precision = 'bf16': .*runs on cpu"):
         resolve_precision("bf16", CPU)
     with pytest.raises(ConfigError, match=r"train\.precision = 'fp16'"):
@@ -222,8 +223,12 @@ def test_bf16_is_refused_for_a_fit_off_cuda_and_predicts_fp32_there() -> None:
     with pytest.raises(ConfigError, match=r"train\.precision = 'bf16'.*this fit runs on cpu"):
         build_and_fit(ModelConfig(type="logreg"), replace(cfg, precision="bf16"), train, val,
                       seed=0, device=CPU)
-    # A bf16 model served or evaluated on CPU predicts there in fp32, exactly like fp32.
     result = build_and_fit(ModelConfig(type="logreg"), cfg, train, val, seed=0, device=CPU)
     assert result.precision == "fp32"
-    assert np.array_equal(predict_proba(result.model, val.X, precision="bf16"),
-                          predict_proba(result.model, val.X, precision="fp32"))
+    # A model trained in bf16 (on a GPU) keeps bf16 when it predicts on CPU, so its served
+    # answers are the ones its threshold was chosen on; model_config.json says which.
+    assert resolve_precision("bf16", CPU, fitting=False) == "bf16"
+    p_bf16 = predict_proba(result.model, val.X, precision="bf16")
+    assert not np.array_equal(p_bf16, predict_proba(result.model, val.X, precision="fp32"))
+    assert model_precision({"precision": "bf16", "train": {"precision": "auto"}}) == "bf16"
+    assert model_precision({"train": {}}) == "auto"  # a model from before the key

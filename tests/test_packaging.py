@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import packaging
+from pipeline import lineage, packaging
 from pipeline.config import BACKBONES
 from tests.conftest import REPO, make_imagefolder, run_stages, write_params
 
@@ -138,7 +138,7 @@ def test_requirements_pin_what_the_shipped_code_imports(standalone: dict, kind: 
     # distributions hold those files.
     found = {**standalone["imports"]["module"], **standalone["imports"][kind]}
     imported = {top for top in found if top not in sys.stdlib_module_names} - {"pipeline"}
-    owners = {top: {packaging.canonical(d) for d in standalone["owners"][top]}
+    owners = {top: {lineage.canonical(d) for d in standalone["owners"][top]}
               for top in imported}
     assert all(owners.values()), f"imported, but no distribution owns it: {owners}"
     pins = dict(line.split("==") for line in packaging.model_requirements(kind))
@@ -198,34 +198,23 @@ def test_lock_lines_pin_everything_but_the_project() -> None:
                          f"triton==3.8.0{marker}"]
 
 
-def test_lock_sha256(tmp_path: Path) -> None:
-    assert packaging.lock_sha256(tmp_path) is None
-    (tmp_path / packaging.LOCK_FILE).write_text("torch==2.14.1\n")
-    assert packaging.lock_sha256(tmp_path) == hashlib.sha256(b"torch==2.14.1\n").hexdigest()
-    assert packaging.lock_sha256() == hashlib.sha256(
-        (REPO / packaging.LOCK_FILE).read_bytes()).hexdigest()
-
-
-def read_lock(path: Path) -> dict[str, str]:
-    """name → version of the lock's lines that apply on this platform."""
-    pins = {}
-    for line in path.read_text().splitlines():
-        requirement, _, marker = line.partition(";")
-        if requirement.startswith("#") or (marker and not (
-                sys.platform == "linux" and os.uname().machine == "x86_64")):
-            continue
-        name, version = requirement.strip().split("==")
-        pins[name] = version
-    return pins
+def test_lock_state_names_the_lock_and_what_differs(tmp_path: Path) -> None:
+    assert lineage.lock_state(tmp_path / "none.lock") == "none"
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("# header\n" + "".join(f"{k}=={v}\n" for k, v in lineage.installed().items()))
+    sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert lineage.lock_state(lock) == sha
+    lock.write_text(lock.read_text().replace(f"torch=={lineage.installed()['torch']}",
+                                             "torch==1.0.0"))
+    state = lineage.lock_state(lock)
+    assert state.startswith(hashlib.sha256(lock.read_bytes()).hexdigest())
+    assert "1 differ: torch" in state and "(lock: 1.0.0)" in state
 
 
 def test_this_environment_is_the_locked_one() -> None:
     # A dependency added to pyproject.toml without `make lock` would be installed unpinned.
-    installed = {packaging.canonical(d.metadata["Name"]): d.version
-                 for d in importlib.metadata.distributions()}
-    installed.pop("pipeline")
-    installed.pop("pip", None)  # the venv's own installer, not a dependency
-    assert installed == read_lock(REPO / packaging.LOCK_FILE)
+    assert lineage.installed() == lineage.read_lock()
+    assert " differ" not in lineage.lock_state()
 
 
 def project_predictions(model_uri: str, files: list[Path], out: Path
@@ -299,7 +288,7 @@ def test_registered_model_scores_identically_in_a_fresh_venv(tmp_path: Path,
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         python = str(venv / "bin" / "python")
-        lock = read_lock(REPO / packaging.LOCK_FILE)
+        lock = lineage.read_lock()
         for kind, (local, exact, written) in models.items():
             requirements = local / "requirements.txt"
             assert requirements.read_text().split() == packaging.model_requirements(kind)
@@ -312,7 +301,7 @@ def test_registered_model_scores_identically_in_a_fresh_venv(tmp_path: Path,
             print(f"{kind}: pip install {time.monotonic() - begun:.0f} s")
             frozen = subprocess.run([python, "-m", "pip", "freeze"], check=True, text=True,
                                     capture_output=True, env=clean_env()).stdout.split()
-            got = {packaging.canonical(n): v for n, v in (line.split("==") for line in frozen)}
+            got = {lineage.canonical(n): v for n, v in (line.split("==") for line in frozen)}
             assert all(lock[name] == version for name, version in got.items()), got
             assert "pipeline" not in got and "dvc" not in got and "optuna" not in got
             assert ("torchvision" in got) == (kind in BACKBONES)  # cnn first: not installed yet

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -24,8 +23,7 @@ from PIL import Image
 from pipeline import predict as predict_cli
 from pipeline.config import RegisterConfig
 from pipeline.gate import decide
-from pipeline.lineage import dvc_hash
-from pipeline.registry import audit_trail, params_sha
+from pipeline.registry import audit_trail
 from pipeline.stages import register
 from pipeline.tags import Tag
 from tests.conftest import (
@@ -217,6 +215,8 @@ def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> N
     assert reports[2]["excluded_rows"] == 0 and reports[2]["overlap"] == "known"
     assert reports[2]["compared_rows"] == len(ids["test"]) == trail_rows(reports[2])
     assert reports[3]["version"] == "1" and reports[3]["champion_version"] == "2"
+    assert reports[3]["outcome"] == "reused" and reports[3]["promote"] is False
+    assert "is not (champion: v2)" in reports[3]["reason"]
     client = MlflowClient(mlflow_uri)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
@@ -307,24 +307,29 @@ def test_register_killed_after_creating_the_version_is_completed_on_rerun(
     params.write_text(image_model["params"].read_text() + "register: {model_name: idem}\n")
     mlflow.set_tracking_uri(image_model["uri"])  # earlier tests pointed MLflow elsewhere
     client = MlflowClient(image_model["uri"])
-    # What a register killed right after `create_model_version` leaves: a version of these
-    # weights with its lineage tags but no decision and no alias.
-    weights = Path(paths["models"]) / "model.safetensors"
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    client.create_registered_model("idem")
-    first = client.get_model_version_by_alias(NAME, "champion")
-    key = {Tag.MODEL_SHA: sha, Tag.PROCESSED: dvc_hash(paths["processed"]),
-           Tag.REGISTER_PARAMS: params_sha(RegisterConfig(model_name="idem"))}
-    client.create_model_version("idem", first.source, run_id=first.run_id, tags=key)
+    register.main(register_args(params, paths, root / "idem0.json"))
+    # What a register killed right after `create_model_version` leaves: the version with its
+    # lineage tags, but no decision, no alias and no audit entry.
+    decided = [k for k in client.get_model_version("idem", "1").tags
+               if k == Tag.REGISTER_PARAMS or not k.startswith(("pipeline.", "test_"))]
+    for key in decided:
+        client.delete_model_version_tag("idem", "1", key)
+    for alias in ("champion", "challenger"):
+        client.delete_registered_model_alias("idem", alias)
+    for key in [k for k in client.get_registered_model("idem").tags if k.startswith("audit.")]:
+        client.delete_registered_model_tag("idem", key)
     register.main(register_args(params, paths, root / "idem.json"))
     report = json.loads((root / "idem.json").read_text())
     assert report["version"] == "1" and report["promote"] is True
-    versions = client.search_model_versions("name = 'idem'")
-    assert [str(v.version) for v in versions] == ["1"]
+    assert report["outcome"] == "promoted"
+    assert [str(v.version) for v in client.search_model_versions("name = 'idem'")] == ["1"]
     assert client.get_model_version("idem", "1").tags["decision"] == "promoted"
     assert str(client.get_model_version_by_alias("idem", "champion").version) == "1"
-    # A forced rerun (or a fresh clone's register on the same store) adds no duplicate.
+    # A forced rerun (or a fresh clone's register on the same store) adds no duplicate and
+    # says it reused the version; a new register rule re-gates it without a new version.
     register.main(register_args(params, paths, root / "again.json"))
     again = json.loads((root / "again.json").read_text())
     assert again["version"] == "1" and again["champion_version"] == "1"
+    assert again["outcome"] == "reused" and again["reason"].startswith("reused v1")
     assert len(client.search_model_versions("name = 'idem'")) == 1
+    assert len(audit_trail(client, "idem")) == 1

@@ -10,7 +10,7 @@ from pipeline import records, tracking
 from pipeline.config import Params
 from pipeline.crossval import read_threshold_basis
 from pipeline.dataset import load_splits
-from pipeline.engine import predict_proba, seed_everything, select_device
+from pipeline.engine import model_precision, predict_proba, seed_everything, select_device
 from pipeline.evaluation import evaluate, write_reports
 from pipeline.models import WEIGHTS_FILE, load_model
 from pipeline.stages._common import stage_main
@@ -27,8 +27,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     model, config = load_model(args.model_dir)
     device = select_device()  # where train predicted the threshold's basis, in its precision
     seed_everything(params.seed, config["train"]["num_threads"], device)
-    p_test = predict_proba(model.to(device), splits["test"].X, device,
-                           config["train"].get("precision", "auto"))  # older configs: auto
+    p_test = predict_proba(model.to(device), splits["test"].X, device, model_precision(config))
     y_basis, p_basis = read_threshold_basis(Path(args.reports) / "threshold_predictions.csv")
     result = evaluate(y_basis, p_basis, splits["test"], p_test, params.evaluate.threshold)
     figures = write_reports(Path(args.reports), result, meta)
