@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import fingerprints
 from pipeline.config import RegisterConfig
-from pipeline.gate import comparison, decide, score
+from pipeline.gate import comparison, decide, enough, score
 from pipeline.stages import register
 from tests.conftest import make_csv, run_stages, write_params
 
@@ -61,21 +61,20 @@ def test_other_split_is_compared_on_rows_neither_model_learned_from(
     assert f"{len(test) - len(clean)} excluded" in challenger["reason"]
 
 
-def test_too_few_new_rows_keeps_the_champion_and_says_why(tmp_path: Path,
-                                                          mlflow_uri: str) -> None:
-    csv = make_csv(tmp_path / "t.csv", rows=120)
-    data = {"source": "csv", "path": str(csv), "target": "label", "positive_class": "spam"}
-    reports = []
-    for seed in (0, 1):
-        params = write_params(tmp_path / f"s{seed}.yaml", {
-            "seed": seed, "data": data, "model": {"type": "logreg"},
-            "register": {"min_gate_rows": 1000}})
-        reports.append(register_stage(params, run_stages(params, tmp_path / f"s{seed}"),
-                                      tmp_path / f"s{seed}.json"))
-    kept = reports[1]
-    assert kept["promote"] is False and kept["champion_version"] == "1"
-    assert "register.min_gate_rows = 1000" in kept["reason"]
-    assert kept["challenger_score"] is None and kept["champion_score"] is None
+def test_too_few_new_rows_or_one_class_keeps_the_champion_and_says_why() -> None:
+    cfg = RegisterConfig(metric="roc_auc", min_gate_rows=3)
+    test = ["a", "b", "c", "d", "e"]
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
+    few = comparison(test, {"a"}, {"b", "c"})  # d, e: two rows, below the minimum
+    one_class = comparison(test, {"a"}, {"c"})  # b, d, e: three rows, all positive
+    assert not enough(few, y, cfg.min_gate_rows) and not enough(one_class, y, cfg.min_gate_rows)
+    assert enough(comparison(test, set(), {"e"}), y, cfg.min_gate_rows)
+    kept = decide(cfg, None, None, "4", compared=few)
+    assert not kept.promote and kept.champion_version == "4"
+    assert kept.challenger_score is None and kept.champion_score is None
+    assert "register.min_gate_rows = 3" in kept.reason
+    assert "compared on 2 test rows neither model learned from; 3 excluded" in kept.reason
+    assert (kept.compared_rows, kept.excluded_rows, kept.overlap) == (2, 3, "known")
 
 
 def test_a_champion_trained_on_todays_test_rows_cannot_win_by_them(
