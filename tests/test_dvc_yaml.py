@@ -12,24 +12,10 @@ import pytest
 import yaml
 
 from pipeline.config import Params, load_params
+from pipeline.packaging import module_file, shipped_modules
 from tests.conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def module_file(module: str) -> Path | None:
-    """The repo file defining `module` (a package's __init__.py), if it is ours."""
-    base = REPO / module.replace(".", "/")
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def package_inits(module: str) -> list[Path]:
-    """The __init__.py of each package above `module`: Python runs them before it."""
-    parts = module.split(".")
-    return [f for i in range(1, len(parts)) if (f := module_file(".".join(parts[:i])))]
 
 
 def holds_code(init: Path) -> bool:
@@ -38,28 +24,12 @@ def holds_code(init: Path) -> bool:
                    for n in ast.parse(init.read_text()).body)
 
 
-def import_closure(start: Path) -> set[str]:
-    """Every pipeline/ module `start` imports, directly or not, at any depth or indentation,
-    plus the package __init__.py files on the way that run code."""
-    seen: set[Path] = set()
-    todo = [start, *package_inits(".".join(start.relative_to(REPO).with_suffix("").parts))]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from pipeline import tracking` imports the module pipeline.tracking.
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            ours = [n for n in names if n.split(".")[0] == "pipeline"]
-            todo += [f for n in ours if (f := module_file(n)) is not None]
-            todo += [f for n in ours for f in package_inits(n)]
-    return {p.relative_to(REPO).as_posix() for p in seen
-            if p.name != "__init__.py" or holds_code(p)}
+def import_closure(module: str) -> set[str]:
+    """Every pipeline/ file importing `module` runs, at any depth or indentation (not under
+    `if TYPE_CHECKING:`, which never runs), plus the package __init__.py files that run code."""
+    files = [f for m in shipped_modules(module) if (f := module_file(m)) is not None]
+    return {f.relative_to(REPO).as_posix() for f in files
+            if f.name != "__init__.py" or holds_code(f)}
 
 
 def stage_module(stage: dict[str, Any]) -> str:
@@ -73,14 +43,12 @@ LOADED_BY_PATH = {"register": "pipeline.pyfunc_model"}
 
 def code_closure(name: str) -> set[str]:
     """The pipeline/ files stage `name` runs: its module's import closure, plus loaded code."""
-    start = module_file(stage_module(STAGES[name]))
-    assert start is not None
-    files = import_closure(start)
+    files = import_closure(stage_module(STAGES[name]))
     if name in LOADED_BY_PATH:
         extra = module_file(LOADED_BY_PATH[name])
         assert extra is not None and extra.name in "".join(
             p.read_text() for p in map(REPO.joinpath, files))
-        files |= import_closure(extra)
+        files |= import_closure(LOADED_BY_PATH[name])
     return files
 
 
