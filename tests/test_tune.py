@@ -57,6 +57,12 @@ def tune_env(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -
     return tmp_path
 
 
+def tiny_images(folder: Path) -> dict:
+    """The data section for the tiny ImageFolder at 8 px, half/quarter/quarter split."""
+    return {"source": "imagefolder", "path": str(folder), "positive_class": "dog",
+            "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
+
+
 def csv_tune_params(root: Path, rows: int = 80, **tune: object) -> Path:
     path = make_csv(root / "table.csv", rows=rows)
     return write_params(root / "params.yaml", {
@@ -298,16 +304,13 @@ def test_postgres_storage_with_heartbeat(tune_env: Path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("metric", ["roc_auc", "log_loss"])
-def test_trials_train_exactly_like_the_train_stage(tmp_path: Path, imagefolder: Path,
-                                                   monkeypatch, metric: str) -> None:
+def test_trials_train_exactly_like_the_train_stage(tune_env: Path, imagefolder: Path,
+                                                   metric: str) -> None:
     """A trial with the train stage's params gets the train stage's score (early-stopped on
     the same tune.metric), online augment on."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
-    monkeypatch.chdir(tmp_path)
+    tmp_path = tune_env
     params = write_params(tmp_path / "params.yaml", {
-        "data": {"source": "imagefolder", "path": str(imagefolder), "positive_class": "dog",
-                 "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "data": tiny_images(imagefolder),
         "model": {"type": "cnn"}, "augment": {"hflip": True},
         "train": {"epochs": 4, "online_augment": True},
         # One point in the space: the trial must train exactly what train will train.
@@ -408,16 +411,13 @@ def test_sweep_ends_the_runs_of_trials_failed_by_anyone_once(mlflow_uri: str) ->
 
 @pytest.mark.slow
 def test_two_workers_best_trial_score_is_what_train_reproduces(
-        tmp_path: Path, imagefolder: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+        tune_env: Path, imagefolder: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Two workers train each trial on num_threads // 2 threads; train uses that count too
     (best_params.json says it), so it reproduces the best trial's score exactly."""
+    tmp_path = tune_env
     caplog.set_level(logging.INFO, logger="pipeline.training")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
-    monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path / "params.yaml", {
-        "data": {"source": "imagefolder", "path": str(imagefolder), "positive_class": "dog",
-                 "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "data": tiny_images(imagefolder),
         "model": {"type": "cnn"}, "train": {"epochs": 3, "num_threads": 2},
         "tune": {"enabled": True, "n_trials": 4, "n_workers": 2, "pruner": "none",
                  "metric": "log_loss",
