@@ -78,6 +78,9 @@ class DatasetMeta:
     table: TableSpec | None = None
     skipped: tuple[dict[str, str], ...] = ()
     """Unreadable files skipped under data.skip_corrupt."""
+    notes: tuple[dict[str, str], ...] = ()
+    """Unusual inputs preprocess handled, as the log said them: {"item", "action", "reason"}
+    (ignored files, dropped columns, converted pixel depths)."""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     """Samples per split and class."""
     augment: dict[str, Any] | None = None
@@ -135,7 +138,8 @@ class DatasetMeta:
                 table["target"], tuple(table["columns"]), dict(table["dtypes"]),
                 {k: ColumnStats(**v) for k, v in table["numeric"].items()},
                 {k: tuple(v) for k, v in table["categorical"].items()}),
-            skipped=tuple(raw.get("skipped", ())), counts=raw.get("counts", {}),
+            skipped=tuple(raw.get("skipped", ())), notes=tuple(raw.get("notes", ())),
+            counts=raw.get("counts", {}),
             augment=raw.get("augment"))
 
     def write(self, path: str | Path) -> None:
