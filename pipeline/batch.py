@@ -3,30 +3,43 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from pipeline import serving
+from pipeline.csvfiles import read_csv
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
-from pipeline.images import IMAGE_SUFFIXES, decode_image
+from pipeline.folders import FolderScan
+from pipeline.images import check_suffix, decode_image
 from pipeline.progress import Progress
-from pipeline.tables import check_columns, read_csv
+from pipeline.tables import check_columns
 
 log = logging.getLogger("pipeline.predict")
 CHUNK = 512
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    """Image files from folders (recursive, sorted) and explicit file arguments."""
+def collect_images(inputs: list[Path], skip_bad: bool = False) -> list[Path]:
+    """Image files from folders (recursive, sorted; OS/tool metadata and hidden files ignored
+    and other non-images refused, as preprocess does) and explicit file arguments."""
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and
-                            p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            scan = FolderScan(item)
+            for file in scan.files(item):
+                try:
+                    check_suffix(file)
+                    files.append(file)
+                except DataError as err:
+                    if not skip_bad:
+                        raise DataError(f"{err} (or use --skip-bad to skip it)") from None
+                    log.warning("skipping %s", err)
+            scan.notes()  # one summary line of what was ignored
         elif item.is_file():
             files.append(item)
         else:
@@ -43,7 +56,10 @@ def image_frame(files: list[Path], size: int, channels: int,
     for file in files:
         data = file.read_bytes()
         try:
-            decode_image(data, size, channels)  # validate here so the error can name the file
+            with warnings.catch_warnings():
+                # PIL warns above 89 megapixels before JPEG reduce-on-decode; the budget decides.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                decode_image(data, size, channels)  # validate here so the error names the file
         except DataError as err:
             message = f"{file}: {str(err).removeprefix('<bytes>: ')}"
             if not skip_bad:
@@ -62,8 +78,10 @@ def table_frame(path: Path, meta: dict, target: str | None) -> tuple[pd.DataFram
     if target and target in frame.columns:
         frame = frame.drop(columns=[target])
     expected = meta["table"]["columns"]
-    check_columns(frame, expected, str(path))
-    return (serving.conform_table(frame[expected], meta["table"]["dtypes"]),
+    dropped = meta["table"].get("dropped", {})  # ignored by the model: may be left out
+    check_columns(frame, expected, str(path), optional=dropped)
+    present = [c for c in expected if c in frame.columns]
+    return (serving.conform_table(frame[present], meta["table"]["dtypes"], str(path)),
             [str(i) for i in frame.index])
 
 
@@ -80,7 +98,7 @@ def predict(model_uri: str, inputs: list[Path], output: Path, skip_bad: bool = F
             raise DataError(f"--input: this model takes one CSV file, got {list(map(str, inputs))}")
         frame, ids = table_frame(inputs[0], meta, meta["table"]["target"])
     else:
-        files = collect_images(inputs)
+        files = collect_images(inputs, skip_bad)
         frame, ids, _ = image_frame(files, meta["image"]["size"], meta["image"]["channels"],
                                     skip_bad)
     parts = []

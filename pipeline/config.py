@@ -6,16 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipeline.errors import ConfigError
-from pipeline.space import SearchParam, check_search_param
+from pipeline.space import SearchParam, check_space
 from pipeline.typed import build, in_range, require
+from pipeline.yamlfile import read_yaml, refuse_renamed
 
-# Keys that existed once: loading them fails with a pointer to the new name.
-RENAMED = {"model.channels": "model.conv_channels"}
+RENAMED = {"model.channels": "model.conv_channels"}  # old keys fail, naming the new one
 # model.type values built by torchvision (pipeline/backbones.py).
 BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
+BATCHNORM = ("cnn", *BACKBONES)  # model.type values whose training fails on a batch of one
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding and scikit-learn's random_state take 32 bits
+MAX_PARALLEL = 1024  # threads or processes: more than any machine has (torch takes a C int)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class DataConfig:
     within [16, 64] (small images keep their detail, photos stay cheap on a CPU)."""
     channels: Literal[1, 3] = 1
     """Image channels fed to the model: 1 converts every image to grayscale, 3 to RGB."""
+    csv_sep: str = "auto"
+    """CSV field separator: auto detects , ; tab or | from the header, else that character."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning (recorded in metadata) instead of failing."""
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -60,6 +63,8 @@ class DataConfig:
         if self.image_size != "auto":
             in_range(self, "image_size", 4, 1024)
         require(bool(self.path), "path", self.path, "must not be empty")
+        require(self.csv_sep == "auto" or len(self.csv_sep) == 1, "csv_sep", self.csv_sep,
+                "must be auto or one character")
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ class TrainConfig:
         require(self.lr > 0, "lr", self.lr, "must be > 0")
         require(self.cv_folds == "auto" or self.cv_folds == 0 or self.cv_folds >= 2,
                 "cv_folds", self.cv_folds, "must be auto, 0 (off) or >= 2")
-        in_range(self, "batch_size epochs num_threads", 1)
+        in_range(self, "batch_size epochs", 1)
+        in_range(self, "num_threads", 1, MAX_PARALLEL)
         in_range(self, "weight_decay patience grad_clip", 0)
         in_range(self, "momentum", 0, 1, high_open=True)
 
@@ -220,7 +226,8 @@ class TuneConfig:
     """Per `train.*` / `model.*` key: {low, high, log} or {choices: [...]}."""
 
     def __post_init__(self) -> None:
-        in_range(self, "n_trials n_workers", 1)
+        in_range(self, "n_trials", 1)
+        in_range(self, "n_workers", 1, MAX_PARALLEL)
         if self.timeout is not None:
             require(self.timeout > 0, "timeout", self.timeout, "must be > 0")
         require(len(self.search_space) > 0 or not self.enabled, "search_space",
@@ -274,32 +281,24 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
 
     def __post_init__(self) -> None:
-        require(self.seed >= 0, "seed", self.seed, "must be >= 0")
-        if self.tune.enabled:
-            for key, spec in self.tune.search_space.items():
-                check_search_param(key, spec, self.train, self.model)
+        require(0 <= self.seed <= SEED_MAX, "seed", self.seed,
+                f"must be in [0, {SEED_MAX}] (numpy and scikit-learn seeds are 32-bit)")
+        check_space(self.tune.search_space if self.tune.enabled else {}, self.train, self.model,
+                    BATCHNORM)
 
 
 def parse_params(raw: dict[str, Any] | None) -> Params:
     """Build typed Params from an already-parsed YAML mapping."""
     if not isinstance(raw, dict | None):
         raise ConfigError(f"params: top level must be a mapping, got {type(raw).__name__}")
-    for old, new in RENAMED.items():
-        section, _, key = old.partition(".")
-        if isinstance((raw or {}).get(section), dict) and key in raw[section]:  # type: ignore[index]
-            raise ConfigError(f"{old}: renamed to {new}")
+    refuse_renamed(raw or {}, RENAMED)
     return build(Params, raw or {})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate params.yaml; errors name the file, key and value."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path, "params file")  # a key given twice is refused, not silently kept
     if raw is None:
         # A mistake (a bad merge, a truncated copy), not a wish for defaults nobody chose.
         raise ConfigError(f"{path}: params file is empty; start from the repository's "

@@ -18,7 +18,8 @@ from pipeline.config import DataConfig, SplitConfig
 from pipeline.dataset import META_FILE, DatasetMeta, ImageSpec, Split, save_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_dir, atomic_path, write_json
-from pipeline.images import auto_size, decode_files, histogram, list_imagefolder
+from pipeline.folders import list_imagefolder
+from pipeline.images import auto_size, conversion_notes, decode_files, histogram
 from pipeline.tables import fit_table_spec, read_table, transform_table
 
 log = logging.getLogger(__name__)
@@ -158,16 +159,17 @@ def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
     if source.kind == "image":
         with atomic_dir(out) as tmp:
             return _preprocess_images(cfg, seed, tmp)
-    frame, target = read_table(cfg)
+    frame, target, sep, notes = read_table(cfg)
     y, classes = encode_labels(target, cfg.positive_class, f"{cfg.path} column {cfg.target!r}")
     ids = [str(i) for i in frame.index]
     parts = stratified_split(y, cfg.split, seed, classes)
-    spec = fit_table_spec(frame.iloc[parts["train"]], cfg.target, cfg.path)
+    spec, fit_notes = fit_table_spec(frame, parts["train"], cfg.target, cfg.path, sep)
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
-                       table=spec)
+                       table=spec, notes=tuple(notes + fit_notes))
     splits = {name: Split(transform_table(frame.iloc[idx], spec, cfg.path), y[idx],
                           [ids[i] for i in idx]) for name, idx in parts.items()}
-    rows = fingerprints.of_rows(frame)
+    # A row is what the model sees: an id column must not make duplicates look new.
+    rows = fingerprints.of_rows(frame.drop(columns=list(spec.dropped)))
     save_splits(out, splits, meta, {name: [rows[i] for i in idx] for name, idx in parts.items()})
     return meta.with_counts(splits)
 
@@ -175,14 +177,14 @@ def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
 def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
     """Decode with a process pool straight into each split's .npy rows; with skip_corrupt,
     into a scratch file first (the split depends on which files were readable)."""
-    files, labels, ids = list_imagefolder(cfg)
+    files, labels, ids, notes = list_imagefolder(cfg)
     size = cfg.image_size
     if size == "auto":
         size = auto_size(files)
         log.info("data.image_size: auto -> %d px (median shorter side of %s)", size, cfg.path)
     if cfg.skip_corrupt:
         scratch = tmp / ".decoded.npy"
-        errors, _ = decode_files({scratch: files}, size, cfg.channels)
+        errors, _, converted = decode_files({scratch: files}, size, cfg.channels)
         keep = np.array([i for i, f in enumerate(files) if f not in errors], dtype=np.int64)
     else:
         # Every file must decode, so the split is known before decoding.
@@ -202,17 +204,19 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
                       for name, idx in parts.items()}
         scratch.unlink()
     else:
-        errors, counts = decode_files({outs[name]: [files[i] for i in idx]
-                                       for name, idx in parts.items()},
-                                      size, cfg.channels)
+        errors, counts, converted = decode_files({outs[name]: [files[i] for i in idx]
+                                                  for name, idx in parts.items()},
+                                                 size, cfg.channels)
         if errors:
             first = min(errors, key=files.index)  # the error a sequential decode would raise
             raise DataError(f"{errors[first]} (set data.skip_corrupt: true to skip it)")
     mean, std = _channel_stats(counts[outs["train"]])
     skipped = tuple({"file": ids[i], "reason": errors[f]} for i, f in enumerate(files)
                     if f in errors)
+    notes += conversion_notes(converted, Path(cfg.path))
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
-                       skipped=skipped, image=ImageSpec(size, cfg.channels, mean, std))
+                       skipped=skipped, notes=tuple(notes),
+                       image=ImageSpec(size, cfg.channels, mean, std))
     for name, idx in parts.items():
         np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y[idx], dtype=np.float32))
     write_json(tmp / "ids.json", {name: [ids[keep[i]] for i in idx]

@@ -15,6 +15,7 @@ from pipeline.fingerprints import write as write_fingerprints
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
+INFREQUENT = "<infrequent>"  # the one-hot value a capped categorical's other values share
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,20 @@ class TableSpec:
 
     target: str
     columns: tuple[str, ...]
+    """Every input column of the CSV (the model's input contract), dropped ones included."""
     dtypes: dict[str, str]
     numeric: dict[str, ColumnStats]
+    """Standardised columns: numbers, and dates as days since 1970-01-01."""
     categorical: dict[str, tuple[str, ...]]
+    """One-hot vocabularies, capped (pipeline/tables.py: MIN_FREQUENCY, MAX_CATEGORIES)."""
+    dropped: dict[str, str] = field(default_factory=dict)
+    """Columns the model ignores (row identifiers, free text) and why."""
+    dates: tuple[str, ...] = ()
+    """Columns of ISO dates (in `numeric` as days since 1970-01-01)."""
+    infrequent: tuple[str, ...] = ()
+    """Categorical columns whose other values share one `col=<infrequent>` indicator."""
+    sep: str = ","
+    """The training CSV's field separator."""
 
     def feature_names(self) -> list[str]:
         """Model input names: standardised numerics first, then one-hot `col=value` columns."""
@@ -63,6 +75,7 @@ class TableSpec:
         names = [c for c in self.columns if c in self.numeric]
         for col in (c for c in self.columns if c in self.categorical):
             names += [f"{col}={v}" for v in self.categorical[col]]
+            names += [f"{col}={INFREQUENT}"] if col in self.infrequent else []
         return names
 
 
@@ -137,7 +150,9 @@ class DatasetMeta:
             table=None if table is None else TableSpec(
                 table["target"], tuple(table["columns"]), dict(table["dtypes"]),
                 {k: ColumnStats(**v) for k, v in table["numeric"].items()},
-                {k: tuple(v) for k, v in table["categorical"].items()}),
+                {k: tuple(v) for k, v in table["categorical"].items()},
+                dropped=dict(table.get("dropped", {})), dates=tuple(table.get("dates", ())),
+                infrequent=tuple(table.get("infrequent", ())), sep=table.get("sep", ",")),
             skipped=tuple(raw.get("skipped", ())), notes=tuple(raw.get("notes", ())),
             counts=raw.get("counts", {}),
             augment=raw.get("augment"))
@@ -179,9 +194,18 @@ def load_splits(folder: str | Path, names: tuple[str, ...] = SPLITS
                         f"(dvc repro)")
     ids = read_json(folder / "ids.json")
     # Features are memory-mapped: the training loop preloads or streams them (pipeline/feed.py).
-    splits = {name: Split(np.load(folder / f"X_{name}.npy", mmap_mode="r"),
-                          np.load(folder / f"y_{name}.npy"), ids[name]) for name in names}
+    splits = {name: Split(load_array(folder / f"X_{name}.npy", mmap_mode="r"),
+                          load_array(folder / f"y_{name}.npy"), ids[name]) for name in names}
     return splits, DatasetMeta.read(folder / META_FILE)
+
+
+def load_array(path: Path, mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """np.load, with a missing, truncated or foreign file reported as one line naming it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: not a readable array ({err}); rerun the stage that writes it "
+                        "(dvc repro -f -s <stage>)") from None
 
 
 def feature_dtype(X: np.ndarray) -> type:

@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.callbacks import Callback
 from pipeline.config import TrainConfig
 from pipeline.dataset import Split
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.feed import Feed, as_inputs
 from pipeline.metrics import improvement, monitor_scores
 
@@ -168,6 +168,21 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
         val_feed.close()
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def require_batch_norm_batches(model: nn.Module, n: int, batch_size: int) -> None:
+    """A model with BatchNorm layers that train needs >= 2 samples in every batch; the feed
+    folds a last single sample into the batch before, so only these cases remain."""
+    model.train()  # a frozen backbone keeps its BatchNorm in eval mode here
+    if any(isinstance(m, BATCH_NORMS) and m.training for m in model.modules()) and (
+            n < 2 or batch_size < 2):
+        what = f"train.batch_size = {batch_size}" if batch_size < 2 else (
+            f"the training data holds {n} sample")
+        raise DataError(f"{what}: the model's BatchNorm layers need at least 2 samples per "
+                        "training batch (use more data, a batch size >= 2, or logreg/mlp)")
+
+
 def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: Split,
          cfg: TrainConfig, *, seed: int, device: torch.device, monitor: str,
          callbacks: Sequence[Callback],
@@ -181,6 +196,7 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
     optimizer = make_optimizer(model, cfg)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.scheduler == "cosine" else None)
+    require_batch_norm_batches(model, train_feed.n, cfg.batch_size)
     order_gen = torch.Generator().manual_seed(seed)  # batch order, independent of init draws
     precision = resolve_precision(cfg.precision, device)  # bf16 off CUDA fails here
     best_score, best_loss, best_epoch, best_state = None, float("inf"), 0, None
@@ -194,7 +210,7 @@ def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: 
         model.train()
         perm = torch.randperm(train_feed.n, generator=order_gen)
         total = torch.zeros((), device=device)
-        for xb, yb in train_feed.batches(cfg.batch_size, perm):
+        for xb, yb in train_feed.batches(cfg.batch_size, perm, training=True):
             xb = as_inputs(xb)  # uint8 → [0, 1] on the device, per batch
             if batch_transform is not None:
                 xb = batch_transform(xb)

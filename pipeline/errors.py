@@ -15,3 +15,7 @@ class DataError(PipelineError, ValueError):
 
 class StoreError(PipelineError):
     """The MLflow tracking store or the Optuna storage cannot be used (missing, corrupt, down)."""
+
+
+class OutputError(PipelineError):
+    """An output cannot be written: the disk or quota is full, or a file-size limit is hit."""

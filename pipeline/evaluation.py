@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.dataset import DatasetMeta, Split
-from pipeline.files import atomic_path, read_json, write_json
+from pipeline.files import atomic_path, write_json
 from pipeline.metrics import binary_metrics, choose_threshold, curves
 from pipeline.plots import save_figures
 
@@ -34,8 +34,10 @@ def evaluate(y_val: np.ndarray, p_val: np.ndarray, test: Split, p_test: np.ndarr
     return Evaluation(metrics, curves(test.y, p_test), test, p_test)
 
 
-def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta) -> list[Path]:
-    """metrics.json, DVC plot data, per-sample predictions and PNG figures; return the PNGs."""
+def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta,
+                  history: list[dict[str, float]]) -> list[Path]:
+    """metrics.json, DVC plot data, per-sample predictions and PNG figures (with train's
+    `history` curves); return the PNGs."""
     metrics, test, classes = result.metrics, result.test, meta.classes
     write_json(reports / "metrics.json", metrics)
     for name, rows in result.curves.items():
@@ -49,5 +51,4 @@ def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta) -> list[
         writer.writerow(["id", "label", "probability", "predicted"])
         for i, label, prob, pred in zip(test.ids, test.y, result.p_test, predicted, strict=True):
             writer.writerow([i, classes[int(label)], f"{prob:.9f}", classes[int(pred)]])
-    history = read_json(reports / "train_history.json")
     return save_figures(reports / "figures", result.curves, metrics, history, list(classes))

@@ -61,6 +61,16 @@ def preload(path: str, device: torch.device) -> torch.Tensor:
         return out
 
 
+def batch_bounds(n: int, batch_size: int, training: bool = False) -> list[tuple[int, int]]:
+    """(start, stop) of each batch over `n` rows; for training, a last batch of one sample
+    joins the batch before it (BatchNorm in training mode fails on one sample, and a step
+    on one sample is mostly noise): no sample is dropped and the order stays the same."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if training and batch_size > 1 and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def as_inputs(xb: torch.Tensor) -> torch.Tensor:
     """A stored batch as model input: uint8 images scaled to [0, 1] float32, channels-last."""
     if xb.dtype == torch.uint8:
@@ -104,48 +114,50 @@ class Feed:
         if self.rows is not None:
             self.rows.close()
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(stored features, labels) per batch, in `order` (a CPU permutation) or file order."""
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, *,
+                training: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(stored features, labels) per batch, in `order` (a CPU permutation) or file order;
+        `training` never yields a last batch of one sample (see batch_bounds)."""
+        bounds = batch_bounds(self.n, batch_size, training)
         if self.rows is None:
             assert self.X is not None
             index = None if order is None else order.to(self.device)
-            for i in range(0, self.n, batch_size):
+            for i, j in bounds:
                 if index is None:
-                    xb = self.X[i:i + batch_size]
-                    yb = None if self.y is None else self.y[i:i + batch_size]
+                    xb = self.X[i:j]
+                    yb = None if self.y is None else self.y[i:j]
                 else:
-                    idx = index[i:i + batch_size]
+                    idx = index[i:j]
                     xb, yb = self.X[idx], None if self.y is None else self.y[idx]
                 yield xb, yb
             return
-        yield from self._streamed(batch_size, None if order is None else order.numpy())
+        yield from self._streamed(bounds, None if order is None else order.numpy())
 
-    def _streamed(self, batch_size: int, order: np.ndarray | None
+    def _streamed(self, bounds: list[tuple[int, int]], order: np.ndarray | None
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Read batches in a background thread (file reads release the GIL) PREFETCH ahead."""
         rows = self.rows
         assert rows is not None
         pin = self.device.type == "cuda"
 
-        def read(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def read(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
             if order is None:
-                index = np.arange(start, min(start + batch_size, self.n))
-                xb = torch.from_numpy(rows.read(start, start + len(index)))
+                index = np.arange(start, stop)
+                xb = torch.from_numpy(rows.read(start, stop))
             else:
-                index = order[start:start + batch_size]
+                index = order[start:stop]
                 xb = torch.from_numpy(rows.gather(index))
             return (xb.pin_memory() if pin else xb), torch.from_numpy(index)
 
-        starts = iter(range(0, self.n, batch_size))
+        todo = iter(bounds)
         pool = ThreadPoolExecutor(1, thread_name_prefix="feed-prefetch")
         try:
-            pending = collections.deque(pool.submit(read, s)
-                                        for s in itertools.islice(starts, PREFETCH))
+            pending = collections.deque(pool.submit(read, *b)
+                                        for b in itertools.islice(todo, PREFETCH))
             while pending:
                 xb, index = pending.popleft().result()  # a read error is raised here
-                if (start := next(starts, None)) is not None:
-                    pending.append(pool.submit(read, start))
+                if (bound := next(todo, None)) is not None:
+                    pending.append(pool.submit(read, *bound))
                 yb = None if self.y is None else self.y[index.to(self.device)]
                 yield xb.to(self.device, non_blocking=pin), yb
         finally:

@@ -42,12 +42,26 @@ def _canonical(value: object) -> str | None:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
+def _canonical_column(column: pd.Series) -> list[str | None]:
+    # `_canonical` of every value, computed once per distinct value, or by dtype for numbers
+    # (a 200,000-row CSV took 16 s value by value).
+    if column.dtype.kind == "b":
+        return ["True" if v else "False" for v in column.tolist()]
+    if column.dtype.kind in "iuf":
+        return [None if x != x else str(int(x)) if x.is_integer() else repr(x)
+                for x in column.to_numpy(dtype=np.float64).tolist()]
+    codes, uniques = pd.factorize(column)  # missing values: code -1
+    canonical = [_canonical(u) for u in uniques]
+    return [canonical[c] if c >= 0 else None for c in codes.tolist()]
+
+
 def of_rows(frame: pd.DataFrame) -> list[str]:
     """Each CSV row's fingerprint: its feature values by column name (not position, not label)."""
     columns = sorted(map(str, frame.columns))
     named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
-    return [hashlib.sha256(json.dumps([_canonical(v) for v in row]).encode()).hexdigest()[:HEX]
-            for row in named.itertuples(index=False, name=None)]
+    values = [_canonical_column(named.iloc[:, i]) for i in range(len(columns))]
+    rows = zip(*values, strict=True) if values else [()] * len(frame)
+    return [hashlib.sha256(json.dumps(list(row)).encode()).hexdigest()[:HEX] for row in rows]
 
 
 def write(folder: str | Path, by_split: dict[str, Sequence[str]]) -> None:

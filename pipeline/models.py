@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
 from pipeline.backbones import MIN_SIZE, backbone
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, DataError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, read_json
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
                                            "silu": nn.SiLU}
@@ -101,7 +102,8 @@ def save_model(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp))
+        # save_file's bytes, written by Python: a full disk is an OSError, not a SafetensorError.
+        tmp.write_bytes(save(state))
     with atomic_path(folder / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -109,12 +111,26 @@ def save_model(model: nn.Module, folder: str | Path, config: dict[str, Any]) -> 
 def load_model(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild a saved model from its JSON config and safetensors weights (eval mode, CPU)."""
     folder = Path(folder)
+    path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    retrain = "rerun the train stage (`dvc repro train`) or restore it (`dvc checkout`)"
+    for file in (path, weights):
+        if not file.is_file():
+            raise DataError(f"{file}: not found; run the train stage first (`dvc repro train`)")
+    config = read_json(path)
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{folder / CONFIG_FILE}: not found; run the train stage first") from None
-    model = build_model(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in config["model"].items()}),
-                        config["input_shape"], config["norm"]["mean"], config["norm"]["std"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        model = build_model(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in config["model"].items()}),
+                            config["input_shape"], config["norm"]["mean"], config["norm"]["std"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{path}: not a model config the train stage wrote "
+                        f"({type(err).__name__}: {err}); {retrain}") from None
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as err:  # empty, truncated or overwritten
+        raise DataError(f"{weights}: not a readable safetensors file ({err}); {retrain}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # the weights of another model
+        raise DataError(f"{weights}: does not fit {path} ({str(err).splitlines()[-1].strip()}); "
+                        f"{retrain}") from None
     return model.eval(), config

@@ -12,7 +12,7 @@ from pipeline.crossval import cross_fit, make_pool
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, select_device
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.study import mark_owner, report_epochs, suggest
+from pipeline.study import report_epochs, suggest
 from pipeline.training import apply_tuned, fit_model
 
 # The trial's user attribute holding the CPU threads it trained with.
@@ -73,7 +73,6 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     """Train one sampled configuration, exactly as the train stage would (with the trial's
     thread count, which best_params.json hands to train), in a nested run."""
     params = job.params
-    mark_owner(trial)
     values = suggest(trial, params.tune.search_space)
     try:
         train_cfg, model_cfg = apply_tuned(params.train, params.model, values)

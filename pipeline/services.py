@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import sqlalchemy
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -25,14 +26,35 @@ from pipeline.errors import StoreError
 TIMEOUT = 20
 
 
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for messages, logs and tags."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query,
-                       parts.fragment))
+# Names of settings that hold a credential in URLs, libpq/ODBC strings, dicts and env vars:
+# password, passwd, pwd, sslpassword, PGPASSWORD, token, secret, api_key, passphrase...
+SECRET_NAME = r"[A-Za-z_.-]*(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key)[A-Za-z_.-]*"
+# scheme://user:password@host: the password runs to the last @ before the host (drivers
+# accept an unescaped @ or / in it), never across whitespace or quotes.
+USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s'\"]*:)[^\s'\"]*"
+                      r"(?=@[^@\s'\"]*(?:$|[\s'\"]))")
+# name=value in a URL query or a libpq/ODBC string (quoted values may hold spaces), and
+# 'name': 'value' in a dict's repr.
+KEY_VALUE = re.compile(
+    rf"(?P<head>(?<![A-Za-z0-9]){SECRET_NAME}\s*=\s*|['\"]{SECRET_NAME}['\"]\s*:\s*)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\{[^}]*\}|[^\s&;#,'\"})]+)",
+    re.IGNORECASE)
+MIN_SECRET = 6  # shorter env-var values (true, 1, on) would mask ordinary words
+
+
+def mask(text: str) -> str:
+    """`text` (a URL, a connection string or a message quoting one) with every credential
+    form the database drivers accept replaced by ***: user:password@ in a URL, ?password=
+    (pwd, passwd, sslpassword, token, secret: any case) in its query, password=... in a
+    libpq/ODBC string, and the value of any secret-named environment variable."""
+    text = USERINFO.sub(lambda m: m["head"] + "***", text)
+    text = KEY_VALUE.sub(lambda m: m["head"] + "***", text)
+    for name, value in os.environ.items():
+        # PWD/OLDPWD are the shell's working folders, not passwords.
+        if (len(value) >= MIN_SECRET and name not in ("PWD", "OLDPWD")
+                and re.fullmatch(SECRET_NAME, name, re.IGNORECASE)):
+            text = text.replace(value, "***")
+    return text
 
 
 def is_http(url: str) -> bool:
@@ -90,18 +112,24 @@ def check_server(uri: str, name: str = "MLFLOW_TRACKING_URI") -> None:
 def check_database(url: str, name: str) -> None:
     """Open and close one connection to a SQLAlchemy URL (PostgreSQL, MySQL, SQLite)."""
     where = f"{name}={mask(url)}"
+    if urlsplit(url).netloc.count("@") > 1:
+        # The drivers split at the first @ and would take the rest of the password for the
+        # host name (and print it in their error).
+        raise StoreError(f"{where}: more than one @ before the host; write an @ in the user "
+                         "name or password as %40")
     # connect_timeout is the PostgreSQL/MySQL drivers' own bound on a dead or mistyped host.
     args = {} if url.startswith("sqlite") else {"connect_timeout": TIMEOUT}
     try:
         engine = sqlalchemy.create_engine(url, connect_args=args, poolclass=sqlalchemy.NullPool)
     except (ArgumentError, ImportError, ValueError) as err:
-        raise StoreError(f"{where}: not a usable database URL: {err}") from None
+        raise StoreError(f"{where}: not a usable database URL: {mask(str(err))}") from None
     try:
         with engine.connect():
             pass
     except SQLAlchemyError as err:
         text = str(getattr(err, "orig", None) or err).strip().splitlines()
-        raise StoreError(f"{where}: cannot connect: {text[0] if text else type(err).__name__}") \
-            from None
+        # Drivers quote their connection string in some errors: mask the whole line.
+        raise StoreError(f"{where}: cannot connect: "
+                         f"{mask(text[0]) if text else type(err).__name__}") from None
     finally:
         engine.dispose()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import base64
+import ctypes
+import functools
 import json
-import math
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,43 +15,114 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    REQUEST_LIMIT_EXCEEDED,
+)
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
-from PIL import Image
 
+from pipeline.csvfiles import read_csv
 from pipeline.dataset import DatasetMeta
 from pipeline.engine import model_precision, predict_proba
 from pipeline.errors import DataError
-from pipeline.images import decode_image, image_to_array
+from pipeline.model_inputs import (
+    IMAGE_COLUMNS,
+    Budget,
+    BudgetError,
+    check_rows,
+    image_rows,
+    request_budget,
+)
 from pipeline.models import load_model
-from pipeline.tables import transform_table
+from pipeline.tables import check_numeric_column, transform_table
 
-IMAGE_COLUMNS = ("image", "pixels")
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def pixels_to_array(pixels: Any, size: int, channels: int) -> np.ndarray:
-    """Raw pixels (H×W or H×W×C; 0–255 or 0–1) → the same CHW floats image decoding gives."""
-    arr = np.asarray(pixels)
-    if arr.dtype == object:
-        arr = np.stack([np.asarray(r) for r in arr])
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise DataError(f"pixels of shape {arr.shape}: expected H×W or H×W×C with C in 1, 3, 4")
-    arr = arr.astype(np.float64)
-    if arr.max(initial=0.0) <= 1.0:
-        arr = arr * 255.0  # 0–1 floats
-    arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    # Through PIL, exactly like a decoded file, so resizing matches training.
-    return image_to_array(Image.fromarray(arr), size, channels)
+log = logging.getLogger(__name__)
+SCORING_SERVER = "mlflow.pyfunc.scoring_server"  # imported only by the process serving us
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_FROM = 1 << 20  # bytes: buffers this big are mapped alone and unmapped when freed
 
 
-def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta) -> np.ndarray:
+_ERROR_CODES = {400: INVALID_PARAMETER_VALUE, 413: REQUEST_LIMIT_EXCEEDED, 500: INTERNAL_ERROR}
+
+
+class RequestError(MlflowException):
+    """A request the model refuses: its HTTP status, and a message that is our one line."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self._line, self.status = message, status
+        super().__init__(message, error_code=_ERROR_CODES[status])
+
+    @property
+    def message(self) -> str:
+        """Our line. The scoring server prefixes a repr of the whole request (megabytes for
+        a big one, over several lines); what the client needs is which row and value."""
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass
+
+    def get_http_status_code(self) -> int:
+        """The status we chose: MLflow's error codes map to no 413 (429 is a rate limit)."""
+        return self.status
+
+
+def quiet_scoring_server() -> None:
+    """Keep server stack traces out of `mlflow models serve` error bodies; log them instead."""
+    # MLflow has no option for it (mlflow#16537): the 400 of a CSV/Parquet body it cannot
+    # parse, and of any exception from predict that is not an MlflowException, carries the
+    # server's traceback (file paths, code) as `stack_trace`. Every error body is
+    # MlflowException.serialize_as_json; wrapping that public method, in the serving process
+    # only (its app is built before our load returns: nothing else can be hooked), is the
+    # smallest change `mlflow models serve` keeps. Its private helper would be narrower.
+    if getattr(MlflowException.serialize_as_json, "quiet", False):
+        return
+    serialize = MlflowException.serialize_as_json
+
+    def without_traceback(self: MlflowException) -> str:
+        trace = self.json_kwargs.pop("stack_trace", None)
+        if trace:
+            log.warning("error answered without its traceback: %s\n%s", self.message, trace)
+        return serialize(self)
+
+    without_traceback.quiet = True  # type: ignore[attr-defined]
+    MlflowException.serialize_as_json = without_traceback  # type: ignore[method-assign]
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt, malloc_trim); None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # musl, macOS, Windows: their allocators are not tuned here
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def keep_memory_flat() -> None:
+    """Make freed request buffers go back to the OS in this (serving) process."""
+    # glibc raises its mmap threshold to each big buffer freed (up to 32 MB); after that,
+    # decoded images (Pillow allocates 16 MB blocks) land in per-thread arenas whose tops it
+    # keeps: +4 GB never returned after 50 big requests (benchmarks/serving_load.py). A
+    # fixed threshold maps big buffers alone, unmapped on free; ~1 syscall per buffer.
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_FROM)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_FROM)
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS after a request (glibc keeps them otherwise)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta,
+                      budget: Budget | None = None) -> np.ndarray:
     """Raw rows (CSV columns, or image bytes/pixels) → model inputs with the saved preprocessing."""
+    check_rows(len(frame), budget)
     if meta.table is not None:
         return transform_table(frame, meta.table, where="model input")
     assert meta.image is not None
@@ -57,26 +130,7 @@ def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta) -> np.ndarray:
     if extra:
         raise DataError(f"model input: unexpected columns {extra}; image models take "
                         f"{list(IMAGE_COLUMNS)}")
-    size, channels = meta.image.size, meta.image.channels
-    rows = []
-    for i in range(len(frame)):
-        image = frame["image"].iloc[i] if "image" in frame else None
-        pixels = frame["pixels"].iloc[i] if "pixels" in frame else None
-        try:
-            if not _missing(image):
-                if isinstance(image, str):
-                    image = base64.b64decode(image)  # JSON clients send base64 text
-                rows.append(decode_image(bytes(image), size, channels))
-            elif pixels is not None and not (np.isscalar(pixels) and _missing(pixels)):
-                rows.append(pixels_to_array(pixels, size, channels))
-            else:
-                raise DataError("needs an 'image' (encoded bytes) or 'pixels' value")
-        except DataError as err:
-            raise DataError(f"model input row {i}: {str(err).removeprefix('<bytes>: ')}") \
-                from None
-    if not rows:
-        return np.zeros((0, channels, size, size), dtype=np.uint8)
-    return np.stack(rows)  # uint8, scaled on the device like the training batches
+    return image_rows(frame, meta.image.size, meta.image.channels, budget)
 
 
 class RawInputClassifier(mlflow.pyfunc.PythonModel):
@@ -94,6 +148,14 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         self.threshold = float(serving["threshold"])
         self.classes = list(serving["classes"])
+        # Served (the scoring server imports itself before loading us): bound each request
+        # and keep tracebacks out of error bodies; in-process callers are not bounded.
+        self.served = SCORING_SERVER in sys.modules
+        self.budget = None
+        if self.served:
+            self.budget = request_budget()
+            quiet_scoring_server()
+            keep_memory_flat()
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -104,11 +166,23 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
                 # MLflow drops columns the signature does not know before we see the rows.
                 raise DataError(f"model input has none of the columns this model reads "
                                 f"({', '.join(input_schema(self.meta).input_names())})")
-            X = frame_to_features(frame, self.meta)
+            X = frame_to_features(frame, self.meta, self.budget)
+            probs = predict_proba(self.model, X, precision=self.precision) if len(X) \
+                else np.zeros(0)
         except DataError as err:
-            # A bad request (HTTP 400 when served) with our message, not a server traceback.
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-        probs = predict_proba(self.model, X, precision=self.precision) if len(X) else np.zeros(0)
+            # A bad request (HTTP 400/413 when served) with our message, not a traceback.
+            raise RequestError(str(err), 413 if isinstance(err, BudgetError) else 400) from None
+        except Exception as err:
+            if not self.served:
+                raise
+            # The scoring server would send any other exception's stack trace (file paths,
+            # code) to the client: it stays in the server log, the client gets one line.
+            log.exception("predict failed on %d row(s)", len(frame))
+            raise RequestError(f"model failed on this input ({type(err).__name__}); the "
+                               "server log has the details", 500) from None
+        finally:
+            if self.served:
+                release_memory()
         labels = [self.classes[int(p >= self.threshold)] for p in probs]
         return pd.DataFrame({"probability": probs, "label": labels})
 
@@ -137,7 +211,7 @@ def raw_inputs(meta: DatasetMeta, ids: list[str]) -> pd.DataFrame:
     source = Path(meta.path)
     if meta.table is None:
         return pd.DataFrame({"image": [(source / i).read_bytes() for i in ids]})
-    frame = pd.read_csv(source)
+    frame = read_csv(source, sep=meta.table.sep)  # the same reader (separator, formats)
     rows = frame.loc[[int(i) for i in ids]].drop(columns=[meta.table.target])
     return conform_table(rows, meta.table.dtypes)
 
@@ -154,10 +228,13 @@ def contract(meta: DatasetMeta, threshold: float) -> dict[str, Any]:
     return out
 
 
-def conform_table(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
-    """Cast CSV columns to the signature's types (ints → float) so MLflow accepts them."""
+def conform_table(frame: pd.DataFrame, kinds: dict[str, str], where: str = "input"
+                  ) -> pd.DataFrame:
+    """Cast CSV columns to the signature's types (ints → float) so MLflow accepts them; text in
+    a numeric column is refused, never read as missing."""
     out = frame.copy()
     for col in out.columns:
         if kinds.get(col) in ("float", "int"):
+            check_numeric_column(where, out[col], share=0.0)
             out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
     return out

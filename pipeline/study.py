@@ -1,5 +1,5 @@
 """Optuna study identity, sampler and pruner; storage (journal file or database), the
-trial-count lock and dead-trial repair.
+trial-count lock and the repair of trials that died or were interrupted.
 
 Several hosts can share one study on PostgreSQL: the "count, then start a trial" lock is an
 advisory lock in that database, and a worker that dies anywhere stops beating its heartbeat,
@@ -15,17 +15,16 @@ import logging
 import os
 import platform
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.config import ModelConfig, Params, SearchParam, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.journal import open_journal
 from pipeline.locks import Lock, lock_for
 from pipeline.procs import owner_gone
 from pipeline.services import check_database
@@ -71,10 +70,8 @@ def make_storage(url: str, n_workers: int = 1) -> optuna.storages.BaseStorage:
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=beat, grace_period=3 * beat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    path = url.removeprefix("journal://")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+                heartbeat_stale_trial_callback=requeue)
+    return open_journal(url.removeprefix("journal://"))
 
 
 def ask_lock(storage: str, study_name: str) -> Lock:
@@ -100,7 +97,10 @@ def fail_dead_trials(study: optuna.Study, storage: str) -> list[int]:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
     for trial in running:
-        if owner_gone(trial.user_attrs.get("host"), trial.user_attrs.get("pid")):
+        # A trial is created and marked under the lock this caller holds: one without an
+        # owner lost it when its creator died (or was interrupted) in between.
+        if "pid" not in trial.user_attrs or owner_gone(trial.user_attrs.get("host"),
+                                                        trial.user_attrs["pid"]):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(trial.number)
             if is_database(storage):
@@ -118,10 +118,35 @@ def fail_dead_trials(study: optuna.Study, storage: str) -> list[int]:
     return sorted(failed)
 
 
+def fail_own_trials(study: optuna.Study, storage: str) -> list[int]:
+    """Fail this process's RUNNING trials (after Ctrl-C), re-queued in a database like dead ones."""
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("pid") == os.getpid()
+            and t.user_attrs.get("host") == platform.node()]
+    for trial in mine:
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        if is_database(storage):
+            retry(study, trial)
+    return [t.number for t in mine]
+
+
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a dead trial's params the way heartbeat failures are (Optuna's own callback)."""
-    frozen = study.get_trials(deepcopy=False)[trial.number]
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+    """Re-queue a dead trial's params the way heartbeat failures are."""
+    requeue(study, study.get_trials(deepcopy=False)[trial.number])
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's RetryHeartbeatStaleTrialCallback, minus the failed trial's system attributes.
+
+    Optuna copies them all into the retry, the pruner's rung scores included: the retry then
+    started at a later rung, judged against its own ghost, unlike the uninterrupted trial.
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        return
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
 
 
 def count(study: optuna.Study | list[FrozenTrial]) -> dict[str, int]:
@@ -162,12 +187,40 @@ def make_pruner(name: str, epochs: int, folds: int = 0) -> optuna.pruners.BasePr
         warmup = 1 if folds else min(4, epochs - 1)
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=warmup)
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first,
-                                                      reduction_factor=FACTOR)
+        return SuccessiveHalving(min_resource=first, reduction_factor=FACTOR)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=steps,
                                               reduction_factor=FACTOR)
     return optuna.pruners.NopPruner()
+
+
+class SuccessiveHalving(optuna.pruners.SuccessiveHalvingPruner):
+    """Optuna's successive halving, judging a trial only against trials that did not fail.
+
+    A trial killed or interrupted keeps the rung scores it reached, and Optuna's pruner counts
+    them: the rerun of its params raced its own ghost, so a resumed study pruned differently
+    from an uninterrupted one. (Hyperband cannot be helped so: it assigns brackets by trial
+    number, and a rerun has a new number.)
+    """
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Optuna's decision, over the study without its FAIL trials."""
+        return super().prune(WithoutFailed(study), trial)  # type: ignore[arg-type]
+
+
+class WithoutFailed:
+    """A study as a pruner reads it, its FAIL trials left out; all else is the study's own."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        """The study's trials (of `states`) that did not fail."""
+        return [t for t in self.study.get_trials(deepcopy=deepcopy, states=states)
+                if t.state != TrialState.FAIL]
 
 
 def report_epochs(name: str, epochs: int) -> set[int] | None:

@@ -1,44 +1,38 @@
-"""CSV tables: reading, validation, train-fitted encoding (impute, standardise, one-hot)."""
+"""CSV tables: which columns are features (row identifiers, dates, categories) and the
+train-fitted encoding (impute, standardise, capped one-hot); files are read by csvfiles."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
-from pipeline.dataset import ColumnStats, TableSpec
+from pipeline.csvfiles import MISSING_MARKERS, Note, is_numeric, note, read_frame
+from pipeline.dataset import INFREQUENT, ColumnStats, TableSpec
 from pipeline.errors import DataError
 
-
-def read_csv(path: Path, what: str = "CSV file") -> pd.DataFrame:
-    """Read a UTF-8 CSV with a unique header and at least one row, or say what is wrong."""
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: CSV is empty") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); "
-                        "save the CSV as UTF-8") from None
-    except pd.errors.ParserError as err:
-        raise DataError(f"{path}: cannot parse CSV ({str(err).strip()})") from None
-    if frame.empty:
-        raise DataError(f"{path}: CSV has a header but no rows")
-    check_unique_header(path)
-    return frame
+# scikit-learn OneHotEncoder's min_frequency / max_categories: a value seen once in training
+# cannot generalise, and a column's one-hot width (memory, parameters) stays bounded.
+MIN_FREQUENCY = 2
+MAX_CATEGORIES = 32
+ID_MIN_ROWS = 10  # below this, "a distinct value on every row" says nothing
+ID_WORDS = {"id", "uuid", "guid", "key", "index", "idx", "no", "number"}
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")
+OTHER_DATE = re.compile(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}([T ].*)?")
+EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
-def read_table(cfg: DataConfig) -> tuple[pd.DataFrame, pd.Series]:
-    """Read a CSV; return feature frame and raw target; reject what cannot be learned from."""
+def read_table(cfg: DataConfig) -> tuple[pd.DataFrame, pd.Series, str, list[Note]]:
+    """Read a CSV; return features, raw target, separator and notes; reject what cannot be
+    learned from."""
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"data.path = {cfg.path!r}: CSV file not found")
-    frame = read_csv(path)
+    frame, sep, notes = read_frame(path, sep=cfg.csv_sep)
     if cfg.target not in frame.columns:
         raise DataError(f"{path}: target column data.target = {cfg.target!r} not found "
                         f"(columns: {', '.join(map(str, frame.columns))})")
@@ -54,18 +48,7 @@ def read_table(cfg: DataConfig) -> tuple[pd.DataFrame, pd.Series]:
         check_finite(path, frame[col])
         if frame[col].isna().all():
             raise DataError(f"{path}: column {col!r} has no values (all missing); drop it")
-    return frame, target
-
-
-def check_unique_header(path: Path) -> None:
-    """Reject repeated column names (pandas would silently rename the second to `name.1`)."""
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        header = next(csv.reader(handle), [])
-    seen: set[str] = set()
-    for name in header:
-        if name in seen:
-            raise DataError(f"{path}: column {name!r} appears more than once in the header")
-        seen.add(name)
+    return frame, target, sep, notes
 
 
 def check_finite(where: Path | str, column: pd.Series) -> None:
@@ -80,71 +63,179 @@ def check_finite(where: Path | str, column: pd.Series) -> None:
                         f"(not a finite number; {len(bad)} such value(s) in the column)")
 
 
-def check_numeric_column(path: Path | str, column: pd.Series) -> None:
-    """Reject a mostly-numeric column that holds text: almost always a data-entry error."""
+def check_numeric_column(path: Path | str, column: pd.Series, share: float = 0.5) -> None:
+    """Reject a column that holds text although at least `share` of its values are numbers
+    (a data-entry error when mostly numeric; any text when the model expects numbers)."""
     if is_numeric(column):
         return
     present = column.dropna()
     numbers = pd.to_numeric(present, errors="coerce")
-    if len(present) and numbers.notna().mean() >= 0.5:
+    if len(present) and numbers.notna().mean() >= share and numbers.isna().any():
         bad = present[numbers.isna()]
         raise DataError(f"{path}: column {column.name!r} is numeric but row {bad.index[0]} "
                         f"holds text {bad.iloc[0]!r}")
 
 
-def is_numeric(column: pd.Series) -> bool:
-    """True for numeric and boolean columns."""
-    return pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+def as_text(column: pd.Series) -> np.ndarray:
+    """Category values as stripped strings (None where missing), as fitted and as looked up."""
+    return column.astype("string").str.strip().to_numpy(dtype=object, na_value=None)
 
 
-def fit_table_spec(frame: pd.DataFrame, target: str, where: str = "input") -> TableSpec:
-    """Fit imputation values, standardisation and categorical vocabularies on training rows."""
-    numeric, categorical, dtypes = {}, {}, {}
-    for col in frame.columns:
+def row_identifier(column: pd.Series) -> str | None:
+    """Why a numeric column identifies rows rather than describing them (None if it does not)."""
+    name, n = str(column.name), len(column)
+    if n < ID_MIN_ROWS or not pd.api.types.is_integer_dtype(column):
+        return None
+    values = column.to_numpy()
+    unique = bool(column.is_unique)
+    if re.fullmatch(r"Unnamed: \d+", name) and (unique or np.mean(np.diff(values) == 1) >= 0.9):
+        return "a saved row index (unnamed integer column counting rows)"
+    if unique and int(values.max()) - int(values.min()) == n - 1:
+        return "a row identifier (consecutive integers, a distinct one per row)"
+    words = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
+    if unique and words and words[-1].lower() in ID_WORDS:
+        return f"a row identifier (a distinct integer per row, named {name!r})"
+    return None
+
+
+def date_column(column: pd.Series, where: str) -> bool:
+    """True for ISO dates / datetimes; refuse other date spellings (day/month order unknown)."""
+    text = pd.Series(as_text(column)).dropna()
+    if text.empty:
+        return False
+    iso = text.str.fullmatch(ISO_DATE)
+    if iso.all():
+        return True
+    dated = iso | text.str.fullmatch(OTHER_DATE)
+    if dated.mean() >= 0.5:
+        bad = text[~iso].iloc[0]
+        raise DataError(f"{where}: column {column.name!r} holds dates, but {bad!r} is not an "
+                        "ISO date (YYYY-MM-DD[THH:MM[:SS]]); re-save the column as ISO dates "
+                        "or drop it")
+    return False
+
+
+def to_days(column: pd.Series, where: str) -> np.ndarray:
+    """ISO dates → days since 1970-01-01 UTC (NaN where missing); other text is an error."""
+    text = pd.Series(as_text(column), index=column.index, dtype=object)
+    dates = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    ok = text.isna() | (dates.notna() & text.astype("string").str.fullmatch(ISO_DATE))
+    if not ok.all():
+        row = ok.index[~ok.to_numpy()][0]
+        raise DataError(f"{where}: column {column.name!r} row {row} holds {text[row]!r} "
+                        "(not an ISO date)")
+    return ((dates - EPOCH) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def column_stats(values: pd.Series, where: str, col: str) -> ColumnStats:
+    """Median (imputation), mean and std (standardisation) of one training column."""
+    values = values.astype(float)
+    median = float(values.median()) if values.notna().any() else 0.0
+    filled = values.fillna(median)
+    with np.errstate(over="ignore"):
+        std = float(filled.std(ddof=0))
+    if not (np.isfinite(std) and np.isfinite(float(filled.mean()))):
+        raise DataError(f"{where}: column {col!r} values are too large to standardise "
+                        f"(max |x| = {float(filled.abs().max()):g}); rescale the column")
+    return ColumnStats(median, float(filled.mean()), std if std > 1e-12 else 1.0)
+
+
+def vocabulary(column: pd.Series) -> tuple[tuple[str, ...], int]:
+    """The kept categories (sorted) and how many other values the training rows hold."""
+    counts = pd.Series(as_text(column), dtype=object).value_counts()
+    kept = counts[counts >= MIN_FREQUENCY].sort_index().sort_values(ascending=False,
+                                                                     kind="stable")
+    vocab = tuple(sorted(map(str, kept.index[:MAX_CATEGORIES])))
+    return vocab, len(counts) - len(vocab)
+
+
+def fit_table_spec(frame: pd.DataFrame, train: np.ndarray, target: str, where: str = "input",
+                   sep: str = ",") -> tuple[TableSpec, list[Note]]:
+    """Decide each column's role on the whole file (identifiers, dates) and fit imputation,
+    standardisation and capped vocabularies on the training rows; notes say what changed."""
+    notes: list[Note] = []
+    rows = frame.iloc[train]
+    numeric, categorical, dtypes, dropped = {}, {}, {}, {}
+    dates, infrequent = [], []
+    for col in map(str, frame.columns):
         column = frame[col]
-        dtypes[str(col)] = ("bool" if pd.api.types.is_bool_dtype(column) else
-                            "int" if pd.api.types.is_integer_dtype(column) else
-                            "float" if is_numeric(column) else "string")
+        dtypes[col] = ("bool" if pd.api.types.is_bool_dtype(column) else
+                       "int" if pd.api.types.is_integer_dtype(column) else
+                       "float" if is_numeric(column) else "string")
         if is_numeric(column):
-            values = column.astype(float)
-            median = float(values.median()) if values.notna().any() else 0.0
-            filled = values.fillna(median)
-            with np.errstate(over="ignore"):
-                std = float(filled.std(ddof=0))
-            if not (np.isfinite(std) and np.isfinite(float(filled.mean()))):
-                raise DataError(f"{where}: column {col!r} values are too large to standardise "
-                                f"(max |x| = {float(filled.abs().max()):g}); rescale the column")
-            numeric[str(col)] = ColumnStats(median, float(filled.mean()),
-                                            std if std > 1e-12 else 1.0)
+            reason = row_identifier(column)
+            if reason is None:
+                numeric[col] = column_stats(rows[col], where, col)
+        elif date_column(column, where):
+            reason = None
+            dates.append(col)
+            numeric[col] = column_stats(pd.Series(to_days(rows[col], where)), where, col)
+            note(notes, where, f"column {col!r}", "ISO dates encoded as days since 1970-01-01",
+                 "one number, standardised on the training rows (not one-hot per date)")
+        elif len(frame) >= ID_MIN_ROWS and column.notna().all() and column.is_unique:
+            reason = "a row identifier or free text (a distinct value on every row)"
         else:
-            categorical[str(col)] = tuple(sorted({str(v) for v in column.dropna()}))
-    return TableSpec(target, tuple(str(c) for c in frame.columns), dtypes, numeric, categorical)
+            vocab, rare = vocabulary(rows[col])
+            reason = None if vocab else (f"free text or an identifier (no value occurs "
+                                         f"{MIN_FREQUENCY}+ times in the training rows)")
+            if vocab:
+                categorical[col] = vocab
+            if vocab and rare:
+                infrequent.append(col)
+                note(notes, where, f"column {col!r}",
+                     f"one-hot for {len(vocab)} categories, {rare} others share "
+                     f"'{col}={INFREQUENT}'", f"kept: seen {MIN_FREQUENCY}+ times in training, "
+                     f"at most {MAX_CATEGORIES}")
+        if reason is not None:
+            dropped[col] = reason
+            note(notes, where, f"column {col!r}", "dropped", reason)
+    if len(dropped) == frame.shape[1]:
+        raise DataError(f"{where}: no usable feature column (dropped all: "
+                        f"{', '.join(f'{c!r}: {r}' for c, r in dropped.items())})")
+    spec = TableSpec(target, tuple(map(str, frame.columns)), dtypes, numeric, categorical,
+                     dropped=dropped, dates=tuple(dates), infrequent=tuple(infrequent), sep=sep)
+    return spec, notes
 
 
-def check_columns(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    """The columns must be exactly the training columns (any order); name what differs."""
-    missing = [c for c in columns if c not in frame.columns]
+def check_columns(frame: pd.DataFrame, columns: Sequence[str], where: str,
+                  optional: Collection[str] = ()) -> None:
+    """The columns must be the training columns (any order; `optional` ones, which the model
+    ignores, may be absent); name what differs."""
+    missing = [c for c in columns if c not in frame.columns and c not in optional]
     extra = [str(c) for c in frame.columns if str(c) not in columns]
     if missing or extra:
         raise DataError(f"{where}: columns do not match training data "
                         f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})")
 
 
+def numbers(column: pd.Series, where: str) -> np.ndarray:
+    """A numeric model input as floats (missing markers → NaN); any other text is an error."""
+    if not is_numeric(column):
+        column = column.where(~column.astype("string").str.strip().isin(MISSING_MARKERS))
+        check_numeric_column(where, column, share=0.0)
+        column = pd.to_numeric(column, errors="coerce")
+    check_finite(where, column)
+    return column.astype(float).to_numpy()
+
+
 def transform_table(frame: pd.DataFrame, spec: TableSpec, where: str = "input") -> np.ndarray:
-    """Apply train-fitted imputation, scaling and one-hot encoding; unseen categories → zeros."""
-    check_columns(frame, spec.columns, where)
-    parts = []
+    """Apply the train-fitted encoding; an unseen category → the column's infrequent indicator
+    if it has one, else zeros; dropped columns are ignored. Memory: the output plus O(rows)."""
+    check_columns(frame, spec.columns, where, optional=spec.dropped)
+    X = np.zeros((len(frame), len(spec.feature_names())), dtype=np.float32)
+    j = 0
     for col in (c for c in spec.columns if c in spec.numeric):
         stats = spec.numeric[col]
-        column = frame[col]
-        if not is_numeric(column):
-            check_numeric_column(where, column)
-            column = pd.to_numeric(column, errors="coerce")
-        check_finite(where, column)
-        values = column.astype(float).fillna(stats.median).to_numpy()
-        parts.append(((values - stats.mean) / stats.std)[:, None])
+        values = to_days(frame[col], where) if col in spec.dates else numbers(frame[col], where)
+        X[:, j] = (np.where(np.isnan(values), stats.median, values) - stats.mean) / stats.std
+        j += 1
     for col in (c for c in spec.columns if c in spec.categorical):
-        vocab = np.asarray(spec.categorical[col], dtype=object)
-        values = frame[col].map(lambda v: None if pd.isna(v) else str(v)).to_numpy()
-        parts.append((values[:, None] == vocab[None, :]).astype(float))
-    return np.concatenate(parts, axis=1).astype(np.float32)
+        text = as_text(frame[col])
+        codes = pd.Index(spec.categorical[col]).get_indexer(text)  # -1: unseen or missing
+        known = np.flatnonzero(codes >= 0)
+        X[known, j + codes[known]] = 1.0
+        j += len(spec.categorical[col])
+        if col in spec.infrequent:
+            X[(codes < 0) & pd.notna(text), j] = 1.0
+            j += 1
+    return X

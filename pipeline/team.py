@@ -80,11 +80,12 @@ def auth_config(state: Path, auth_db: str) -> dict[str, str]:
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secret.read_text().strip()}
 
 
-def server_command(backend: str, artifacts: str, host: str, port: int, auth: bool,
+def server_command(artifacts: str, host: str, port: int, auth: bool,
                    workers: int = 2, allowed_hosts: str | None = None) -> list[str]:
-    """The `mlflow server` command line: PostgreSQL runs, artifacts proxied over HTTP."""
+    """The `mlflow server` command line: artifacts proxied over HTTP; the PostgreSQL store
+    comes from MLFLOW_BACKEND_STORE_URI (a password on a command line is public in `ps`)."""
     cmd = [str(Path(sys.executable).with_name("mlflow")), "server",
-           "--backend-store-uri", backend, "--artifacts-destination", artifacts,
+           "--artifacts-destination", artifacts,
            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
     if auth:
         cmd += ["--app-name", "basic-auth"]
@@ -130,12 +131,11 @@ def start_server(admin_url: str, prefix: str, state: Path, host: str = "127.0.0.
             raise PipelineError("authentication is on: set MLFLOW_AUTH_ADMIN_PASSWORD (the "
                                 "admin password MLflow creates on first start)")
         env.update(auth_config(state, ensure_database(admin_url, f"{prefix}_auth")))
-    backend = ensure_database(admin_url, f"{prefix}_mlflow")
+    env["MLFLOW_BACKEND_STORE_URI"] = ensure_database(admin_url, f"{prefix}_mlflow")
     optuna_db = ensure_database(admin_url, f"{prefix}_optuna")
     artifacts = state / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    cmd = server_command(backend, str(artifacts.resolve()), host, port, auth, workers,
-                         allowed_hosts)
+    cmd = server_command(str(artifacts.resolve()), host, port, auth, workers, allowed_hosts)
     out = open(log, "ab") if log else None  # noqa: SIM115 -- the server outlives this call
     process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                start_new_session=True)

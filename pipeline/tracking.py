@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -21,10 +21,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.engine import Callback, FitResult
 from pipeline.errors import StoreError
+from pipeline.files import disk_full_error, is_disk_full
 from pipeline.lineage import dvc_experiment_tags, file_sha256, pipeline_run_name
 from pipeline.locks import lock_for
 from pipeline.procs import invocation_id, owner_gone
 from pipeline.services import check_database, check_server, is_http, mask
+from pipeline.sqlite_store import check_sqlite, sqlite_file
 from pipeline.tags import Tag
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -41,30 +43,25 @@ STORE_ERRORS = (MlflowException, SQLAlchemyError)
 
 def store_error(err: Exception) -> StoreError:
     """One line naming the store and its complaint, instead of a driver traceback."""
-    text = getattr(err, "message", None) or str(err)
+    lines = str(getattr(err, "message", None) or err).splitlines() or [type(err).__name__]
+    # SQLAlchemy may put its own remark first; the driver's complaint is `(module.Error) ...`.
+    driver = [line for line in lines if re.match(r"\([\w.]+\) ", line)]
     return StoreError(f"MLFLOW_TRACKING_URI={mask(tracking_uri())}: tracking store failed: "
-                      f"{text.splitlines()[0] if text else type(err).__name__}")
+                      f"{(driver or lines)[0]}")
 
 
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a `sqlite:///path` URI (None for other stores and in-memory)."""
-    if urlparse(uri).scheme != "sqlite" or uri == "sqlite://":
-        return None
-    return Path(unquote(uri[len("sqlite:///"):]))
-
-
-def configure() -> MlflowClient:
-    """Point MLflow at the configured store and check it answers; call from entry points."""
+def configure(must_exist: bool = False) -> MlflowClient:
+    """Point MLflow at the configured store and check it answers (a missing SQLite file is
+    refused where `must_exist`: stages that continue a train run); call from entry points."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # noise in DVC logs
     uri = tracking_uri()
     db = sqlite_file(uri)
-    if db is not None and not db.parent.is_dir():
-        # SQLite would silently start an empty store somewhere nobody looks.
-        raise StoreError(f"MLFLOW_TRACKING_URI={uri}: folder {db.parent} does not exist")
+    if db is not None:
+        check_sqlite(uri, db, must_exist)
     # Fail in seconds, not after MLflow's minutes of retries, on a dead or mistyped service.
-    if is_http(uri):
+    elif is_http(uri):
         check_server(uri)
-    elif db is None:
+    else:
         check_database(uri, "MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # A new SQLite store is created by its first client; two at once (`dvc queue start -j 2`
@@ -93,8 +90,8 @@ def experiment_id(name: str) -> str:
     if found is not None and expected is not None and found.artifact_location != expected:
         # A SQLite store copied from another checkout still points at that checkout's
         # artifacts: new runs would write there. MLflow cannot move an experiment's root.
-        raise StoreError(f"MLFLOW_TRACKING_URI={tracking_uri()}: experiment {name!r} keeps its "
-                         f"artifacts in {found.artifact_location}, not beside this store "
+        raise StoreError(f"MLFLOW_TRACKING_URI={mask(tracking_uri())}: experiment {name!r} "
+                         f"keeps its artifacts in {found.artifact_location}, not beside this store "
                          f"({expected}); the store was copied from elsewhere. Point "
                          "MLFLOW_TRACKING_URI at the original store, or move this mlflow.db "
                          "aside to start a fresh one")
@@ -133,31 +130,32 @@ def end_orphaned_runs(exp_id: str) -> list[str]:
 def start_run(experiment: str, run_name: str | None = None, run_id: str | None = None,
               tags: dict[str, str] | None = None) -> Iterator[str]:
     """Start or resume a run and yield its id; an exception ends it FAILED, Ctrl-C KILLED."""
+    all_tags = {**owner_tags(), **(tags or {})}
     try:
         exp_id = experiment_id(experiment)
         end_orphaned_runs(exp_id)
+        # A resumed run keeps its name (MLflow would rename it to run_name).
+        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                                  run_name=run_name if run_id is None else None,
+                                  tags=all_tags if run_id is None else None)
+        if run_id is not None:
+            mlflow.set_tags(all_tags)
     except STORE_ERRORS as err:
+        with contextlib.suppress(*STORE_ERRORS):
+            mlflow.end_run("FAILED")  # a run created before its tags failed
         raise store_error(err) from None
-    all_tags = {**owner_tags(), **(tags or {})}
-    # A resumed run keeps its name (MLflow would rename it to run_name).
-    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                              run_name=run_name if run_id is None else None,
-                              tags=all_tags if run_id is None else None)
-    if run_id is not None:
-        mlflow.set_tags(all_tags)
     try:
         yield active.info.run_id
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except STORE_ERRORS as err:
-        # The store failed mid-run; ending the run may fail too, and then the next run's
+    except BaseException as err:
+        # Ending the run may fail too (a full disk, a broken store); then the next run's
         # end_orphaned_runs marks it KILLED.
-        with contextlib.suppress(*STORE_ERRORS):
-            mlflow.end_run("FAILED")
-        raise store_error(err) from None
-    except BaseException:
-        mlflow.end_run("FAILED")
+        with contextlib.suppress(*STORE_ERRORS, OSError):
+            mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, STORE_ERRORS):
+            raise store_error(err) from None
+        if is_disk_full(err):  # MLflow's artifact copies (ours name their own file)
+            raise disk_full_error(getattr(err, "filename", None) or active.info.artifact_uri,
+                                  err) from None
         raise
     mlflow.end_run("FINISHED")
 

@@ -15,7 +15,7 @@ from pipeline.backbones import check_checkpoint, input_norm, load_checkpoint
 from pipeline.config import AugmentConfig, ModelConfig, Params, TrainConfig
 from pipeline.dataset import DatasetMeta, Split
 from pipeline.engine import Callback, FitResult, fit, seed_everything
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.files import read_json, write_json
 from pipeline.lineage import file_sha256
 from pipeline.models import WEIGHTS_FILE, build_model, save_model
@@ -48,7 +48,10 @@ def load_tuned(best_params: str | Path, params: Params, input_shape: Sequence[in
     before anything is trained."""
     path = Path(best_params)
     best = read_json(path) if path.is_file() else {}
-    tuned = best.get("params", {})
+    tuned = best.get("params", {}) if isinstance(best, dict) else None
+    if not isinstance(tuned, dict):
+        raise DataError(f"{path}: not a best-params file of this pipeline (expected a mapping "
+                        "with a 'params' mapping); rerun the tune stage (dvc repro -f -s tune)")
     train, model = params.train, params.model
     sections = {"train": train, "model": model}
     for key, value in sorted(tuned.items()):

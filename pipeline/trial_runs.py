@@ -13,6 +13,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
+from pipeline.interrupts import Interrupted
 from pipeline.tags import Tag
 
 
@@ -41,10 +42,14 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
     trial = TrialRun(run.info.run_id)
     tracking.log_params(params, run_id=trial.run_id)
     tick = time.perf_counter()
+    status = None
     try:
         yield trial
+    except (Interrupted, KeyboardInterrupt):
+        status = "KILLED"  # like a killed worker's trial: stopped, not broken
+        raise
     finally:
-        if trial.state not in _TRIAL_STATUS:
+        if status or trial.state not in _TRIAL_STATUS:
             trial.state = "FAIL"  # left by an exception
         tags = {Tag.TRIAL_STATE: trial.state}
         if trial.state == "PRUNED" and trial.pruned_at is not None:
@@ -54,7 +59,7 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
         # Two requests per closing trial (short pruned trials are many, the server is shared).
         tracking.log_batch(trial.run_id, {0: {
             **trial.metrics, "duration_seconds": time.perf_counter() - tick}}, tags)
-        client.set_terminated(trial.run_id, _TRIAL_STATUS[trial.state])
+        client.set_terminated(trial.run_id, status or _TRIAL_STATUS[trial.state])
 
 
 def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""Optuna tuning: the trial objective, the worker loop, the study's parent run, tune and join."""
+"""Optuna tuning: the worker loop, worker processes and Ctrl-C, the study's parent run, tune."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import tracking, trial_runs
+from pipeline import interrupts, tracking, trial_runs
 from pipeline.backbones import check_checkpoint
 from pipeline.config import Params
 from pipeline.crossval import folds_for
 from pipeline.dataset import DatasetMeta, Split, load_splits
 from pipeline.engine import resolve_precision, select_device
 from pipeline.errors import PipelineError
+from pipeline.interrupts import INTERRUPTED_EXIT, Interrupted, interruptible
 from pipeline.lineage import dvc_hash
 from pipeline.locks import Lock, lock_for
 from pipeline.metrics import direction
@@ -33,11 +34,13 @@ from pipeline.study import (
     ask_lock,
     count,
     fail_dead_trials,
+    fail_own_trials,
     heartbeat_seconds,
     is_database,
     make_pruner,
     make_sampler,
     make_storage,
+    mark_owner,
     study_name,
 )
 from pipeline.tags import Tag
@@ -107,8 +110,13 @@ def run_worker(job: TuneJob, progress: Progress | None = None,
     lock = ask_lock(job.storage, job.study_name)
     started = time.monotonic()
     with watching(job):
-        return work(replace(job, folds=folds), study, lock, train, processed["val"], meta,
-                    started, progress)
+        try:
+            return work(replace(job, folds=folds), study, lock, train, processed["val"], meta,
+                        started, progress)
+        except Interrupted:
+            # Optuna did not tell the trial (see Interrupted): nothing of ours stays RUNNING.
+            fail_own_trials(study, job.storage)
+            raise
 
 
 def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split,
@@ -142,7 +150,9 @@ def work(job: TuneJob, study: optuna.Study, lock: Lock, train: Split, val: Split
                 study.sampler = make_sampler(job.params.seed, job.worker, finished)
 
                 def objective(trial: optuna.Trial) -> float:
-                    # The trial now exists as RUNNING, so other workers count it: unlock.
+                    # The trial now exists as RUNNING, so other workers count it: unlock, once
+                    # it names its owner (a RUNNING trial without one is an orphan).
+                    mark_owner(trial)
                     lock.release()
                     return run_trial(job, trial, train, val, meta)
 
@@ -173,37 +183,70 @@ def _spawned_worker(job: TuneJob) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{job.worker}: "
                         "%(message)s")
     tracking.configure()  # a spawned process starts with MLflow unconfigured
-    run_worker(job)
+    with interruptible(always=True):  # started with Ctrl-C ignored (start_quietly)
+        try:
+            run_worker(job)
+        except Interrupted:
+            raise SystemExit(INTERRUPTED_EXIT) from None
+
+
+def stop_workers(job: TuneJob, workers: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop every worker, then fail the trials any of them left RUNNING (one killed)."""
+    interrupts.stop_all(workers)
+    study = open_study(job)
+    with ask_lock(job.storage, job.study_name):
+        fail_dead_trials(study, job.storage)
+    trial_runs.DeadTrialRuns(job.experiment_id, job.study_name).sweep(study.get_trials(
+        deepcopy=False, states=(TrialState.FAIL,)))
 
 
 def run_study(job: TuneJob) -> optuna.Study:
     """Run tune.n_workers workers (processes when > 1) on the shared study; return it."""
-    tune = job.params.tune
-    progress = Progress(tune.n_trials, "tune", every=1)
+    progress = Progress(job.params.tune.n_trials, "tune", every=1)
     try:
-        if tune.n_workers == 1:
-            return run_worker(job, progress)
-        ctx = multiprocessing.get_context("spawn")
-        # Worker numbers continue from job.worker, so hosts joining with distinct bases never
-        # share a sampler stream.
-        workers = [ctx.Process(target=_spawned_worker, args=(replace(job, worker=job.worker + i),))
-                   for i in range(tune.n_workers)]
-        for worker in workers:
-            worker.start()
-        study, seen = open_study(job), 0
+        with interruptible():
+            if job.params.tune.n_workers == 1:
+                return run_worker(job, progress)
+            return run_processes(job, progress)
+    finally:
+        progress.close()
+
+
+def run_processes(job: TuneJob, progress: Progress) -> optuna.Study:
+    """Worker processes on the study; Ctrl-C (to the parent, or to any worker) stops them all."""
+    ctx = multiprocessing.get_context("spawn")
+    # Worker numbers continue from job.worker, so hosts joining with distinct bases never
+    # share a sampler stream.
+    workers = [ctx.Process(target=_spawned_worker, args=(replace(job, worker=job.worker + i),))
+               for i in range(job.params.tune.n_workers)]
+    interrupts.start_quietly(workers)
+    study, seen = open_study(job), 0
+    try:
         while any(w.is_alive() for w in workers):
             time.sleep(1.0)
+            if any(w.exitcode == INTERRUPTED_EXIT for w in workers):
+                interrupts.interrupt()  # one worker's Ctrl-C stops them all
             finished = sum(count(study).get(s.name, 0) for s in FINISHED)
             for _ in range(finished - seen):
                 progress.update(**progress_fields(study))
             seen = finished
-        bad = [w.exitcode for w in workers if w.exitcode != 0]
-        if bad:
-            raise PipelineError(f"tune: {len(bad)} worker(s) failed (exit codes {bad}); "
-                                "see the log above")
-        return study
-    finally:
-        progress.close()
+    except Interrupted:
+        stop_workers(job, workers)
+        raise
+    bad = [w.exitcode for w in workers if w.exitcode != 0]
+    if bad:
+        raise PipelineError(f"tune: {len(bad)} worker(s) failed (exit codes {bad}); "
+                            "see the log above")
+    return study
+
+
+def interrupted(job: TuneJob) -> str:
+    """The one line Ctrl-C leaves: what the study keeps and how to resume it."""
+    counts = count(open_study(job))
+    done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    return (f"tune interrupted (Ctrl-C): study {job.study_name} keeps {done} of "
+            f"{job.params.tune.n_trials} finished trials, none left running; run the stage "
+            "again to resume it (the interrupted trial reruns with the same params)")
 
 
 def parent_run_id(params: Params, name: str, storage: str) -> str:
@@ -235,10 +278,14 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
              "`python -m pipeline.tune_worker`)", name, mask(storage), params.tune.n_trials,
              params.tune.n_workers)
     run_id = parent_run_id(params, name, storage)
-    with tracking.start_run(params.mlflow.experiment, run_id=run_id):
+    # Ctrl-C from here on leaves one line; a second one cannot cut the clean-up short.
+    with interruptible(), tracking.start_run(params.mlflow.experiment, run_id=run_id):
         job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
                       tracking.experiment_id(params.mlflow.experiment))
-        study = run_study(job)
+        try:
+            study = run_study(job)
+        except Interrupted:  # a KeyboardInterrupt ends the parent run KILLED
+            raise KeyboardInterrupt(interrupted(job)) from None
         best = study.best_trial
         # Tags, not params: a resumed study may find a better trial, and params are immutable.
         tracking.log_tags({f"best.{k}": str(v) for k, v in best.params.items()})

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING
 
 from pipeline.config import Params, load_params
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.interrupts import INTERRUPTED_EXIT, Interrupted
 from pipeline.services import mask
 from pipeline.stages._common import setup_logging
+from pipeline.stages.validate import check_params, pipeline_file
 
 if TYPE_CHECKING:
     import optuna
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     try:
         params = load_params(args.params)
+        check_params(params, pipeline_file())  # exactly what the validate stage checks
         if not params.tune.enabled:
             raise PipelineError(f"{args.params}: tune.enabled is false; nothing to join")
         from pipeline.study import storage_url
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (KeyboardInterrupt, Interrupted):
+        print("error: worker interrupted (Ctrl-C); its trial failed, and the next worker to "
+              "ask reruns its params", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     print(f"study {study.study_name}: done ({len(study.trials)} trials in the database)")
 
 

@@ -73,6 +73,8 @@ def coerce(kind: Any, value: Any, key: str) -> Any:
     if kind is int:
         require(isinstance(value, int) and not isinstance(value, bool), key, value,
                  "must be an integer")
+        # torch and numpy index, seed and count in 64 bits; a larger value fails deep inside.
+        require(-2**63 <= value < 2**63, key, value, "does not fit a 64-bit integer")
         return value
     if kind is float:
         # YAML reads 1e-4 (no dot) as a string; accept it as a number like a person would.

@@ -119,9 +119,9 @@ def test_auto_image_size_reads_only_files_the_decoder_takes(tmp_path: Path) -> N
     for i in range(3):
         files.append(tmp_path / f"{i}.png")
         Image.new("L", (20, 20)).save(files[-1])
-    for i in range(5):  # PIL opens WebP, but decode_file refuses the suffix
-        files.append(tmp_path / f"{i}.webp")
-        Image.new("L", (200, 200)).save(files[-1])
+    for i in range(5):  # PIL opens these (PNG bytes), but decode_file refuses the suffix
+        files.append(tmp_path / f"{i}.heic")
+        Image.new("L", (200, 200)).save(files[-1], format="PNG")
     assert auto_size(files) == 20
 
 

@@ -6,9 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
+from pipeline.files import disk_full_error, is_disk_full
 
 StageRun = Callable[[Params, argparse.Namespace], None]
 
@@ -29,8 +31,16 @@ def setup_logging() -> None:
     """INFO lines for our modules; third-party chatter (matplotlib, alembic) at WARNING."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        for noisy in ("matplotlib", "alembic", "mlflow.store.db.utils"):
+        for noisy in ("matplotlib", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # It logs a traceback for each database error it then raises (and the stage reports).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` and exit 2 (the pipeline's code for a user-fixable state)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def stage_main(description: str, paths: dict[str, str],
@@ -43,8 +53,18 @@ def stage_main(description: str, paths: dict[str, str],
         try:
             run(load_params(args.params), args)
         except PipelineError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            fail(str(err))
+        except KeyboardInterrupt:
+            # Ctrl-C is the user's choice, not a fault: one line and the shell's code for it.
+            print("error: interrupted (Ctrl-C); outputs are written only when a stage "
+                  "completes, so rerun it", file=sys.stderr)
+            raise SystemExit(130) from None
+        except OSError as err:
+            # A write our atomic helpers did not make (a library's own file): name its path
+            # when the OS gave one.
+            if not is_disk_full(err):
+                raise
+            fail(str(disk_full_error(err.filename or "an output", err)))
 
     main.__doc__ = f"Entry point of the stage: {description.splitlines()[0]}"
     return main

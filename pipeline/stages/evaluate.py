@@ -12,6 +12,7 @@ from pipeline.crossval import read_threshold_basis
 from pipeline.dataset import load_splits
 from pipeline.engine import model_precision, predict_proba, seed_everything, select_device
 from pipeline.evaluation import evaluate, write_reports
+from pipeline.files import atomic_update, read_json
 from pipeline.models import WEIGHTS_FILE, load_model
 from pipeline.stages._common import stage_main
 from pipeline.tags import Tag
@@ -22,20 +23,22 @@ PATHS = {"data_dir": "data/processed", "model_dir": "models", "reports": "report
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Choose the threshold on train's validation (or out-of-fold) predictions, score test;
-    write reports; log them to the model's run."""
+    log the reports to the model's run, then write them (nothing is written if either fails)."""
+    tracking.configure(must_exist=True)  # it adds to train's run: checked before any work
     splits, meta = load_splits(args.data_dir, names=("test",))
     model, config = load_model(args.model_dir)
     device = select_device()  # where train predicted the threshold's basis, in its precision
     seed_everything(params.seed, config["train"]["num_threads"], device)
     p_test = predict_proba(model.to(device), splits["test"].X, device, model_precision(config))
-    y_basis, p_basis = read_threshold_basis(Path(args.reports) / "threshold_predictions.csv")
+    reports = Path(args.reports)
+    y_basis, p_basis = read_threshold_basis(reports / "threshold_predictions.csv")
     result = evaluate(y_basis, p_basis, splits["test"], p_test, params.evaluate.threshold)
-    figures = write_reports(Path(args.reports), result, meta)
-    tracking.configure()
-    with tracking.model_run(params.mlflow.experiment, "evaluate",
-                            Path(args.model_dir) / WEIGHTS_FILE) as run_id:
-        records.log_evaluation(result.metrics, splits["test"], args.data_dir, figures,
-                               Path(args.reports), {"evaluate": params.evaluate})
+    history = read_json(reports / "train_history.json")
+    with atomic_update(reports) as out, tracking.model_run(
+            params.mlflow.experiment, "evaluate", Path(args.model_dir) / WEIGHTS_FILE) as run_id:
+        figures = write_reports(out, result, meta, history)
+        records.log_evaluation(result.metrics, splits["test"], args.data_dir, figures, out,
+                               {"evaluate": params.evaluate})
         tracking.log_tags({Tag.TEST_METRICS_FROM: run_id})  # evaluated here, not adopted
 
 

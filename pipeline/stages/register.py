@@ -11,7 +11,7 @@ from pipeline.config import Params
 from pipeline.dataset import load_splits
 from pipeline.files import read_json, write_json
 from pipeline.lineage import lineage_tags
-from pipeline.models import CONFIG_FILE, WEIGHTS_FILE
+from pipeline.models import CONFIG_FILE, WEIGHTS_FILE, load_model
 from pipeline.stages._common import stage_main
 from pipeline.typed import flatten
 
@@ -21,9 +21,10 @@ PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented", "model_dir
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Register a version tagged with its lineage; it becomes champion only if it wins."""
+    tracking.configure(must_exist=True)  # it adds to train's run: checked before any work
     splits, meta = load_splits(args.data_dir, names=("test",))
+    load_model(args.model_dir)  # a broken model is refused before the registry sees it
     weights = Path(args.model_dir) / WEIGHTS_FILE
-    tracking.configure()
     with tracking.model_run(params.mlflow.experiment, "register", weights):
         tracking.log_stage_params(flatten({"register": dataclasses.asdict(params.register)}))
         lineage = lineage_tags(args.data_dir, args.train_dir, weights,

@@ -9,6 +9,7 @@ from pipeline.config import Params
 from pipeline.crossval import fit_final
 from pipeline.dataset import load_splits
 from pipeline.engine import select_device
+from pipeline.files import atomic_update
 from pipeline.progress import EpochProgress
 from pipeline.stages._common import stage_main
 from pipeline.training import load_tuned, save_training
@@ -19,12 +20,13 @@ PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Train with params.yaml + best_params.json in a new MLflow run (small data: k folds)."""
+    tracking.configure()  # checked (or created, on a fresh clone) before any work
     processed, meta = load_splits(args.data_dir, names=("val",))
     train, val = load_splits(args.train_dir, names=("train",))[0]["train"], processed["val"]
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
     device, monitor = select_device(), params.tune.metric  # trials early-stopped on it
-    tracking.configure()
-    with views.pipeline_run(params.mlflow.experiment, "train") as run_id:
+    with atomic_update(args.out) as out, atomic_update(args.reports) as reports, \
+            views.pipeline_run(params.mlflow.experiment, "train") as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
         background, val_hash = records.log_training_inputs(
@@ -33,8 +35,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
                           device=device, monitor=monitor,
                           callbacks=[tracking.EpochLogger(run_id), EpochProgress("train", monitor)])
         background.close()
-        weights = save_training(final, args.out, args.reports, model_cfg, train_cfg,
-                                params.seed, meta, tuned)
+        # Into temp folders: they replace the old outputs only once the run has recorded them.
+        weights = save_training(final, out, reports, model_cfg, train_cfg, params.seed, meta, tuned)
         records.log_training_result(final, weights, val.X[:4], val_hash)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipeline.config import Params
 from pipeline.files import write_json
+from pipeline.interrupts import INTERRUPTED_EXIT, Interrupted
 from pipeline.stages._common import stage_main
 from pipeline.study import storage_url
 from pipeline.tune import tune
@@ -19,7 +21,18 @@ def run(params: Params, args: argparse.Namespace) -> None:
     write_json(args.out, tune(params, args.data_dir, args.train_dir, storage_url()))
 
 
-main = stage_main(__doc__, PATHS, run)
+stage = stage_main(__doc__, PATHS, run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The stage's entry point; Ctrl-C ends it with one line and exit status 130."""
+    try:
+        stage(argv)
+    except (KeyboardInterrupt, Interrupted) as stop:
+        print(f"error: {stop or 'tune interrupted (Ctrl-C); run it again to resume'}",
+              file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
+
 
 if __name__ == "__main__":
     main()

@@ -6,26 +6,40 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.config import Params
 from pipeline.errors import ConfigError
 from pipeline.files import write_json
 from pipeline.stages._common import stage_main
+from pipeline.yamlfile import read_yaml
 
 PATHS = {"dvc_yaml": "dvc.yaml", "out": "reports/params_check.json"}
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Loading params.yaml validated every key; also refuse data DVC would not track."""
-    stages = yaml.safe_load(Path(args.dvc_yaml).read_text())["stages"]
+    check_params(params, args.dvc_yaml)
+    # Constant content: downstream stages depend on this file only for ordering.
+    write_json(args.out, {"params": "valid"})
+
+
+def pipeline_file() -> Path:
+    """dvc.yaml of the checkout in the working directory, else of the code's own checkout."""
+    here = Path("dvc.yaml")
+    return here if here.is_file() else Path(__file__).resolve().parents[2] / "dvc.yaml"
+
+
+def check_params(params: Params, dvc_yaml: str | Path = "dvc.yaml") -> None:
+    """What validate checks beyond load_params (tune_worker runs the same): the data and
+    checkpoint paths lie where DVC tracks them, and the checkpoint exists."""
+    stages = read_yaml(dvc_yaml, "DVC pipeline file (run from the repository root)")
+    if not isinstance(stages, dict) or not isinstance(stages.get("stages"), dict):
+        raise ConfigError(f"{dvc_yaml}: holds no `stages:` mapping")
+    stages = stages["stages"]
     require_tracked("data.path", params.data.path, stages, ("preprocess",))
     if params.model.weights is not None:
         require_tracked("model.weights", params.model.weights, stages, ("tune", "train"))
         if not Path(params.model.weights).is_file():
             raise ConfigError(f"model.weights = {params.model.weights!r}: file not found")
-    # Constant content: downstream stages depend on this file only for ordering.
-    write_json(args.out, {"params": "valid"})
 
 
 def require_tracked(key: str, value: str, stages: dict[str, Any], names: tuple[str, ...]

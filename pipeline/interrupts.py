@@ -1,0 +1,77 @@
+"""Ctrl-C during tuning: one handler for the first SIGINT, and worker processes that all stop.
+
+The first Ctrl-C raises Interrupted where the code runs; later ones are ignored, so the
+clean-up (failing the trial, closing its MLflow run, stopping workers) is never cut short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+
+# Exit status after Ctrl-C (128 + SIGINT, what shells report).
+INTERRUPTED_EXIT = 130
+# How long stopped workers get to fail their trials and exit before they are killed.
+STOP_SECONDS = 30.0
+
+
+class Interrupted(BaseException):
+    """Ctrl-C during tuning. Not a KeyboardInterrupt, which Optuna catches to fail the trial
+    with a logged traceback: the worker fails its own trials, quietly."""
+
+
+def interrupt(signum: int = signal.SIGINT, frame: object = None) -> None:
+    """The SIGINT handler (also called directly): ignore further Ctrl-C, raise Interrupted."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Interrupted
+
+
+@contextlib.contextmanager
+def interruptible(always: bool = False) -> Iterator[None]:
+    """Ctrl-C raises Interrupted inside (main thread; nested: no-op). A SIGINT ignored on entry
+    (a background job) stays ignored unless `always` (worker processes started so)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is interrupt \
+            or (previous is signal.SIG_IGN and not always):
+        yield
+        return
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def start_quietly(processes: list[BaseProcess]) -> None:
+    """Start processes that ignore Ctrl-C until they handle it (one that came while a process
+    imported torch would print a traceback); stop_all reaches them instead."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def stop_all(processes: list[BaseProcess], grace: float = STOP_SECONDS) -> None:
+    """SIGINT every live process (each second: one still starting ignores it), wait until they
+    exit, kill those still alive after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while (alive := [p for p in processes if p.is_alive()]) and time.monotonic() < deadline:
+        for process in alive:  # alive: started, so its pid is set (never 0: a whole group)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(process.pid), signal.SIGINT)  # type: ignore[arg-type]
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=1.0)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+        process.join()
