@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.batch import predict
 
     try:
+        check_store_exists(uri, tracking.tracking_uri())
         tracking.configure()
         n = predict(uri, args.input, args.output, args.skip_bad)
     except PipelineError as err:
@@ -61,6 +62,20 @@ def main(argv: list[str] | None = None) -> None:
         hint = store_hint(uri, tracking.tracking_uri()) if missing else ""
         fail(f"--model {uri}: {err.message}{hint}")
     log.info("wrote %d predictions to %s", n, args.output)
+
+
+def check_store_exists(uri: str, store: str) -> None:
+    """A registry or run URI needs its SQLite store: refuse a missing file (SQLite would create
+    an empty one, and the next stage would take it for the real store)."""
+    from pipeline.sqlite_store import sqlite_file
+
+    db = sqlite_file(store)
+    if db is None or db.is_file() or not uri.startswith(("models:/", "runs:/")):
+        return
+    hint = store_hint(uri, store) or (": run `dvc repro` to train and register a model, or "
+                                      "point MLFLOW_TRACKING_URI at your team's store")
+    fail(f"--model {uri}: there is no tracking store at {db} (MLFLOW_TRACKING_URI), so no "
+         f"model to load{hint}")
 
 
 def store_hint(uri: str, store: str, report: Path = REGISTRATION) -> str:

@@ -51,4 +51,7 @@ CASES = [
     Case("store: SQLite folder missing", train_with_store, "does not exist", env={
         "MLFLOW_TRACKING_URI": "sqlite:///{root}/nowhere/mlflow.db"}),
     Case("predict: missing CSV", predict_csv(None), "in.csv: no such file or folder"),
+    Case("predict: mlflow.db missing (not created empty)", predict_csv(b"x1\n1\n"),
+         "there is no tracking store at", output="gone.db",
+         env={"MLFLOW_TRACKING_URI": "sqlite:///{root}/gone.db"}),
 ]
