@@ -105,7 +105,9 @@ def read_image(source: str | Path | bytes, size: int, channels: int
         # Read before load: PIL's TIFF loader turns the image itself and drops the tag.
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         img.load()  # force the full decode so truncation is caught here, not later
-        if wide and not np.asarray(img)[..., :3].any():
+        # 16-bit RGB(A) arrives as 8 bits (gray 16-bit is checked by to_8bit): colour only.
+        pixels = np.asarray(img) if wide else None
+        if pixels is not None and pixels.ndim == 3 and not pixels[..., :3].any():
             raise all_dark("")
         if orientation in range(2, 9):  # else exif_transpose would copy the image
             img = ImageOps.exif_transpose(img)  # (a no-op for a TIFF, turned on load)
@@ -153,10 +155,16 @@ def to_8bit(img: Image.Image) -> tuple[Image.Image, str, int]:
         if not (all_finite and finite.min() >= 0.0 and finite.max() <= 1.0):
             raise DataError(f"32-bit float pixels ({span}): only floats within 0..1 have a "
                             "known scale to 0-255")
-        return Image.fromarray((values * (256 - 1e-3)).astype(np.uint8)), "32-bit float", -1
+        return Image.fromarray(unit_to_uint8(values)), "32-bit float", -1
     # 32-bit integers (or signed 16-bit) carry no bit depth to scale by: refuse, never guess.
     raise DataError(f"pixel mode {img.mode} (values {span}) has no known scale to 0-255; save "
                     "it as an 8- or 16-bit image")
+
+
+def unit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """0-1 floats → 0-255 as floor(f × 255.999) in float32: a float TIFF and served float
+    pixels give the same bytes."""
+    return (values.astype(np.float32) * np.float32(256 - 1e-3)).astype(np.uint8)
 
 
 def all_dark(detail: str) -> DataError:

@@ -15,7 +15,13 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.images import MAX_IMAGE_PIXELS, decode_image, decoded_pixels, image_to_array
+from pipeline.images import (
+    MAX_IMAGE_PIXELS,
+    decode_image,
+    decoded_pixels,
+    image_to_array,
+    unit_to_uint8,
+)
 
 IMAGE_COLUMNS = ("image", "pixels")
 # What one request may cost when served; env settings that refuse a request, never change it.
@@ -104,7 +110,7 @@ def pixel_values(pixels: Any) -> np.ndarray:
             name = "NaN" if np.isnan(arr[index]) else str(arr[index])
             raise DataError(f"pixels hold {name} at {_at(index)}: every value must be finite")
         if arr.min() >= 0.0 and arr.max() <= 1.0:
-            arr = np.round(arr * 255.0)  # 0-1 floats
+            arr = unit_to_uint8(arr)  # 0-1 floats, exactly as a float TIFF decodes
         else:
             # Not 0-1: then whole numbers 0-255, else a value names what is wrong.
             bad = (arr != np.round(arr)) | (arr < 0) | (arr > 255)

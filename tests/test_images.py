@@ -288,3 +288,22 @@ def test_batch_predict_folders_ignore_metadata_and_refuse_non_images(tmp_path: P
     with pytest.raises(DataError, match=r"notes\.txt: not an image file .*--skip-bad"):
         collect_images([tmp_path / "new"])
     assert collect_images([tmp_path / "new"], skip_bad=True) == [tmp_path / "new" / "a.jpg"]
+
+
+def test_a_16_bit_gray_image_with_a_dark_border_is_not_refused() -> None:
+    pixels = np.full((10, 10), 30000, np.uint16)
+    pixels[:, :3] = 0  # a microscopy frame's dark left edge
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    row = decode_image(buffer.getvalue(), 10, 1)[0, 0]
+    assert list(row[:3]) == [0, 0, 0] and row[5] == 30000 >> 8
+
+
+def test_served_float_pixels_match_a_float_tiff_byte_for_byte() -> None:
+    from pipeline.model_inputs import pixels_to_array
+
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    buffer = io.BytesIO()
+    Image.fromarray(values, mode="F").save(buffer, format="TIFF")
+    assert np.array_equal(decode_image(buffer.getvalue(), 8, 1),
+                          pixels_to_array(values.astype(np.float64).tolist(), 8, 1))
