@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from pipeline import serving
@@ -74,11 +75,15 @@ def image_frame(files: list[Path], size: int, channels: int,
 
 def table_frame(path: Path, meta: dict, target: str | None) -> tuple[pd.DataFrame, list[str]]:
     """Read a CSV of raw rows; drop the label column if present; columns must match training."""
-    frame = read_csv(path, "--input CSV file")
+    table = meta["table"]
+    # Training's separator and decimal mark: a batch file's own values never re-decide them.
+    text = [c for c, kind in table["dtypes"].items() if kind == "string"]
+    frame = read_csv(path, "--input CSV file", sep=table.get("sep", "auto"),
+                     decimal=table.get("decimal", ""), text=text)
     if target and target in frame.columns:
         frame = frame.drop(columns=[target])
-    expected = meta["table"]["columns"]
-    dropped = meta["table"].get("dropped", {})  # ignored by the model: may be left out
+    expected = table["columns"]
+    dropped = table.get("dropped", {})  # ignored by the model: may be left out
     check_columns(frame, expected, str(path), optional=dropped)
     present = [c for c in expected if c in frame.columns]
     return (serving.conform_table(frame[present], meta["table"]["dtypes"], str(path)),
@@ -104,7 +109,14 @@ def predict(model_uri: str, inputs: list[Path], output: Path, skip_bad: bool = F
     parts = []
     progress = Progress(max(1, -(-len(frame) // CHUNK)), "predict", every=10)
     for start in range(0, len(frame), CHUNK):
-        parts.append(model.predict(frame.iloc[start:start + CHUNK]))
+        try:
+            parts.append(model.predict(frame.iloc[start:start + CHUNK]))
+        except MlflowException as err:
+            if err.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            # The model refused these rows (a RequestError, or MLflow's schema check):
+            # the input's fault, so the error names the input, not the model.
+            raise DataError(f"--input {', '.join(map(str, inputs))}: {err.message}") from None
         progress.update(rows=min(start + CHUNK, len(frame)))
     progress.close()
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(

@@ -63,8 +63,9 @@ class DataConfig:
         if self.image_size != "auto":
             in_range(self, "image_size", 4, 1024)
         require(bool(self.path), "path", self.path, "must not be empty")
-        require(self.csv_sep == "auto" or len(self.csv_sep) == 1, "csv_sep", self.csv_sep,
-                "must be auto or one character")
+        require(self.csv_sep == "auto" or (len(self.csv_sep) == 1 and self.csv_sep not in
+                " \n\r\""), "csv_sep", self.csv_sep, "must be auto or one character other "
+                "than space (shifts columns), newline or quote")
 
 
 @dataclass(frozen=True)

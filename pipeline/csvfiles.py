@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,12 @@ SEPARATORS = (",", ";", "\t", "|")
 SNIFF_BYTES = 1 << 16  # the header and first lines decide the separator
 # Read as missing in a column that is otherwise numeric (besides pandas' NA, n/a, null, ...).
 MISSING_MARKERS = ("?", "-", "--", ".")
-EUROPEAN = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")  # 1.234,5 (';' files)
-ENGLISH = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?")  # 1,234.5
+# A first group of 0 is never digit grouping: "0,125" / "0.125" are decimals, never 125.
+EUROPEAN = re.compile(r"[+-]?([1-9]\d{0,2}(\.\d{3})+|\d+)(,\d+)?")  # 1.234,5 (';' files)
+ENGLISH = re.compile(r"[+-]?([1-9]\d{0,2}(,\d{3})+|\d+)(\.\d+)?")  # 1,234.5
+DOT_GROUPED = re.compile(r"[+-]?[1-9]\d{0,2}(\.\d{3})+")  # 1.500: 1.5 or 1500?
+BOOLS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False,
+         "false": False}
 PERCENT = re.compile(r"[+-]?[\d.,]+\s*%")
 
 
@@ -52,17 +57,23 @@ def sniff_separator(path: Path) -> str | None:
     return next(iter(found), None)
 
 
-def read_frame(path: Path, what: str = "CSV file", sep: str = "auto"
+def read_frame(path: Path, what: str = "CSV file", sep: str = "auto",
+               decimal: str | None = None, text: Collection[str] = ()
                ) -> tuple[pd.DataFrame, str, list[Note]]:
     """Read a UTF-8 CSV (BOM allowed) with a unique header and at least one row; return it,
-    the separator used and notes on the number formats it normalised."""
+    the separator used and notes on the number formats it normalised. A ';' file's decimal
+    mark is `decimal` (training's) or decided from the file (frame.attrs["decimal"]);
+    `text` columns stay text."""
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
     sniffed = sniff_separator(path) if sep == "auto" else sep
     used = sniffed or ","
     hint = "" if sniffed else "; none of , ; tab | splits every line into equally many fields"
     try:
-        frame = pd.read_csv(path, sep=used, encoding="utf-8-sig", skipinitialspace=True)
+        # pandas would read a ';' file's "1.500" as 1.5 itself: its columns are decided here.
+        dtype = str if used == ";" else {c: str for c in text}
+        frame = pd.read_csv(path, sep=used, encoding="utf-8-sig", skipinitialspace=True,
+                            dtype=dtype)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: CSV is empty") from None
     except UnicodeDecodeError as err:
@@ -87,19 +98,77 @@ def read_frame(path: Path, what: str = "CSV file", sep: str = "auto"
         note(notes, str(path), "header", "stripped spaces around column names",
              "names must match data.target and the model's input columns")
         frame.columns = stripped
+    if used == ";":
+        decimal = decide_decimal(frame) if decimal is None else decimal
+        frame.attrs["decimal"] = decimal
+        for col in frame.columns:
+            present = frame[col].dropna()
+            if col not in text and frame[col].notna().all() and present.isin(list(BOOLS)).all():
+                frame[col] = present.map(BOOLS).astype(bool)  # as pandas reads other files
     for col in frame.columns:
-        if not is_numeric(frame[col]):
-            normalise_numbers(frame, col, used, str(path), notes)
+        if not is_numeric(frame[col]) and col not in text:
+            normalise_numbers(frame, col, used, str(path), notes, decimal or "")
     return frame, used, notes
 
 
-def read_csv(path: Path, what: str = "CSV file", sep: str = "auto") -> pd.DataFrame:
+def read_csv(path: Path, what: str = "CSV file", sep: str = "auto",
+             decimal: str | None = None, text: Collection[str] = ()) -> pd.DataFrame:
     """`read_frame`'s table alone (batch prediction, serving examples)."""
-    return read_frame(path, what, sep)[0]
+    return read_frame(path, what, sep, decimal, text)[0]
+
+
+def number_text(column: pd.Series) -> pd.Series | None:
+    """A column's stripped values without missing markers and '%' when all are number
+    spellings; None for text."""
+    text = column.dropna().astype(str).str.strip()
+    text = text[~text.isin(MISSING_MARKERS)].str.rstrip("%").str.strip()
+    return None if text.empty or not_a_number(text).any() else text
+
+
+def decide_decimal(frame: pd.DataFrame) -> str:
+    """A ';' file's decimal mark: ',' if any number column has a decimal comma, else '.' if
+    any has a decimal point that cannot be grouping (1.5, 0.125), else '' (undecided: a
+    value such as 1.500 is then refused as ambiguous)."""
+    point = False
+    for col in frame.columns:
+        text = number_text(frame[col])
+        if text is None:
+            continue
+        if text.str.contains(",", regex=False).any():
+            return ","
+        point = point or bool((text.str.contains(".", regex=False)
+                               & ~text.str.fullmatch(DOT_GROUPED)).any())
+    return "." if point else ""
+
+
+def semicolon_numbers(rest: pd.Series, decimal: str, where: str, col: str) -> pd.Series:
+    """Numbers of a ';' file with its decimal mark; a value whose reading it leaves open
+    (1.500 where nothing decided the mark), or of the other convention, is an error."""
+    comma = rest.str.contains(",", regex=False)
+    fits = rest.str.fullmatch(EUROPEAN) if decimal == "," else ~comma
+    if decimal == "":
+        ambiguous = rest.str.fullmatch(DOT_GROUPED)
+        if ambiguous.any():
+            row = rest.index[ambiguous.to_numpy()][0]
+            raise DataError(f"{where}: column {col!r} row {row} holds {rest[row]!r}: '.' may "
+                            "group thousands or mark decimals, and no value in the file "
+                            "decides which; re-save the column with decimal commas or "
+                            "without digit grouping")
+        fits = ~comma | rest.str.fullmatch(EUROPEAN)
+    if not fits.all():
+        row = rest.index[~fits.to_numpy()][0]
+        style = "decimal comma" if decimal == "," else "decimal point"
+        raise DataError(f"{where}: column {col!r} holds {rest[row]!r}, a number format a "
+                        f"';'-separated file does not use (row {row}; {style} expected); "
+                        "re-save the column as plain numbers")
+    european = comma if decimal == "" else pd.Series(decimal == ",", index=rest.index)
+    text = rest.where(~european, rest.str.replace(".", "", regex=False)
+                      .str.replace(",", ".", regex=False))
+    return pd.to_numeric(text)
 
 
 def normalise_numbers(frame: pd.DataFrame, col: str, sep: str, where: str,
-                      notes: list[Note]) -> None:
+                      notes: list[Note], decimal: str = "") -> None:
     """Turn a text column of numbers with missing markers ('?'), digit grouping or '%' into
     floats: in a ';' file ',' is the decimal mark and '.' groups thousands, elsewhere ','
     groups; percentages become fractions."""
@@ -114,7 +183,15 @@ def normalise_numbers(frame: pd.DataFrame, col: str, sep: str, where: str,
     if percent:
         rest = rest.str.rstrip("%").str.strip()
     values = pd.to_numeric(rest, errors="coerce")
-    if values.isna().any():
+    if sep == ";":
+        if not_a_number(rest).any():
+            return  # text past the first 200 rows: check_numeric_column decides
+        values = semicolon_numbers(rest, decimal, where, col)
+        if (rest.str.contains(",", regex=False)
+                | (decimal == ",") & rest.str.contains(".", regex=False)).any():
+            note(notes, where, f"column {col!r}", "read as numbers with decimal comma",
+                 f"e.g. {text[~markers].iloc[0]!r} -> {float(values.iloc[0]):g}")
+    elif values.isna().any():
         pattern, style = (EUROPEAN, "decimal comma") if sep == ";" else (ENGLISH, "thousands ','")
         fits = rest.str.fullmatch(pattern)
         if not fits.all():
@@ -135,7 +212,11 @@ def normalise_numbers(frame: pd.DataFrame, col: str, sep: str, where: str,
     if markers.any():
         note(notes, where, f"column {col!r}", f"{int(markers.sum())} values read as missing",
              f"markers {sorted(set(text[markers]))} in an otherwise numeric column")
-    frame[col] = values.reindex(frame.index).astype(np.float64)
+    # Plain integers stay int (as pandas reads them): row identifiers are integer columns.
+    whole = (pd.api.types.is_integer_dtype(values) and len(values) == len(frame)
+             and not rest.str.contains(r"[.,]").any())
+    frame[col] = values.reindex(frame.index) if whole else (
+        values.reindex(frame.index).astype(np.float64))
 
 
 def not_a_number(text: pd.Series) -> pd.Series:

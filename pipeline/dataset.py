@@ -68,6 +68,9 @@ class TableSpec:
     """Categorical columns whose other values share one `col=<infrequent>` indicator."""
     sep: str = ","
     """The training CSV's field separator."""
+    decimal: str = ""
+    """A ';' file's decimal mark as decided on the training file (',' or '.'; '' when no
+    value decided it, so 1.500 is refused); prediction applies it, never re-decides."""
 
     def feature_names(self) -> list[str]:
         """Model input names: standardised numerics first, then one-hot `col=value` columns."""
@@ -152,7 +155,8 @@ class DatasetMeta:
                 {k: ColumnStats(**v) for k, v in table["numeric"].items()},
                 {k: tuple(v) for k, v in table["categorical"].items()},
                 dropped=dict(table.get("dropped", {})), dates=tuple(table.get("dates", ())),
-                infrequent=tuple(table.get("infrequent", ())), sep=table.get("sep", ",")),
+                infrequent=tuple(table.get("infrequent", ())), sep=table.get("sep", ","),
+                decimal=table.get("decimal", "")),
             skipped=tuple(raw.get("skipped", ())), notes=tuple(raw.get("notes", ())),
             counts=raw.get("counts", {}),
             augment=raw.get("augment"))

@@ -22,7 +22,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
-from pipeline.csvfiles import read_csv
+from pipeline.csvfiles import MISSING_MARKERS, is_numeric, read_csv
 from pipeline.dataset import DatasetMeta
 from pipeline.engine import model_precision, predict_proba
 from pipeline.errors import DataError
@@ -211,7 +211,8 @@ def raw_inputs(meta: DatasetMeta, ids: list[str]) -> pd.DataFrame:
     source = Path(meta.path)
     if meta.table is None:
         return pd.DataFrame({"image": [(source / i).read_bytes() for i in ids]})
-    frame = read_csv(source, sep=meta.table.sep)  # the same reader (separator, formats)
+    text = [c for c, kind in meta.table.dtypes.items() if kind == "string"]
+    frame = read_csv(source, sep=meta.table.sep, decimal=meta.table.decimal, text=text)
     rows = frame.loc[[int(i) for i in ids]].drop(columns=[meta.table.target])
     return conform_table(rows, meta.table.dtypes)
 
@@ -224,17 +225,25 @@ def contract(meta: DatasetMeta, threshold: float) -> dict[str, Any]:
         out["image"] = {"size": meta.image.size, "channels": meta.image.channels}
     if meta.table is not None:
         out["table"] = {"columns": list(meta.table.columns), "dtypes": meta.table.dtypes,
-                        "target": meta.table.target}
+                        "target": meta.table.target, "dropped": meta.table.dropped,
+                        "sep": meta.table.sep, "decimal": meta.table.decimal}
     return out
 
 
 def conform_table(frame: pd.DataFrame, kinds: dict[str, str], where: str = "input"
                   ) -> pd.DataFrame:
-    """Cast CSV columns to the signature's types (ints → float) so MLflow accepts them; text in
-    a numeric column is refused, never read as missing."""
+    """Cast CSV columns to the signature's types (ints → float, categories → str) so MLflow
+    accepts them; missing markers ('?') are missing, other text in a numeric column is refused."""
     out = frame.copy()
     for col in out.columns:
         if kinds.get(col) in ("float", "int"):
-            check_numeric_column(where, out[col], share=0.0)
-            out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+            column = out[col]
+            if not is_numeric(column):
+                column = column.where(~column.astype("string").str.strip().isin(MISSING_MARKERS))
+            check_numeric_column(where, column, share=0.0)
+            out[col] = pd.to_numeric(column, errors="coerce").astype("float64")
+        elif kinds.get(col) == "string":
+            # An all-blank column reads as float64, which MLflow cannot cast to a string.
+            column = out[col].astype(object)
+            out[col] = column.where(column.isna(), column.astype(str)).where(column.notna(), None)
     return out

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DataConfig
-from pipeline.csvfiles import MISSING_MARKERS, Note, is_numeric, note, read_frame
+from pipeline.csvfiles import MISSING_MARKERS, Note, is_numeric, not_a_number, note, read_frame
 from pipeline.dataset import INFREQUENT, ColumnStats, TableSpec
 from pipeline.errors import DataError
 
@@ -68,10 +68,14 @@ def check_numeric_column(path: Path | str, column: pd.Series, share: float = 0.5
     (a data-entry error when mostly numeric; any text when the model expects numbers)."""
     if is_numeric(column):
         return
-    present = column.dropna()
-    numbers = pd.to_numeric(present, errors="coerce")
-    if len(present) and numbers.notna().mean() >= share and numbers.isna().any():
-        bad = present[numbers.isna()]
+    present = column.dropna().astype(str).str.strip()
+    present = present[~present.isin(MISSING_MARKERS)]
+    # The share counts the file's own spellings (12,5 in a ';' file): one typo '12,5x' in a
+    # decimal-comma column is an error, not free text. Model inputs must be plain numbers.
+    spelled = ~not_a_number(present) if share > 0 else (
+        pd.to_numeric(present, errors="coerce").notna())
+    if len(present) and spelled.mean() >= share and not spelled.all():
+        bad = present[~spelled.to_numpy()]
         raise DataError(f"{path}: column {column.name!r} is numeric but row {bad.index[0]} "
                         f"holds text {bad.iloc[0]!r}")
 
@@ -83,14 +87,19 @@ def as_text(column: pd.Series) -> np.ndarray:
 
 def row_identifier(column: pd.Series) -> str | None:
     """Why a numeric column identifies rows rather than describing them (None if it does not)."""
-    name, n = str(column.name), len(column)
-    if n < ID_MIN_ROWS or not pd.api.types.is_integer_dtype(column):
+    name, present = str(column.name), column.dropna()
+    n = len(present)
+    if n < ID_MIN_ROWS or not is_numeric(column) or pd.api.types.is_bool_dtype(column):
         return None
-    values = column.to_numpy()
-    unique = bool(column.is_unique)
-    if re.fullmatch(r"Unnamed: \d+", name) and (unique or np.mean(np.diff(values) == 1) >= 0.9):
+    values = present.to_numpy(dtype=np.float64)
+    if not (np.isfinite(values).all() and (values == np.round(values)).all()):
+        return None  # an id with one blank reads as floats: whole values still count
+    unique = bool(present.is_unique)
+    in_order = bool(np.mean(np.diff(values) == 1) >= 0.9)
+    if re.fullmatch(r"Unnamed: \d+", name) and (unique or in_order):
         return "a saved row index (unnamed integer column counting rows)"
-    if unique and int(values.max()) - int(values.min()) == n - 1:
+    # A shuffled rank 1..n or years 1990-2023 are values; an id counts along the rows.
+    if unique and in_order and int(values.max()) - int(values.min()) == n - 1:
         return "a row identifier (consecutive integers, a distinct one per row)"
     words = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
     if unique and words and words[-1].lower() in ID_WORDS:
@@ -193,7 +202,8 @@ def fit_table_spec(frame: pd.DataFrame, train: np.ndarray, target: str, where: s
         raise DataError(f"{where}: no usable feature column (dropped all: "
                         f"{', '.join(f'{c!r}: {r}' for c, r in dropped.items())})")
     spec = TableSpec(target, tuple(map(str, frame.columns)), dtypes, numeric, categorical,
-                     dropped=dropped, dates=tuple(dates), infrequent=tuple(infrequent), sep=sep)
+                     dropped=dropped, dates=tuple(dates), infrequent=tuple(infrequent), sep=sep,
+                     decimal=str(frame.attrs.get("decimal", "")))
     return spec, notes
 
 

@@ -224,3 +224,84 @@ def test_saved_index_of_concatenated_frames_is_dropped() -> None:
     index = pd.Series(list(range(30)) + list(range(30)), name="Unnamed: 0")
     assert "saved row index" in row_identifier(index)
     assert row_identifier(index.rename("visits")) is None  # repeats: a count, not an id
+
+
+# --- review fixes: number conventions, ids, batch contract ---------------------------------
+
+
+@pytest.mark.parametrize(("text", "kw"), [
+    ("x\tlabel\n" + "0,125\tspam\n1\tham\n" * 10, {}),
+    ('x,label\n' + '"0,125",spam\n1,ham\n' * 10, {})])
+def test_leading_zero_is_never_digit_grouping(tmp_path: Path, text: str, kw: dict) -> None:
+    with pytest.raises(DataError, match=r"column 'x' holds '0,125', a number format"):
+        prep(write(tmp_path, text), **kw)
+
+
+def test_semicolon_dot_grouping_is_decided_once_and_applied_by_batch(tmp_path: Path) -> None:
+    from pipeline.batch import table_frame
+    from pipeline.serving import contract
+
+    dots = "x;label\n" + "1.500;spam\n2.000;ham\n" * 10
+    with pytest.raises(DataError, match=r"column 'x' row 0 holds '1.500': '.' may group"):
+        prep(write(tmp_path, dots))
+    mixed = "x;y;label\n" + "1.500;0,5;spam\n2.000;1,5;ham\n" * 10  # ',' decides: '.' groups
+    _, meta, _ = prep(write(tmp_path, mixed))
+    assert meta.table.decimal == "," and meta.table.numeric["x"].median == 1750.0
+    table = contract(meta, 0.5)["table"]
+    assert table["sep"] == ";" and table["decimal"] == "," and table["dropped"] == {}
+    rows, _ = table_frame(write(tmp_path, "x;y\n1.500;2\n", "b.csv"), {"table": table}, "label")
+    assert rows["x"].tolist() == [1500.0]  # the batch file alone would not decide it
+
+
+def test_typo_in_a_decimal_comma_column_is_refused(tmp_path: Path) -> None:
+    text = "x;label\n" + "".join(f"{i},5;{'spam' if i % 2 else 'ham'}\n" for i in range(20))
+    with pytest.raises(DataError, match=r"column 'x' is numeric but row 3 holds text '12,5x'"):
+        prep(write(tmp_path, text.replace("\n3,5;", "\n12,5x;")))
+
+
+@pytest.mark.parametrize("sep", [" ", "\n", "\r", '"'])
+def test_separators_that_shift_columns_are_refused(sep: str) -> None:
+    with pytest.raises(Exception, match="csv_sep"):
+        DataConfig(source="csv", path="t.csv", target="label", csv_sep=sep)
+
+
+def test_shuffled_ranks_and_years_are_features_blank_ids_are_not(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    ids = [float(i) for i in range(100, 100 + N)]
+    ids[5] = np.nan
+    frame = base().assign(rank=rng.permutation(N) + 1, year=rng.permutation(N) + 1990,
+                          customer_id=ids)
+    _, meta, _ = prep(write(tmp_path, frame))
+    assert {"rank", "year"} <= set(meta.table.numeric)
+    assert meta.table.dropped.keys() == {"customer_id"}
+
+
+def test_batch_reads_markers_and_text_columns_as_training_did(tmp_path: Path) -> None:
+    from pipeline.batch import table_frame
+    from pipeline.serving import contract
+
+    frame = base().assign(code=["1", "2"] * (N // 2), id=[f"r{i}" for i in range(N)])
+    _, meta, _ = prep(write(tmp_path, frame.assign(code=["a", "b"] * (N // 2))))
+    table = contract(meta, 0.5)["table"]
+    batch = write(tmp_path, "x,colour,code\n?,,1\n1.5,,\n", "b.csv")  # no id: it is dropped
+    rows, _ = table_frame(batch, {"table": table}, "label")
+    assert np.isnan(rows["x"][0]) and rows["colour"].tolist() == [None, None]
+    assert rows["code"].tolist() == ["1", None]
+
+
+def test_input_refused_by_the_model_names_the_input(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from pipeline import batch
+    from pipeline.serving import RequestError
+
+    def refuse(rows: pd.DataFrame) -> None:
+        raise RequestError("model input row 0: bad value")
+
+    table = {"columns": ["x"], "dtypes": {"x": "float"}, "target": "label"}
+    model = SimpleNamespace(predict=refuse, metadata=SimpleNamespace(
+        metadata={"pipeline": {"kind": "table", "table": table}}))
+    monkeypatch.setattr(batch.mlflow.pyfunc, "load_model", lambda uri: model)
+    path = write(tmp_path, "x\n1\n", "b.csv")
+    with pytest.raises(DataError, match=f"^--input {path}: model input row 0: bad value$"):
+        batch.predict("models:/m@champion", [path], tmp_path / "out.csv")
