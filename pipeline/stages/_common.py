@@ -54,10 +54,12 @@ def stage_main(description: str, paths: dict[str, str],
             run(load_params(args.params), args)
         except PipelineError as err:
             fail(str(err))
-        except KeyboardInterrupt:
-            # Ctrl-C is the user's choice, not a fault: one line and the shell's code for it.
-            print("error: interrupted (Ctrl-C); outputs are written only when a stage "
-                  "completes, so rerun it", file=sys.stderr)
+        except KeyboardInterrupt as stop:
+            # Ctrl-C is the user's choice, not a fault: one line (the stage's own account of
+            # what it keeps, when it gave one) and the shell's code for it.
+            message = str(stop) or ("interrupted (Ctrl-C); outputs are written only when a "
+                                    "stage completes, so rerun it")
+            print(f"error: {message}", file=sys.stderr)
             raise SystemExit(130) from None
         except OSError as err:
             # A write our atomic helpers did not make (a library's own file): name its path
