@@ -63,3 +63,11 @@ def make_repo(dest: Path, overrides: dict | None = None, commit: bool = False) -
         run(["git", "add", "-A"], dest)
         run(["git", "commit", "-qm", "init"], dest)
     return dest
+
+
+def commit(repo: Path = REPO) -> str:
+    """The checkout's commit, marked dirty when its working tree has changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout
+    return git("rev-parse", "--short", "HEAD").strip() + (
+        "+dirty" if git("status", "--porcelain").strip() else "")

@@ -23,7 +23,6 @@ import io
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
+from _workspace import commit
 from attacks.serving import post, register_model, split, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,14 +89,6 @@ def settle(pid: int, seconds: float) -> int:
     """RSS after `seconds` of no requests."""
     time.sleep(seconds)
     return tree_rss(pid)
-
-
-def commit() -> str:
-    """The checkout's commit, marked dirty when the working tree has changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
-    return git("rev-parse", "--short", "HEAD").strip() + (
-        "+dirty" if git("status", "--porcelain").strip() else "")
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import yaml
+from _workspace import commit
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -118,14 +119,6 @@ def measure(repo: Path, n: int, layout: str, work: Path) -> dict:
         result["notes"] = [f"{n['item']}: {n['action']}" for n in notes]
         result.pop("stderr_tail")
     return result
-
-
-def commit(repo: Path) -> str:
-    """The checkout's commit, marked dirty when its working tree has changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout
-    return git("rev-parse", "--short", "HEAD").strip() + (
-        "+dirty" if git("status", "--porcelain").strip() else "")
 
 
 def main() -> None:
