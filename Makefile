@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint clean team-server exps lock
+.PHONY: setup run test test-fast lint clean team-server exps lock report
 
 # Every dependency at the version requirements.lock names; a new lock reinstalls.
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -36,13 +36,20 @@ test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow"
 
 # `dvc exp show` trimmed to what matters (all ~130 columns: plain `dvc exp show`): test metrics,
-# the validation score, key params, and every param some experiment changed. Params have dots
-# in their names, metrics and the deps' hashes (paths) do not, so the drop pattern takes those
-# and the keep pattern brings back the chosen ones. More flags: make exps ARGS="-A --csv".
-EXPS_KEEP := (Experiment|Created|seed|roc_auc|log_loss|accuracy|f1|best_val_[a-z_]+|model\.type|train\.lr)$$
+# the validation score, key params beside the values train really used (trained.*: tuned ones
+# replace params.yaml's), and every param some experiment changed. Params and trained.* have
+# dots in their names, the other metrics and the deps' hashes (paths) do not, so the drop
+# pattern takes those and the keep pattern (matched from a name's start) brings back the chosen
+# ones. More flags: make exps ARGS="-A --csv".
+EXPS_KEEP := (Experiment|Created|seed|roc_auc|log_loss|accuracy|f1|best_val_[a-z_]+|data\.source|model\.type|train\.lr|trained\..+)$$
 exps:
 	PATH="$(abspath $(BIN)):$$PATH" dvc exp show --no-pager --only-changed --precision 4 \
 	  --drop '[^.]*$$|.*/' --keep '$(EXPS_KEEP)' $(ARGS)
+
+# Markdown + offline HTML comparing the workspace (or REV=<revision or dvc exp name>) with
+# BASE (default HEAD) in reports/compare/ (README "Experiment report").
+report: setup
+	$(BIN)/python -m pipeline.report --base "$(or $(BASE),HEAD)" $(if $(REV),--rev "$(REV)") $(ARGS)
 
 # The team's MLflow server on PostgreSQL (loopback; see README "Team setup").
 team-server: setup

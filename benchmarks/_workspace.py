@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import Params
 from pipeline.typed import deep_merge as merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +49,23 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def default_params() -> dict:
+    """The code's defaults as a params.yaml mapping (what the committed params.yaml states)."""
+    # Never the checkout's params.yaml: `dvc exp run -S` writes each experiment into it.
+    return json.loads(json.dumps(dataclasses.asdict(Params())))  # tuples → lists
+
+
 def make_repo(dest: Path, overrides: dict | None = None, commit: bool = False) -> Path:
     """Copy code, dvc.yaml and params (with overrides) into a new git + DVC repo at `dest`."""
     dest.mkdir(parents=True)
-    for item in ("pipeline", "data/raw", "data/weights"):
-        shutil.copytree(REPO / item, dest / item,
-                        ignore=shutil.ignore_patterns("__pycache__", "digits", "*.csv"))
-    for item in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / item, dest / item)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
+    # Tracked code only: a user's data under data/ (and the .dvc files `dvc add` wrote for it),
+    # stray files and outputs of their runs stay out. The READMEs make the data folders.
+    tracked = run(["git", "ls-files", "pipeline", "dvc.yaml", ".gitignore", ".dvcignore",
+                   "data/raw/README.md", "data/weights/README.md"], REPO).split()
+    for name in tracked:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, dest / name)
+    params = merge(default_params(), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"]):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _workspace import REPO, merge, parse_sets
+from _workspace import default_params, merge, parse_sets
 from PIL import Image
 
 STAGES = {  # the args dvc.yaml gives each stage
@@ -175,8 +175,7 @@ def bench(n: int, args: argparse.Namespace) -> dict:
     overrides = {"data": {"source": "imagefolder", "path": str(raw), "positive_class": "b",
                           "image_size": 64, "channels": 3},
                  "tune": {"enabled": False}, "train": {"epochs": 1}, "augment": {"copies": 2}}
-    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides),
-                   parse_sets(args.set))
+    params = merge(merge(default_params(), overrides), parse_sets(args.set))
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = {"n": n, "generate_images_per_s": gen_rate, "raw_bytes": du(raw), "workspace": str(ws)}
     try:

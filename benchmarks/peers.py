@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from _textures import texture
-from _workspace import REPO, merge, parse_sets
+from _workspace import default_params, merge, parse_sets
 from PIL import Image
 from sklearn import datasets
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -135,8 +135,7 @@ def features(x: np.ndarray) -> np.ndarray:
 
 def pipeline_run(root: Path, data: dict, overrides: dict, seed: int) -> dict[str, float]:
     """The five stages in `root` with default params + overrides; the test metrics."""
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-                   merge({"seed": seed, "data": data}, overrides))
+    params = merge(default_params(), merge({"seed": seed, "data": data}, overrides))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     common = ["--params", str(root / "params.yaml")]
     d = {k: str(root / k) for k in ("processed", "augmented", "models", "reports")}

@@ -65,8 +65,9 @@ def main() -> None:
             print(f"  v{entry['version']}: champion {entry['champion_before']} -> "
                   f"{entry['champion_after']}  {entry['metric']} challenger "
                   f"{entry['challenger_score']:.5f} vs champion {entry['champion_score']}")
-        champion = client.get_model_version_by_alias("binary-classifier", "champion")
-        print(f"models:/binary-classifier@champion = v{champion.version}; tags: "
+        name = report["model_name"]  # register.model_name: auto resolves it from the data
+        champion = client.get_model_version_by_alias(name, "champion")
+        print(f"models:/{name}@champion = v{champion.version}; tags: "
               f"decision={champion.tags['decision']}, {Tag.GIT_COMMIT}="
               f"{champion.tags[Tag.GIT_COMMIT][:10]}, {Tag.RUN_ID}={champion.tags[Tag.RUN_ID]}")
 

@@ -38,13 +38,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._workspace import parse_sets
+from benchmarks._workspace import default_params, parse_sets
 from pipeline import tracking
 from pipeline.stages import augment, preprocess, train, tune
 from pipeline.team import DEFAULT_ADMIN_DB, drop_database, start_server, stop_server
 from pipeline.typed import deep_merge
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Clock:
@@ -98,7 +96,7 @@ class Clock:
 def workspace(root: Path, overrides: dict) -> Path:
     """params.yaml (defaults + overrides) and the processed/augmented data, as after dvc pull."""
     root.mkdir(parents=True)
-    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    params = deep_merge(default_params(), overrides)
     params["data"]["path"] = str(root / "data" / "raw" / "digits")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with contextlib.chdir(root):

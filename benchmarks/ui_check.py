@@ -165,7 +165,7 @@ def mlflow_pages(repo: Path, browser: str, out: Path) -> None:
         ("04_run_with_adopted_test_metrics",
          f"#/experiments/{exp.experiment_id}/runs/{adopted.info.run_id}?{ml}",
          text("test_roc_auc"), None, None),
-        ("05_registered_model", f"#/models/binary-classifier?{ml}", text("Version 1"),
+        ("05_registered_model", f"#/models/digits-odd?{ml}", text("Version 1"),
          "[...document.querySelectorAll('h2, h3, span')].find(e => e.innerText === 'Versions')"
          ".scrollIntoView()", "true")]
     port = free_port()

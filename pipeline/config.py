@@ -250,8 +250,8 @@ class MlflowConfig:
 class RegisterConfig:
     """Model registry and champion/challenger gate."""
 
-    model_name: str = "binary-classifier"
-    """Registered model name."""
+    model_name: str = "auto"
+    """Registered model name (one input contract each); auto: <data.path name>-<positive class>."""
     metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "brier"] = (
         "log_loss")
     """Test metric compared between challenger and champion (log_loss/brier: lower is better)."""

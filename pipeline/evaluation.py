@@ -35,9 +35,9 @@ def evaluate(y_val: np.ndarray, p_val: np.ndarray, test: Split, p_test: np.ndarr
 
 
 def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta,
-                  history: list[dict[str, float]]) -> list[Path]:
+                  history: list[dict[str, float]], model_config: dict[str, Any]) -> list[Path]:
     """metrics.json, DVC plot data, per-sample predictions and PNG figures (with train's
-    `history` curves); return the PNGs."""
+    `history` curves and kept epoch); return the PNGs."""
     metrics, test, classes = result.metrics, result.test, meta.classes
     write_json(reports / "metrics.json", metrics)
     for name, rows in result.curves.items():
@@ -51,4 +51,6 @@ def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta,
         writer.writerow(["id", "label", "probability", "predicted"])
         for i, label, prob, pred in zip(test.ids, test.y, result.p_test, predicted, strict=True):
             writer.writerow([i, classes[int(label)], f"{prob:.9f}", classes[int(pred)]])
-    return save_figures(reports / "figures", result.curves, metrics, history, list(classes))
+    return save_figures(reports / "figures", result.curves, metrics, history, list(classes),
+                        y=test.y, p=result.p_test, best_epoch=model_config.get("best_epoch"),
+                        cv_folds=model_config.get("cv_folds", 0))

@@ -1,5 +1,6 @@
-"""The champion/challenger gate: which of today's test rows are fair to compare on (neither
-model learned from them), both models' scores there, and the decision."""
+"""The champion/challenger gate: only a model of the task the name serves may compete (its
+input contract), which of today's test rows are fair to compare on (neither model learned
+from them), both models' scores there, and the decision."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema
 
 from pipeline import fingerprints
 from pipeline.config import RegisterConfig
+from pipeline.contract import Contract, ContractError, refusal
 from pipeline.dataset import Split
 from pipeline.errors import PipelineError
 from pipeline.metrics import binary_metrics, direction, improvement
+from pipeline.tags import Tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -55,7 +59,15 @@ class Scored:
 
 def score(model_dir: str | Path, frame: pd.DataFrame) -> Scored:
     """Answers of a downloaded pyfunc on raw rows, with its own preprocessing and threshold."""
-    out = mlflow.pyfunc.load_model(str(model_dir)).predict(frame)
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.has_input_names():
+        # Only the columns its signature declares: MLflow would warn about each other one
+        # ("extra inputs ... ignored"), which the model ignores anyway; a warning no user can
+        # act on. No column in common still reaches the model, which says so.
+        names = set(schema.input_names())
+        frame = frame[[c for c in frame.columns if c in names]]
+    out = model.predict(frame)
     return Scored(out["probability"].to_numpy(dtype=np.float64), out["label"].to_numpy())
 
 
@@ -70,6 +82,55 @@ def learned_from(model_dir: Path) -> set[str] | None:
     """Fingerprints a version learned from; None if registered before versions kept them."""
     path = model_dir / "artifacts" / fingerprints.LEARNED_FILE
     return fingerprints.read_learned(path) if path.is_file() else None
+
+
+def schema_contract(kind: str, classes: tuple[str, str], schema: Schema) -> Contract:
+    """The contract of a pyfunc whose signature takes `schema` and which answers `classes`."""
+    return Contract.of(kind, classes, [(c.name, str(c.to_dict()["type"])) for c in schema.inputs])
+
+
+def version_contract(name: str, version: ModelVersion) -> Contract | None:
+    """A version's contract: its tag, else (registered before versions had one) its logged
+    model's signature and metadata; None when neither can be read."""
+    if Tag.CONTRACT in version.tags:
+        return Contract.from_tag(version.tags[Tag.CONTRACT])
+    try:
+        info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
+    except (MlflowException, OSError):
+        return None  # artifacts gone: the gate finds it cannot score, and says so
+    said = (info.metadata or {}).get("pipeline") or {}
+    if info.signature is None or "kind" not in said or "classes" not in said:
+        return None
+    return schema_contract(said["kind"], tuple(said["classes"]), info.signature.inputs)
+
+
+def served_contract(client: MlflowClient, name: str) -> tuple[Contract, str] | None:
+    """The contract `name` serves and where it was read: the champion, else its newest version."""
+    holder, role = aliased(client, name), "champion v{}"
+    if holder is None:  # no champion (yet, or its alias was removed by hand)
+        versions = client.search_model_versions(f"name = '{name}'")
+        holder = max(versions, key=lambda v: int(v.version), default=None)
+        role = "v{}, its newest version (no champion)"
+    contract = None if holder is None else version_contract(name, holder)
+    return None if contract is None else (contract, role.format(holder.version))
+
+
+def free_name(client: MlflowClient, mine: Contract, auto_name: str, taken: str) -> str:
+    """A name for a model of contract `mine`: the auto name when it is free or serves this
+    contract, else the auto name with the contract's hash (no other contract takes it)."""
+    if auto_name != taken:
+        held = served_contract(client, auto_name)
+        if held is None or held[0].matches(mine):
+            return auto_name
+    return f"{auto_name}-{mine.fingerprint()}"
+
+
+def check_contract(client: MlflowClient, name: str, mine: Contract, auto_name: str) -> None:
+    """Refuse (ContractError) a model of another task than the one `name` serves."""
+    served = served_contract(client, name)
+    if served is not None and not served[0].matches(mine):
+        raise ContractError(refusal(name, served[0], served[1], mine,
+                                    free_name(client, mine, auto_name, name), auto_name))
 
 
 @dataclass(frozen=True)

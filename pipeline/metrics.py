@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -85,18 +86,40 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: float | str) ->
     raise ValueError(f"unknown threshold rule {rule!r}")
 
 
-def curves(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, list[dict[str, float]]]:
+def curves(y: np.ndarray, p: np.ndarray) -> dict[str, list[dict[str, float]]]:
     """ROC, precision-recall and calibration points as row lists (the DVC plots format)."""
-    from sklearn.calibration import calibration_curve
-
     fpr, tpr, roc_t = skm.roc_curve(y, p)
     precision, recall, _ = skm.precision_recall_curve(y, p)
-    frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     return {
         "roc": [{"fpr": float(a), "tpr": float(b), "threshold": float(min(t, 1.0))}
                 for a, b, t in zip(fpr, tpr, roc_t, strict=True)],
         "pr": [{"recall": float(r), "precision": float(q)}
                for r, q in zip(recall, precision, strict=True)],
-        "calibration": [{"mean_predicted": float(m), "fraction_positive": float(f)}
-                        for m, f in zip(mean_pred, frac_pos, strict=True)],
+        "calibration": calibration_bins(y, p),
     }
+
+
+# Below 20 points a bin's observed fraction moves in steps of 5 % or more, and the curve
+# zig-zags with noise rather than showing miscalibration.
+MIN_BIN_COUNT = 20
+MAX_BINS = 10  # more bins than this add noise, not detail, on test sets of a few hundred
+
+
+def calibration_bins(y: Sequence[float] | np.ndarray, p: Sequence[float] | np.ndarray,
+                     min_count: int = MIN_BIN_COUNT,
+                     max_bins: int = MAX_BINS) -> list[dict[str, float]]:
+    """Equal-count (quantile) calibration bins, each of at least `min_count` predictions."""
+    if min_count < 1 or max_bins < 1:
+        raise ValueError(f"calibration min_count ({min_count}) and max_bins ({max_bins}) "
+                         "must be at least 1")
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"calibration labels {y.shape} and probabilities {p.shape} differ")
+    if len(p) == 0:
+        return []
+    # Sorted then split: bin sizes differ by at most one, so each holds >= min_count
+    # (a set smaller than min_count gets one bin); the stable sort keeps ties reproducible.
+    n_bins = max(1, min(max_bins, len(p) // min_count))
+    return [{"mean_predicted": float(p[i].mean()), "fraction_positive": float(y[i].mean()),
+             "count": len(i), "p_min": float(p[i].min()), "p_max": float(p[i].max())}
+            for i in np.array_split(np.argsort(p, kind="stable"), n_bins)]

@@ -45,13 +45,15 @@ class ReportToOptuna(Callback):
 
     def __init__(self, trial: optuna.Trial, metric: str, run_id: str,
                  epochs: set[int] | None = None) -> None:
-        self.trial, self.metric, self.run_id, self.epoch = trial, metric, run_id, 0
+        self.trial, self.metric, self.run_id = trial, metric, run_id
+        # The last step reported, and what steps count: a pruned trial's run is named by both.
+        self.step, self.unit = 0, "epoch"
         self.epochs = epochs  # the epochs the pruner reads (study.report_epochs); None: all
         self.trained = 0  # epochs trained so far, over all folds
 
     def on_fold(self, fold: int, result: FitResult, scores: list[float]) -> None:
         """After fold `fold` (0-based): its score into the trial's run, the mean to Optuna."""
-        self.epoch = fold + 1  # pruned@k then reads "after k folds"
+        self.step, self.unit = fold + 1, "fold"  # pruned@fold2: after 2 folds
         self.trained += len(result.history)
         tracking.log_metrics({f"fold_val_{self.metric}": result.best_score,
                               "fold_best_epoch": result.best_epoch}, self.run_id, step=fold)
@@ -60,7 +62,7 @@ class ReportToOptuna(Callback):
             raise optuna.TrialPruned(f"pruned after fold {fold + 1}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epoch = self.trained = epoch  # the run's name says where a pruned trial stopped
+        self.step = self.trained = epoch  # the run's name says where a pruned trial stopped
         if self.epochs is not None and epoch not in self.epochs:
             return
         self.trial.report(logs[f"val_{self.metric}"], epoch)
@@ -84,7 +86,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     train_cfg = replace(train_cfg, num_threads=threads)
     trial.set_user_attr(THREADS_ATTR, threads)
     with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
-                            {**values, "worker": job.worker}) as run:
+                              {**values, "worker": job.worker}, tracking.data_source(meta)) as run:
         logger = tracking.EpochLogger(run.run_id)
         reporter = ReportToOptuna(trial, params.tune.metric, run.run_id,
                                   report_epochs(params.tune.pruner, train_cfg.epochs))
@@ -103,7 +105,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
         except optuna.TrialPruned:
             logger.flush()
             logger.wait()
-            run.state, run.pruned_at = "PRUNED", reporter.epoch
+            run.state, run.pruned_at, run.unit = "PRUNED", reporter.step, reporter.unit
             # Reports are sparse: the epochs trained are stored once (benchmarks sum them).
             trial.set_user_attr("epochs_run", reporter.trained)
             raise

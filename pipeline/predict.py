@@ -11,17 +11,27 @@ from typing import NoReturn
 
 # Only light imports here: --help and argument errors must answer before MLflow, torch and
 # pandas load (seconds); the work lives in pipeline.batch, imported once the arguments are good.
-from pipeline.config import load_params
+from pipeline.config import Params, load_params
+from pipeline.contract import AUTO, model_name
 from pipeline.errors import DataError, PipelineError
 
 log = logging.getLogger("pipeline.predict")
 REGISTRATION = Path("reports/registration.json")  # the register stage's output (dvc.yaml)
+META = Path("data/processed/meta.json")  # preprocess's metadata, which register reads
 
 
-def default_model_uri(params_path: str) -> str:
-    """models:/<register.model_name>@champion from params.yaml (or the default name)."""
-    name = load_params(params_path).register.model_name if Path(params_path).is_file() else (
-        "binary-classifier")
+def default_model_uri(params_path: str, meta_path: Path = META) -> str:
+    """models:/<name>@champion, the name resolved from params.yaml as register resolves it."""
+    params = load_params(params_path) if Path(params_path).is_file() else Params()
+    setting, positive = params.register.model_name, params.data.positive_class
+    if setting == AUTO and positive is None:
+        # Null means "1/True, or the second class folder": preprocess decided which.
+        if not meta_path.is_file():
+            raise DataError(f"register.model_name is auto and data.positive_class is null, so "
+                            f"the model's name comes from {meta_path}, which is missing: run "
+                            "`dvc repro`, or pass --model")
+        positive = json.loads(meta_path.read_text())["classes"][1]
+    name, _ = model_name(setting, params.data.path, positive or "")
     return f"models:/{name}@champion"
 
 
@@ -29,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="any MLflow model URI (default: "
-                        "models:/<register.model_name>@champion)")
+                        "models:/<register.model_name>@champion; auto resolved as register "
+                        "does, e.g. digits-odd)")
     parser.add_argument("--input", nargs="+", required=True, type=Path,
                         help="a CSV file, or image folders/files")
     parser.add_argument("--output", required=True, type=Path, help="CSV to write")

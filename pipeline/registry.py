@@ -1,5 +1,7 @@
-"""Model registry: log the raw-input pyfunc, register a version (once per weights, data and
-register params in a store), gate it (pipeline/gate.py), move aliases, keep the audit trail.
+"""Model registry: resolve the name, log the raw-input pyfunc, register a version (once per
+weights, data and register params in a store; never under a name serving another input
+contract), gate it (pipeline/gate.py), move aliases, keep the audit trail (JSON tags, and in
+words: pipeline/audit.py).
 
 The gate (read champion, score, decide, move aliases, append to the audit trail) runs under a
 lock per registered model that every teammate's process sees (`locks.team_lock`), so concurrent
@@ -25,10 +27,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from pipeline import fingerprints, packaging, serving, tracking
+from pipeline import audit, fingerprints, packaging, serving, tracking
 from pipeline.config import RegisterConfig
+from pipeline.contract import AUTO, Contract, model_name
 from pipeline.dataset import DatasetMeta, Split
-from pipeline.gate import CHALLENGER, CHAMPION, Decision, aliased, download, gate, score
+from pipeline.gate import (
+    CHALLENGER,
+    CHAMPION,
+    Decision,
+    aliased,
+    check_contract,
+    download,
+    gate,
+    schema_contract,
+    score,
+)
 from pipeline.locks import team_lock
 from pipeline.models import CONFIG_FILE, WEIGHTS_FILE
 from pipeline.services import mask
@@ -89,9 +102,35 @@ def log_raw_model(files: Package, meta: DatasetMeta, threshold: float,
         metadata={"pipeline": serving.contract(meta, threshold)})
 
 
+def contract_of(meta: DatasetMeta) -> Contract:
+    """This model's input contract: what its signature accepts, and the labels it answers."""
+    return schema_contract(meta.kind, meta.classes, serving.input_schema(meta))
+
+
+def resolve(cfg: RegisterConfig, meta: DatasetMeta) -> RegisterConfig:
+    """`cfg` with its model name resolved (logged, with why); refuses a model of another
+    task than the name serves before anything is written (the gate checks again, locked)."""
+    name, why = model_name(cfg.model_name, meta.path, meta.positive_class)
+    log.info("registered model name: %s (%s)", name, why)
+    check_contract(MlflowClient(), name, contract_of(meta), auto_name(meta))
+    return dataclasses.replace(cfg, model_name=name)
+
+
+def auto_name(meta: DatasetMeta) -> str:
+    """The name register.model_name: auto gives this data."""
+    return model_name(AUTO, meta.path, meta.positive_class)[0]
+
+
+def rule_text(cfg: RegisterConfig) -> str:
+    """The register params a gate decided under, for the readable trail."""
+    return (f"register.metric = {cfg.metric}, min_improvement = {cfg.min_improvement:g}, "
+            f"min_gate_rows = {cfg.min_gate_rows}")
+
+
 def record(client: MlflowClient, name: str, version: str, decision: Decision,
-           rule: str) -> None:
-    """Tag the version with the decision and its `rule`, move aliases, append to the trail."""
+           rule: str, notes: audit.Notes) -> dict[str, Any]:
+    """Tag the version with the decision and its `rule`, move aliases, append to the trail;
+    describe the decision in words (version) and the trail (model). Returns the entry."""
     tags = {"decision": "promoted" if decision.promote else "rejected", Tag.REGISTER_PARAMS: rule,
             "decision_reason": decision.reason, "gate_metric": decision.metric,
             "challenger_score": "none" if decision.challenger_score is None
@@ -111,10 +150,15 @@ def record(client: MlflowClient, name: str, version: str, decision: Decision,
         client.set_registered_model_alias(name, CHAMPION, version)
     n = sum(1 for key in client.get_registered_model(name).tags if key.startswith("audit."))
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "version": version,
-             "champion_before": decision.champion_version,
+             "run_id": notes.run_id, "champion_before": decision.champion_version,
              "champion_after": version if decision.promote else decision.champion_version,
              **asdict(decision)}
     client.set_registered_model_tag(name, f"audit.{n + 1:05d}", json.dumps(entry))
+    # The same decision for people: in the registry UI's version and model pages.
+    client.update_model_version(name, version, audit.version_description(entry, notes))
+    client.update_registered_model(name, audit.model_description(
+        name, notes.contract, entry["champion_after"], audit_trail(client, name)))
+    return entry
 
 
 def audit_trail(client: MlflowClient, name: str) -> list[dict]:
@@ -183,8 +227,10 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
     # A rerun reuses the version holding these exact files; it is gated again only under new
     # register params (and never against itself when it is the champion).
     client, name, rule = MlflowClient(), cfg.model_name, params_sha(cfg)
-    frame = serving.raw_inputs(meta, test.ids)
+    frame, mine = serving.raw_inputs(meta, test.ids), contract_of(meta)
     run_id = mlflow.active_run().info.run_id
+    notes = audit.Notes(name, mine.describe(), tracking.data_source(meta), run_id,
+                        rule_text(cfg))
     seen = fingerprints.read(data_dir)
     # Train and validation rows (augmented copies derive from train rows; folds pool both).
     learned = set(seen["train"]) | set(seen["val"])
@@ -195,12 +241,15 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
         sha = files.sha256()
         # Look up and create under the lock: two clones registering at once make one version.
         with team_lock(lock, tracking.tracking_uri()):
+            # Checked again under the lock: another task may have taken the name meanwhile.
+            check_contract(client, name, mine, auto_name(meta))
             existing = same_version(client, name, sha)
             if existing is None:
                 info = log_raw_model(files, meta, metrics["threshold"], frame.head(3))
                 tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS},
                         **lineage, Tag.PYFUNC_SHA: sha, Tag.RUN_ID: run_id,
-                        Tag.LEARNED_ROWS: str(len(learned))}
+                        Tag.LEARNED_ROWS: str(len(learned)), Tag.CONTRACT: mine.to_tag(),
+                        Tag.CONTRACT_SUMMARY: notes.contract, Tag.DATA_SOURCE: notes.data_source}
                 uri, version = info.model_uri, register(client, info, name, tags)
             else:  # a rerun (forced, a fresh clone on the team's store), or a killed register
                 uri, version = str(existing.source), str(existing.version)
@@ -220,15 +269,19 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
             else:
                 decision = gate(client, cfg, challenger, learned, test, seen["test"], frame,
                                 meta.positive_class, Path(tmp))
-                record(client, name, version, decision, rule)
+                entry = record(client, name, version, decision, rule, notes)
             trail, champion = audit_trail(client, name), aliased(client, name)
     outcome = "reused" if done else (
         "promoted" if decision.promote else "rejected")
-    tracking.log_tags({Tag.REGISTERED_VERSION: version, Tag.GATE_DECISION: outcome})
+    tracking.log_tags({Tag.REGISTERED_MODEL: name, Tag.REGISTERED_VERSION: version,
+                       Tag.GATE_DECISION: outcome})
+    if not done:
+        mlflow.log_text(audit.audit_markdown(entry, notes, trail), "audit.md")
     log.info("%s v%s: %s — %s", name, version,
              "champion" if decision.promote else "challenger only", decision.reason)
     report = {"model_name": name, "version": version, "model_uri": uri,
               "tracking_uri": mask(tracking.tracking_uri()), "run_id": run_id,
+              "experiment_id": mlflow.active_run().info.experiment_id,
               "outcome": outcome, **asdict(decision),
               "champion_version": None if champion is None else str(champion.version),
               "audit": trail}

@@ -30,6 +30,11 @@ class Tag:
     REGISTER_PARAMS = "pipeline.register_params_sha256"
     PYFUNC_SHA = "pipeline.pyfunc_sha256"
     GATE_DECISION = "pipeline.gate_decision"
+    # On a run: the registered model it registered into (register.model_name, auto resolved).
+    # On a version: its input contract as JSON (pipeline/contract.py) and in words; one
+    # registered model serves one contract, and register refuses a version of another.
+    REGISTERED_MODEL = "pipeline.registered_model"
+    CONTRACT, CONTRACT_SUMMARY = "pipeline.contract", "pipeline.contract_summary"
     # `dvc exp run` experiment that made a run; a row of `dvc exp show` finds its run by it.
     DVC_EXP, DVC_EXP_BASELINE = "pipeline.dvc_exp", "pipeline.dvc_exp_baseline"
     # Run whose evaluate produced this run's test metrics (itself, or an earlier run of the
@@ -40,7 +45,11 @@ class Tag:
     INVOCATION = "pipeline.invocation"
     # The train run whose weights a run evaluated or registered (a train run names itself).
     TRAINED_BY = "pipeline.trained_by"
-    PRUNED_AT = "pipeline.pruned_at_epoch"
+    # Where the pruner stopped a trial: the step (pruned_at) and what it counts (pruned_step:
+    # epoch, or fold when trials cross-validate).
+    PRUNED_AT, PRUNED_STEP = "pipeline.pruned_at", "pipeline.pruned_step"
+    # What a run learned from: digits / breast_cancer (built-in) or the user's data.path.
+    DATA_SOURCE = "pipeline.data_source"
     STUDY = "optuna.study_name"
     STUDY_PARENT = "optuna.study_name_parent"
     STORAGE = "optuna.storage"

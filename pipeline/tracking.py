@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipeline.dataset import DatasetMeta
 from pipeline.engine import Callback, FitResult
 from pipeline.errors import StoreError
 from pipeline.files import disk_full_error, is_disk_full
@@ -167,6 +168,12 @@ def invocation() -> str:
     return f"{exp}@{invocation_id()}" if exp else invocation_id()
 
 
+def data_source(meta: DatasetMeta) -> str:
+    """What a run learned from, for its tag: a built-in set's name, else the user's data.path."""
+    # imagefolder and csv name a layout, not the data: their path says which data it is.
+    return meta.path if meta.source in ("imagefolder", "csv") else meta.source
+
+
 def run_tags(stage: str) -> dict[str, str]:
     """Tags of a new pipeline run: the stage that opened it, its invocation, its experiment."""
     return {Tag.STAGE: stage, Tag.INVOCATION: invocation(), **dvc_experiment_tags()}
@@ -180,15 +187,12 @@ def model_run(experiment: str, stage: str, weights: str | Path) -> Iterator[str]
     mine = find_run(experiment, {Tag.INVOCATION: invocation(), Tag.MODEL_SHA: sha})
     trainer = None if mine else find_run(experiment, {Tag.MODEL_SHA: sha, Tag.STAGE: "train"})
     tags = {**run_tags(stage), Tag.MODEL_SHA: sha, Tag.TRAINED_BY: trainer or "unknown"}
+    if trainer:  # the data these weights learned from, as their train run names it
+        source = MlflowClient().get_run(trainer).data.tags.get(Tag.DATA_SOURCE)
+        tags |= {Tag.DATA_SOURCE: source} if source else {}
     with start_run(experiment, run_name=pipeline_run_name(), run_id=mine,
                    tags=None if mine else tags) as run_id:
         yield run_id
-
-
-def create_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    """Create a run without making it this process's active run; return its id."""
-    run = MlflowClient().create_run(experiment_id(experiment), run_name=run_name, tags=tags)
-    return run.info.run_id
 
 
 def log_params(params: dict[str, Any], run_id: str | None = None) -> None:

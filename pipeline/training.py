@@ -88,22 +88,34 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
                callbacks=callbacks, batch_transform=transform, restore_best=restore_best)
 
 
+def trained_with(params: Params, train: TrainConfig, model: ModelConfig,
+                 tuned: dict[str, Any]) -> dict[str, Any]:
+    """The train.* / model.* values the model was trained with where they may not be what
+    params.yaml says: every tuned key, and any other value that differs (num_threads)."""
+    used = {"train": train, "model": model}
+    asked = {"train": params.train, "model": params.model}
+    return {f"{name}.{f.name}": getattr(section, f.name) for name, section in used.items()
+            for f in dataclasses.fields(section) if f"{name}.{f.name}" in tuned
+            or getattr(section, f.name) != getattr(asked[name], f.name)}
+
+
 def history_rows(result: FitResult) -> list[dict[str, float]]:
     """Per-epoch curves without wall-clock fields, so the DVC output is reproducible."""
     return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in result.history]
 
 
 def save_training(final: Final, out: str | Path, reports: str | Path,
-                  model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
+                  model_cfg: ModelConfig, train_cfg: TrainConfig, params: Params,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
-    """Write the weights, the JSON that rebuilds the model, the training reports and the
-    predictions the threshold is chosen on."""
-    result = final.result
+    """Write the weights, the JSON that rebuilds the model, the training reports (with the
+    values trained with beside params.yaml's) and the predictions the threshold is chosen on."""
+    result, seed = final.result, params.seed
     mean, std = input_norm(model_cfg, meta.norm)
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "seed": seed, "input_shape": list(meta.input_shape),
               "norm": {"mean": list(mean), "std": list(std)}, "classes": list(meta.classes),
-              "kind": meta.kind, "best_epoch": result.best_epoch, "tuned": tuned,
+              "kind": meta.kind, "best_epoch": result.best_epoch, "cv_folds": result.cv_folds,
+              "tuned": tuned,
               "precision": result.precision}  # train.precision resolved on the fit's device
     if model_cfg.weights is not None:  # which checkpoint bytes the model started from
         config["weights_sha256"] = file_sha256(model_cfg.weights)
@@ -112,7 +124,10 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
     write_json(Path(reports) / "train_metrics.json", {
         "best_epoch": result.best_epoch, "epochs_run": len(history),
         f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early,
-        **final.summary()})
+        **final.summary(),
+        # `dvc exp show` columns trained.train.lr etc. beside the params column train.lr: the
+        # tuned values are what the model learned with, not params.yaml's.
+        "trained": trained_with(params, train_cfg, model_cfg, tuned)})
     write_json(Path(reports) / "train_history.json", history)
     final.write_basis(Path(reports) / "threshold_predictions.csv")
     return Path(out) / WEIGHTS_FILE

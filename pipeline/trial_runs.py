@@ -1,4 +1,5 @@
-"""MLflow child runs of Optuna trials: one per trial, its status mirroring the trial's state."""
+"""MLflow runs of an Optuna study: its one parent run, and a child run per trial whose status
+mirrors the trial's state."""
 
 from __future__ import annotations
 
@@ -13,8 +14,22 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
+from pipeline.config import Params
 from pipeline.interrupts import Interrupted
+from pipeline.locks import lock_for
+from pipeline.services import mask
 from pipeline.tags import Tag
+
+
+def parent_run_id(params: Params, name: str, storage: str) -> str:
+    """The study's one parent run: found by its tag, or created under a lock all hosts see."""
+    experiment = params.mlflow.experiment
+    with lock_for(storage, f"parent-{name}"):
+        found = tracking.find_run(experiment, {Tag.STUDY_PARENT: name})
+        return found or MlflowClient().create_run(
+            tracking.experiment_id(experiment), run_name=f"tune {name}",
+            tags={Tag.STUDY_PARENT: name, Tag.STUDY: name, Tag.STORAGE: mask(storage),
+                  Tag.STAGE: "tune"}).info.run_id
 
 
 @dataclass
@@ -23,7 +38,8 @@ class TrialRun:
 
     run_id: str
     state: str = "RUNNING"
-    pruned_at: int | None = None  # epoch of the pruner's decision
+    pruned_at: int | None = None  # step of the pruner's decision
+    unit: str = "epoch"  # what the steps count: epochs, or folds when the trial cross-validates
     metrics: dict[str, float] = field(default_factory=dict)  # sent with the closing request
 
 
@@ -33,12 +49,13 @@ _TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 @contextlib.contextmanager
 def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
-              params: dict[str, Any]) -> Iterator[TrialRun]:
+              params: dict[str, Any], data_source: str) -> Iterator[TrialRun]:
     """Child run of the study's parent run; its status mirrors the trial's final state."""
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
         Tag.PARENT_RUN: parent_run_id, **tracking.owner_tags(), Tag.STUDY: study,
-        Tag.TRIAL_NUMBER: str(number), Tag.TRIAL_STATE: "RUNNING", Tag.STAGE: "tune"})
+        Tag.TRIAL_NUMBER: str(number), Tag.TRIAL_STATE: "RUNNING", Tag.STAGE: "tune",
+        Tag.DATA_SOURCE: data_source})
     trial = TrialRun(run.info.run_id)
     tracking.log_params(params, run_id=trial.run_id)
     tick = time.perf_counter()
@@ -53,9 +70,10 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
             trial.state = "FAIL"  # left by an exception
         tags = {Tag.TRIAL_STATE: trial.state}
         if trial.state == "PRUNED" and trial.pruned_at is not None:
-            # KILLED shows red in the UI: the name and a tag column say it was the pruner.
-            tags |= {Tag.PRUNED_AT: str(trial.pruned_at),
-                     MLFLOW_RUN_NAME: f"trial-{number} pruned@{trial.pruned_at}"}
+            # KILLED shows red in the UI: the name and tag columns say it was the pruner,
+            # after how many epochs or folds (`pruned@fold2`).
+            tags |= {Tag.PRUNED_AT: str(trial.pruned_at), Tag.PRUNED_STEP: trial.unit,
+                     MLFLOW_RUN_NAME: f"trial-{number} pruned@{trial.unit}{trial.pruned_at}"}
         # Two requests per closing trial (short pruned trials are many, the server is shared).
         tracking.log_batch(trial.run_id, {0: {
             **trial.metrics, "duration_seconds": time.perf_counter() - tick}}, tags)

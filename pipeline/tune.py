@@ -23,7 +23,7 @@ from pipeline.engine import resolve_precision, select_device
 from pipeline.errors import PipelineError
 from pipeline.interrupts import INTERRUPTED_EXIT, Interrupted, interruptible
 from pipeline.lineage import dvc_hash
-from pipeline.locks import Lock, lock_for
+from pipeline.locks import Lock
 from pipeline.metrics import direction
 from pipeline.objective import THREADS_ATTR, TuneJob, run_trial, trial_threads
 from pipeline.plots import save_study_figures
@@ -44,6 +44,7 @@ from pipeline.study import (
     study_name,
 )
 from pipeline.tags import Tag
+from pipeline.trial_runs import parent_run_id
 
 log = logging.getLogger(__name__)
 # How often a worker with nothing to start looks at the others' trials again.
@@ -249,15 +250,6 @@ def interrupted(job: TuneJob) -> str:
             "again to resume it (the interrupted trial reruns with the same params)")
 
 
-def parent_run_id(params: Params, name: str, storage: str) -> str:
-    """The study's one parent run: found by its tag, or created under a lock all hosts see."""
-    experiment = params.mlflow.experiment
-    with lock_for(storage, f"parent-{name}"):
-        return tracking.find_run(experiment, {Tag.STUDY_PARENT: name}) or tracking.create_run(
-            experiment, f"tune {name}", {Tag.STUDY_PARENT: name, Tag.STUDY: name,
-                                         Tag.STORAGE: mask(storage), Tag.STAGE: "tune"})
-
-
 def open_services(params: Params, data_dir: str, train_dir: str, storage: str) -> str:
     """Check the Optuna storage and the tracking store answer (fast); return the study name."""
     if is_database(storage):
@@ -270,16 +262,18 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
     """Run (or resume) the study for these params and data; return what best_params.json holds."""
     if not params.tune.enabled:
         return {"enabled": False, "params": {}}
+    meta = load_splits(data_dir, names=())[1]
     # A bad checkpoint fails here, once, not as every trial failing in turn.
-    check_checkpoint(params.model, load_splits(data_dir, names=())[1].input_shape)
+    check_checkpoint(params.model, meta.input_shape)
     resolve_precision(params.train.precision, select_device())  # bf16 off CUDA: fail once
     name = open_services(params, data_dir, train_dir, storage)
     log.info("study %s in %s (%d trials, %d worker(s) here; other hosts may join with "
              "`python -m pipeline.tune_worker`)", name, mask(storage), params.tune.n_trials,
              params.tune.n_workers)
-    run_id = parent_run_id(params, name, storage)
+    run_id = parent_run_id(params, name, storage)  # tune_worker joins it as tune.parent_run_id
     # Ctrl-C from here on leaves one line; a second one cannot cut the clean-up short.
-    with interruptible(), tracking.start_run(params.mlflow.experiment, run_id=run_id):
+    with interruptible(), tracking.start_run(params.mlflow.experiment, run_id=run_id,
+                                             tags={Tag.DATA_SOURCE: tracking.data_source(meta)}):
         job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
                       tracking.experiment_id(params.mlflow.experiment))
         try:
@@ -295,7 +289,7 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
                               "best_trial": best.number,
                               **{f"trials_{k.lower()}": v for k, v in count(study).items()}},
                              step=len(study.trials))
-        tracking.log_artifacts(save_study_figures(study), "optuna")
+        tracking.log_artifacts(save_study_figures(study, f"val_{params.tune.metric}"), "optuna")
     log.info("best trial %d: val_%s=%.5f %s", best.number, params.tune.metric, best.value,
              best.params)
     # The threads the best trial trained with (trials from before the attribute: this host's

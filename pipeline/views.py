@@ -1,11 +1,12 @@
-"""What the team sees in MLflow: the pipeline run's name, a saved runs-table view with the
-metrics that matter (and the tags that link a run to the run that trained its weights), and
-test metrics copied into a rerun whose weights DVC found unchanged."""
+"""What the team sees in MLflow: the pipeline run's name and link, a saved runs-table view with
+the metrics that matter (and the tags that link a run to the run that trained its weights and
+name its data), and test metrics copied into a rerun whose weights DVC found unchanged."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 
@@ -13,8 +14,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.config import TuneConfig
+from pipeline.dataset import DatasetMeta
 from pipeline.lineage import pipeline_run_name
+from pipeline.services import is_http, mask
+from pipeline.sqlite_store import sqlite_file
 from pipeline.tags import Tag
+
+log = logging.getLogger(__name__)
 
 # MLflow's UI (3.x) lists experiment tags with this prefix under "Views" and opens one with
 # `?viewStateShareKey=<key>`; its runs table otherwise shows no metric column by default.
@@ -24,32 +31,54 @@ VIEW_KEY = "pipeline"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Test metrics of pipeline runs (and the register gate's default), a trial's validation score.
 COLUMNS = ("test_roc_auc", "test_log_loss", "test_accuracy", "test_f1", "objective")
+# Every link into the UI carries it: without it MLflow 3 may open its GenAI pages (traces).
+ML_MODE = "workflowType=machine_learning"
+# Where `mlflow ui` serves by default.
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def view_url(experiment_id: str) -> str:
     """Path (after the server's address) that opens the runs table in the pipeline's view."""
-    return (f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&viewStateShareKey={VIEW_KEY}")
+    return f"#/experiments/{experiment_id}/runs?{ML_MODE}&viewStateShareKey={VIEW_KEY}"
 
 
-def table_view() -> dict:
-    """The runs-table state MLflow's UI saves for a view: columns, sort, expanded parents."""
-    tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.STAGE, Tag.TRAINED_BY, Tag.PRUNED_AT,
-                                    Tag.TEST_METRICS_FROM)]
-    columns = [f"metrics.`{m}`" for m in COLUMNS] + tags + [
+def run_url(experiment_id: str, run_id: str) -> str:
+    """Path (after the server's address) of a run's page."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{ML_MODE}"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """Where to open a run: its page on the tracking server, or the `mlflow ui` command that
+    serves this store and the page on it."""
+    uri, page = tracking.tracking_uri(), run_url(experiment_id, run_id)
+    if is_http(uri):
+        return f"{mask(uri).rstrip('/')}/{page}"
+    db = sqlite_file(uri)  # absolute: the command works from any folder
+    store = f"sqlite:///{db.resolve()}" if db is not None else mask(uri)
+    return f"`mlflow ui --backend-store-uri {store}`, then {LOCAL_UI}/{page}"
+
+
+def table_view(metric: str = TuneConfig.metric) -> dict:
+    """The runs-table state MLflow's UI saves for a view: columns, sort, expanded parents;
+    `metric` is tune.metric (a study's parent run shows its best_val_<metric>)."""
+    tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.STAGE, Tag.DATA_SOURCE, Tag.TRAINED_BY,
+                                    Tag.PRUNED_AT, Tag.PRUNED_STEP, Tag.TEST_METRICS_FROM)]
+    metrics = [*COLUMNS, f"best_val_{metric}"]
+    columns = [f"metrics.`{m}`" for m in metrics] + tags + [
         "params.`model.type`", "params.`train.lr`"]
     return {"selectedColumns": columns, "orderByKey": "attributes.start_time",
             "orderByAsc": False}
 
 
-def share_table_view(experiment_id: str) -> None:
-    """Save the pipeline's view in the experiment once (a teammate's edits to it are kept)."""
+def share_table_view(experiment_id: str, metric: str) -> None:
+    """Save the pipeline's view (for tune.metric `metric`) in the experiment once (a
+    teammate's edits to it are kept)."""
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     now = int(time.time() * 1000)
     if VIEW_TAG_PREFIX + VIEW_KEY not in tags:
         envelope = {"name": "Pipeline: test metrics", "createdAt": now, "updatedAt": now,
-                    "state": json.dumps(table_view())}
+                    "state": json.dumps(table_view(metric))}
         client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(envelope))
     for key, value in EXPERIMENT_KIND.items():
         if key not in tags:
@@ -63,11 +92,15 @@ def share_table_view(experiment_id: str) -> None:
 
 
 @contextlib.contextmanager
-def pipeline_run(experiment: str, stage: str) -> Iterator[str]:
-    """Start the pipeline's run, named and tagged after its DVC experiment; share the view."""
-    with tracking.start_run(experiment, run_name=pipeline_run_name(),
-                            tags=tracking.run_tags(stage)) as run_id:
-        share_table_view(mlflow.active_run().info.experiment_id)
+def pipeline_run(experiment: str, stage: str, meta: DatasetMeta, metric: str) -> Iterator[str]:
+    """Start the pipeline's run, named and tagged after its DVC experiment and its data; share
+    the view (for tune.metric `metric`); log where to open the run."""
+    tags = {**tracking.run_tags(stage), Tag.DATA_SOURCE: tracking.data_source(meta)}
+    with tracking.start_run(experiment, run_name=pipeline_run_name(), tags=tags) as run_id:
+        info = mlflow.active_run().info
+        share_table_view(info.experiment_id, metric)
+        log.info("%s: MLflow run %s (%s): %s", stage, info.run_name, run_id,
+                 run_link(info.experiment_id, run_id))
         yield run_id
 
 

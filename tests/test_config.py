@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +19,22 @@ from pipeline.stages import preprocess, validate
 from tests.conftest import REPO
 
 
-def test_repo_params_load_typed_and_frozen() -> None:
-    params = load_params(REPO / "params.yaml")
+def stated_params(tmp_path: Path) -> Path:
+    """The params.yaml under test, copied to tmp_path: the working tree's or the committed one."""
+    # The working tree's while it states config.py's defaults (unchanged, or a default being
+    # changed in both files); once `dvc exp run -S` has written an experiment into it, HEAD's.
+    path = tmp_path / "params.yaml"
+    with contextlib.suppress(ConfigError):
+        if load_params(REPO / "params.yaml") == Params():
+            path.write_text((REPO / "params.yaml").read_text())
+            return path
+    path.write_text(subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, text=True,
+                                   capture_output=True, check=True).stdout)
+    return path
+
+
+def test_repo_params_load_typed_and_frozen(tmp_path: Path) -> None:
+    params = load_params(stated_params(tmp_path))
     assert isinstance(params, Params)
     assert params.data.source == "digits"
     assert isinstance(params.data.split.train, float)
@@ -26,9 +46,9 @@ def test_empty_mapping_gives_defaults() -> None:
     assert parse_params({}) == Params()
 
 
-def test_params_yaml_states_exactly_the_defaults() -> None:
+def test_params_yaml_states_exactly_the_defaults(tmp_path: Path) -> None:
     # Defaults live in config.py; params.yaml spells them out for users and must agree.
-    assert load_params(REPO / "params.yaml") == Params()
+    assert load_params(stated_params(tmp_path)) == Params()
 
 
 def test_scientific_notation_without_dot_is_a_number() -> None:
@@ -147,3 +167,36 @@ def test_validate_stage_refuses_checkpoints_dvc_cannot_track_or_find(
     assert info.value.code == 2
     assert error in capsys.readouterr().err
     assert not Path("c.json").exists()
+
+
+def test_dvc_exp_run_set_changes_only_its_own_line(tmp_path: Path) -> None:
+    # `dvc exp run -S` rewrites the whole params.yaml (ruamel round trip: flow lists become
+    # block lists, null becomes empty); in that layout an experiment's diff is its own lines.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    before = stated_params(tmp_path).read_text()
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: 'true'\n    params: [train.lr]\n")
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "init"],
+                ["dvc", "exp", "run", "-S", "train.lr=0.01"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, check=True, timeout=120)
+    after = (tmp_path / "params.yaml").read_text().splitlines()
+    diff = [line for line in difflib.unified_diff(before.splitlines(), after, n=0, lineterm="")
+            if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
+    assert len(diff) == 2 and diff[0].startswith("-  lr: ") and re.fullmatch(
+        r"\+  lr: 0\.01 *(#.*)?", diff[1]), "\n".join(diff)
+
+
+# Files a user's runs create or rewrite in their checkout; tests build their own under tmp_path.
+WORKSPACE_STATE = r"params\.yaml|dvc\.lock|data\b|reports\b|models\b|mlflow\.db|optuna\.journal"
+# stated_params: the working tree's params.yaml only when it states the defaults.
+ALLOWED = {("test_config.py", 'REPO / "params.yaml"')}
+
+
+def test_no_test_reads_the_checkouts_workspace_state() -> None:
+    found = {(path.name, hit) for folder in ("tests", "benchmarks")
+             for path in sorted((REPO / folder).glob("*.py"))
+             for hit in re.findall(rf'REPO(?:\s*/\s*|\.joinpath\()"(?:{WORKSPACE_STATE})[^"]*"',
+                                   path.read_text())}
+    assert found <= ALLOWED, "read it from git (HEAD), the package defaults or tmp_path"

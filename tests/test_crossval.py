@@ -69,6 +69,7 @@ def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
                                                     basis["probability"].to_numpy(), "f1")
     fitted = json.loads((Path(p["reports"]) / "train_metrics.json").read_text())
     assert fitted["cv_folds"] == 3 and fitted["epochs_run"] == fitted["refit_epochs"]
+    assert fitted["trained"] == {}  # untuned: trained with exactly params.yaml's values
     # The refit saw every augmented train row and every val row each epoch.
     splits, _ = load_splits(p["augmented"], names=("train",))
     (run,) = [r for r in MlflowClient().search_runs(
@@ -128,3 +129,4 @@ def test_tuning_reports_folds_as_steps_and_logs_them_in_the_trial_run(
         assert len(folds) == 3
         assert trial.value == pytest.approx(np.mean(folds))
         assert trial.intermediate_values[3] == pytest.approx(np.mean(folds))
+        assert run.data.tags["pipeline.data_source"] == "data/raw/t.csv"

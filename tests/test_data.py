@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, SplitConfig, load_params
+from pipeline.config import DataConfig, SplitConfig
 from pipeline.data import preprocess
 from pipeline.dataset import DatasetMeta, load_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import auto_size, decode_image
 from pipeline.stages import preprocess as preprocess_stage
 from pipeline.tables import transform_table
-from tests.conftest import REPO, make_csv, make_imagefolder
+from tests.conftest import make_csv, make_imagefolder
 
 HALF = SplitConfig(train=0.5, val=0.25, test=0.25)
 
@@ -334,7 +334,8 @@ def test_unknown_source_names_the_key(tmp_path: Path) -> None:
 
 
 def test_builtin_digits_is_an_imagefolder(tmp_path: Path) -> None:
-    cfg = replace(load_params(REPO / "params.yaml").data, path=str(tmp_path / "digits"))
+    # The package's defaults: the working tree's params.yaml is the user's (`dvc exp run -S`).
+    cfg = DataConfig(path=str(tmp_path / "digits"))
     splits, meta = prep(cfg, seed=0)
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["even", "odd"]
     assert sum(len(s.y) for s in splits.values()) == 1797

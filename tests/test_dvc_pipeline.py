@@ -46,10 +46,11 @@ def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
 def make_repo(dest: Path, overrides: dict, source: Path = REPO) -> Path:
     """A fresh git + DVC repo of the tracked pipeline files, with default params + overrides."""
     dest.mkdir()
-    # Tracked files only, and params from the code's defaults: whatever a user did in their
-    # checkout (untracked files, an edited params.yaml) cannot change what the tests run.
-    tracked = sh(source, "git", "ls-files", "pipeline", "data/raw", "data/weights", "dvc.yaml",
-                 ".gitignore", ".dvcignore").stdout.split()
+    # Tracked code only, and params from the code's defaults: whatever a user did in their
+    # checkout (untracked files, an edited params.yaml, their own data and its `dvc add`ed .dvc
+    # files under data/) cannot change what the tests run. The READMEs make the data folders.
+    tracked = sh(source, "git", "ls-files", "pipeline", "dvc.yaml", ".gitignore", ".dvcignore",
+                 "data/raw/README.md", "data/weights/README.md").stdout.split()
     for name in tracked:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / name, dest / name)
@@ -214,7 +215,7 @@ def test_fresh_clone_registers_and_a_pulled_clone_reruns_nothing(
     assert {"tune", "train", "evaluate", "register"} <= ran(sh_env(mine, env, "dvc",
                                                                    "repro").stdout)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    champion = client.get_model_version_by_alias("binary-classifier", "champion")
+    champion = client.get_model_version_by_alias("digits-odd", "champion")
     exp = client.get_experiment_by_name("binary-classification")
     parents = client.search_runs([exp.experiment_id], f"tags.`{Tag.STUDY_PARENT}` != ''")
     assert len(parents) == 1
@@ -237,11 +238,11 @@ def test_fresh_clone_registers_and_a_pulled_clone_reruns_nothing(
     sh(theirs, "dvc", "pull", "-q")
     out = sh_env(theirs, env, "dvc", "repro").stdout
     assert "Running stage" not in out and "Data and pipelines are up to date" in out
-    assert len(client.search_model_versions("name = 'binary-classifier'")) == 1
+    assert len(client.search_model_versions("name = 'digits-odd'")) == 1
     # A new, empty store: predict names what DVC thinks was registered, and the fix.
     empty = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
     proc = subprocess.run([sys.executable, "-m", "pipeline.predict", "--input",
                            "data/raw/digits/odd", "--output", "p.csv"], cwd=theirs,
                           env={**os.environ, **empty}, capture_output=True, text=True)
     assert proc.returncode == 2 and "dvc repro -f -s register" in proc.stderr
-    assert f"binary-classifier v{champion.version} was registered in" in proc.stderr
+    assert f"digits-odd v{champion.version} was registered in" in proc.stderr

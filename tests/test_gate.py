@@ -9,14 +9,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipeline import fingerprints
 from pipeline.config import RegisterConfig
-from pipeline.gate import comparison, decide, enough, score
+from pipeline.contract import ContractError
+from pipeline.dataset import DatasetMeta
+from pipeline.gate import check_contract, comparison, decide, enough, score
+from pipeline.registry import contract_of
 from pipeline.stages import register
+from pipeline.tags import Tag
 from tests.conftest import make_csv, run_stages, write_params
 
-NAME = "binary-classifier"
+NAME = "spam-filter"  # one explicit register.model_name: the runs below share it
 
 
 def register_stage(params: Path, paths: dict[str, str], out: Path) -> dict:
@@ -41,7 +46,7 @@ def test_other_split_is_compared_on_rows_neither_model_learned_from(
     for seed in (0, 1):
         params = write_params(tmp_path / f"s{seed}.yaml", {
             "seed": seed, "data": data, "model": {"type": "logreg"},
-            "register": {"min_gate_rows": 5}})
+            "register": {"min_gate_rows": 5, "model_name": NAME}})
         paths = run_stages(params, tmp_path / f"s{seed}")
         reports[seed] = register_stage(params, paths, tmp_path / f"s{seed}.json")
     challenger = reports[1]
@@ -90,7 +95,7 @@ def test_a_champion_trained_on_todays_test_rows_cannot_win_by_them(
     data = {"target": "label", "positive_class": "spam", "source": "csv"}
     # Accuracy: memorised rows are right, not merely confident (log loss would punish the
     # champion's overconfident misses elsewhere more than it gains).
-    gate = {"metric": "accuracy", "min_gate_rows": 10}
+    gate = {"metric": "accuracy", "min_gate_rows": 10, "model_name": NAME}
     # Today's split first (the challenger's), so the champion can be rigged against it.
     challenger = write_params(tmp_path / "challenger.yaml", {
         "data": {**data, "path": str(tmp_path / "today.csv")}, "model": {"type": "logreg"},
@@ -140,3 +145,49 @@ def test_a_champion_without_a_record_is_compared_as_before_and_says_so() -> None
     assert decision.promote and decision.overlap == "unknown"
     assert "overlap with them is unknown" in decision.reason
     assert (decision.compared_rows, decision.excluded_rows) == (3, 1)
+
+
+def test_a_model_of_another_task_is_refused_and_the_champion_stays(
+        tmp_path: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's breast-cancer example under the name the digits model serves, in small:
+    a table of other columns under a name whose champion takes these columns."""
+    split = {"train": 0.5, "val": 0.25, "test": 0.25}
+    spam = make_csv(tmp_path / "t.csv", rows=80)
+    other = tmp_path / "other.csv"
+    pd.read_csv(spam).drop(columns=["flag"]).rename(columns={"x2": "x9"}).to_csv(other,
+                                                                                  index=False)
+    runs = {}
+    for stem, csv in (("t", spam), ("other", other)):
+        params = write_params(tmp_path / f"{stem}.yaml", {
+            "data": {"source": "csv", "path": str(csv), "target": "label",
+                     "positive_class": "spam", "split": split},
+            "model": {"type": "logreg"}, "register": {"model_name": NAME}})
+        runs[stem] = params, run_stages(params, tmp_path / stem)
+    first = register_stage(*runs["t"], tmp_path / "t.json")
+    assert first["model_name"] == NAME and first["promote"] is True
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        register_stage(*runs["other"], tmp_path / "other.json")
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1, err
+    # Both contracts in words, how they differ, and the name to use (auto's, for this data).
+    assert (f"error: registered model '{NAME}' serves table of 4 columns (x1, x2, colour, …) "
+            "→ 'spam' vs 'ham' (champion v1); this model takes table of 3 columns (x1, x9, "
+            "colour) → 'spam' vs 'ham'") in err
+    assert "1 column only here (x9), 2 columns only there (x2, flag)" in err
+    assert "set register.model_name to 'other-spam' (what register.model_name: auto" in err
+    # Refused before anything was written: no version, no output, no failed run.
+    client = MlflowClient(mlflow_uri)
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert not (tmp_path / "other.json").exists()
+    experiment = client.get_experiment_by_name("binary-classification")
+    assert {r.info.status for r in client.search_runs([experiment.experiment_id])} == {
+        "FINISHED"}
+    # The auto name is free and takes it; a champion registered before versions carried a
+    # contract tag is read from its logged model; a taken auto name gets the contract's hash.
+    mine = contract_of(DatasetMeta.read(Path(runs["other"][1]["processed"]) / "meta.json"))
+    client.delete_model_version_tag(NAME, "1", Tag.CONTRACT)
+    with pytest.raises(ContractError, match=f"'{NAME}-{mine.fingerprint()}'"):
+        check_contract(client, NAME, mine, auto_name=NAME)
+    check_contract(client, "other-spam", mine, auto_name="other-spam")  # a new name: fine

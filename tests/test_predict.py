@@ -24,3 +24,22 @@ def test_help_and_argument_errors_import_nothing_heavy(argv: list[str], tmp_path
     assert exit_code == ("0" if argv == ["--help"] else "2")
     if len(argv) == 4:
         assert "--input no/such/folder: no such file or folder" in proc.stderr
+
+
+def test_default_model_is_the_champion_of_the_name_register_resolves(tmp_path) -> None:
+    from pipeline.errors import DataError
+    from pipeline.predict import default_model_uri
+
+    params = tmp_path / "params.yaml"
+    assert default_model_uri(str(tmp_path / "none.yaml")) == "models:/digits-odd@champion"
+    params.write_text("data: {source: csv, path: data/raw/loans.csv, positive_class: bad}\n")
+    assert default_model_uri(str(params)) == "models:/loans-bad@champion"
+    params.write_text("register: {model_name: fraud}\n")
+    assert default_model_uri(str(params)) == "models:/fraud@champion"
+    # No positive class in params: preprocess's metadata says which, as register reads it.
+    params.write_text("data: {source: csv, path: data/raw/loans.csv, positive_class: null}\n")
+    meta = tmp_path / "meta.json"
+    with pytest.raises(DataError, match=r"positive_class is null.*run `dvc repro`"):
+        default_model_uri(str(params), meta)
+    meta.write_text('{"classes": ["0", "1"]}')
+    assert default_model_uri(str(params), meta) == "models:/loans-1@champion"

@@ -22,7 +22,8 @@ from PIL import Image
 
 from pipeline import predict as predict_cli
 from pipeline.config import RegisterConfig
-from pipeline.gate import decide
+from pipeline.contract import Contract
+from pipeline.gate import decide, download, score
 from pipeline.registry import audit_trail
 from pipeline.stages import register
 from pipeline.tags import Tag
@@ -37,7 +38,8 @@ from tests.conftest import (
     write_params,
 )
 
-NAME = "binary-classifier"
+NAME = "images-dog"  # register.model_name: auto for the "images" folder, positive class dog
+CSV_NAME = "t-spam"  # ... and for t.csv, positive class spam
 
 
 def register_args(params: Path, paths: dict[str, str], out: Path) -> list[str]:
@@ -81,6 +83,48 @@ def test_first_version_is_champion_with_lineage_tags(image_model: dict) -> None:
         assert run.data.tags[key] == tags[key], key
     assert run.info.status == "FINISHED"
     assert "test_roc_auc" in run.data.metrics  # same run as train + evaluate
+    # register.model_name: auto named it after the data folder and the positive class.
+    assert report["model_name"] == NAME and run.data.tags[Tag.REGISTERED_MODEL] == NAME
+    # The version names its data and its input contract (machine-readable and in words).
+    assert tags[Tag.DATA_SOURCE] == str(image_model["images"])
+    contract = Contract.from_tag(tags[Tag.CONTRACT])
+    assert (contract.kind, contract.classes) == ("image", ("cat", "dog"))
+    assert tags[Tag.CONTRACT_SUMMARY] == contract.describe() == "images → 'dog' vs 'cat'"
+
+
+def test_decisions_are_readable_in_the_registry_and_the_run(image_model: dict) -> None:
+    mlflow.set_tracking_uri(image_model["uri"])  # other tests may point MLflow elsewhere
+    client = MlflowClient(image_model["uri"])
+    version = client.get_model_version(NAME, "1")
+    # The version's description says the decision in sentences, with what it rests on.
+    text = version.description
+    assert text.startswith(f"**Promoted to champion** of `{NAME}`: its first version.")
+    assert "The gate's reason: first version: no champion yet." in text
+    for fact in ("images → 'dog' vs 'cat'", str(image_model["images"]), version.run_id,
+                 "register.metric = log_loss"):
+        assert fact in text, fact
+    # The model's description: its task, who serves, the trail as a table; no store address.
+    model = client.get_registered_model(NAME).description
+    assert "**images → 'dog' vs 'cat'**" in model and "`@champion` is v1" in model
+    assert "| v1 |" in model and "| promoted |" in model
+    assert image_model["uri"] not in model + text
+    # The registering run keeps the same in audit.md; the JSON tags stay.
+    audit_md = mlflow.artifacts.load_text(f"runs:/{version.run_id}/audit.md")
+    assert audit_md.startswith(f"# Gate decision on `{NAME}` v1") and text in audit_md
+    assert json.loads(client.get_registered_model(NAME).tags["audit.00001"])["version"] == "1"
+
+
+def test_champion_is_scored_on_its_signature_columns_only(image_model: dict, capfd) -> None:
+    mlflow.set_tracking_uri(image_model["uri"])  # other tests may point MLflow elsewhere
+    # MLflow warns about every column a signature lacks ("extra inputs ... ignored"); the
+    # model ignores them anyway, so the gate passes only the declared ones: no such warning.
+    folder = download(NAME, "1", image_model["root"] / "scored")
+    files = sorted((image_model["images"] / "cat").glob("*.png"))[:2]
+    frame = pd.DataFrame({"image": [f.read_bytes() for f in files], "x1": [1.0, 2.0]})
+    capfd.readouterr()
+    scored = score(folder, frame)
+    assert len(scored.probability) == 2 and set(scored.label) <= {"cat", "dog"}
+    assert "extra inputs" not in "".join(capfd.readouterr())
 
 
 def test_pyfunc_on_png_jpeg_bytes_and_arrays(image_model: dict) -> None:
@@ -218,13 +262,13 @@ def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> N
     assert reports[3]["outcome"] == "reused" and reports[3]["promote"] is False
     assert "is not (champion: v2)" in reports[3]["reason"]
     client = MlflowClient(mlflow_uri)
-    assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
-    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
-    v3 = client.get_model_version(NAME, "3")
+    assert len(client.search_model_versions(f"name = '{CSV_NAME}'")) == 3
+    assert str(client.get_model_version_by_alias(CSV_NAME, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(CSV_NAME, "challenger").version) == "3"
+    v3 = client.get_model_version(CSV_NAME, "3")
     assert v3.tags["decision"] == "rejected" and float(v3.tags["champion_score"]) < float(
         v3.tags["challenger_score"])
-    trail = audit_trail(client, NAME)
+    trail = audit_trail(client, CSV_NAME)
     assert [(e["version"], e["champion_after"]) for e in trail] == [
         ("1", "1"), ("2", "2"), ("3", "2")]
     assert reports[2]["audit"] == trail
@@ -239,12 +283,13 @@ def test_csv_pyfunc_nan_unseen_categories_and_column_errors(tmp_path: Path, mlfl
                                                             capsys: pytest.CaptureFixture
                                                             ) -> None:
     csv = make_csv(tmp_path / "t.csv", rows=80)
-    params = write_params(tmp_path / "p.yaml", {"data": {
+    # params.yaml in the working directory: predict's default model name is read from it.
+    params = write_params(tmp_path / "params.yaml", {"data": {
         "source": "csv", "path": str(csv), "target": "label", "positive_class": "spam",
         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "model": {"type": "mlp"}})
     paths = run_stages(params, tmp_path / "r")
     register.main(register_args(params, paths, tmp_path / "reg.json"))
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{CSV_NAME}@champion")
     rows = pd.DataFrame({"x1": [np.nan, 1.0], "x2": [0.5, np.nan],
                          "colour": ["purple", None], "flag": [True, False]})
     out = model.predict(rows)

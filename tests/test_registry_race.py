@@ -29,7 +29,7 @@ from tests.conftest import REPO, TeamServer, make_csv, module_store, stage_paths
 
 # Four trainings, then four register processes per test: ~40-60 s each on 2 cores.
 pytestmark = pytest.mark.slow
-NAME = "binary-classifier"
+NAME = "table-spam"  # register.model_name: auto for table.csv, positive spam
 # Different weights from one data split: (epochs, lr) per model, scores far enough apart.
 RECIPES = ((1, 1e-4), (2, 0.01), (6, 0.05), (15, 0.1))
 

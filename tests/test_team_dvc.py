@@ -22,7 +22,7 @@ from tests.conftest import TeamServer, invoke_images, served_model
 from tests.test_dvc_pipeline import E2E, make_repo
 
 pytestmark = pytest.mark.slow
-NAME = "binary-classifier"
+NAME = "digits-odd"  # register.model_name: auto on the default data
 
 
 def run(cwd: Path, env: dict[str, str], *args: str) -> str:

@@ -232,7 +232,7 @@ def test_fine_tuned_backbone_tunes_registers_predicts_and_serves(
     register.main([*common, "--data-dir", p["processed"], "--train-dir", p["augmented"],
                    "--model-dir", p["models"], "--metrics", f"{p['reports']}/metrics.json",
                    "--out", str(tmp_path / "registration.json")])
-    version = mlflow.MlflowClient().get_model_version_by_alias("binary-classifier", "champion")
+    version = mlflow.MlflowClient().get_model_version_by_alias("images-dog", "champion")
     assert version.tags["pipeline.checkpoint_sha256"] == file_sha256(checkpoint)
     # The raw-input pyfunc (predict CLI) reproduces evaluate's test predictions ...
     ids = json.loads((Path(p["processed"]) / "ids.json").read_text())["test"]
@@ -243,6 +243,6 @@ def test_fine_tuned_backbone_tunes_registers_predicts_and_serves(
     np.testing.assert_allclose(cli["probability"], expected["probability"], atol=1e-6)
     # ... and so does `mlflow models serve` on the champion.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with served_model("models:/binary-classifier@champion", tmp_path, env, wait_s=120) as port:
+    with served_model("models:/images-dog@champion", tmp_path, env, wait_s=120) as port:
         served = pd.DataFrame(invoke_images(port, files))
     np.testing.assert_allclose(served["probability"], cli["probability"], atol=1e-6)

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import parse_params
+from pipeline.config import load_params, parse_params
 from pipeline.errors import ConfigError
 from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
-from tests.conftest import make_csv, run_stages, stage_paths, write_params
+from tests.conftest import csv_checkout, make_csv, run_stages, stage_paths, write_params
 
 
 @pytest.mark.parametrize(("space", "needle"), [
@@ -93,8 +93,11 @@ def child_runs(client: MlflowClient) -> list:
             if "optuna.trial_number" in r.data.tags]
 
 
-def test_pruned_trials_show_in_mlflow_and_best_params_flow(tune_env: Path) -> None:
+def test_pruned_trials_show_in_mlflow_and_best_params_flow(
+        tune_env: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.views")
     params = csv_tune_params(tune_env, n_trials=8)
+    source = str(tune_env / "table.csv")  # the user's data.path names a CSV source
     run_stages(params, tune_env, upto="augment")
     tune_stage.main(tune_args(params, tune_env, "models/best_params.json"))
     study = load_study(tune_env)
@@ -113,8 +116,11 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(tune_env: Path) -> No
         # KILLED reads as a crash in the UI: the name and a tag say the pruner stopped it, where.
         pruned = trial.state.name == "PRUNED"
         epoch = max(trial.intermediate_values) if pruned else None
-        assert run.info.run_name == f"trial-{trial.number}" + (f" pruned@{epoch}" if pruned else "")
-        assert run.data.tags.get("pipeline.pruned_at_epoch") == (str(epoch) if pruned else None)
+        assert run.info.run_name == f"trial-{trial.number}" + (
+            f" pruned@epoch{epoch}" if pruned else "")
+        assert run.data.tags.get("pipeline.pruned_at") == (str(epoch) if pruned else None)
+        assert run.data.tags.get("pipeline.pruned_step") == ("epoch" if pruned else None)
+        assert run.data.tags["pipeline.data_source"] == source
         assert float(run.data.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
         assert "duration_seconds" in run.data.metrics
     parent_id = {r.data.tags["mlflow.parentRunId"] for r in children}
@@ -123,6 +129,7 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(tune_env: Path) -> No
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["optuna.study_name"] == study.study_name
     assert parent.data.metrics["best_val_roc_auc"] == pytest.approx(study.best_value)
+    assert parent.data.tags["pipeline.data_source"] == source
     figures = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "optuna")}
     assert {"optimization_history.png", "slice.png"} <= figures
     # The tuned values are what train uses.
@@ -132,6 +139,47 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(tune_env: Path) -> No
     config = json.loads((Path(paths["models"]) / "model_config.json").read_text())
     assert config["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
     assert config["train"]["batch_size"] == study.best_params["train.batch_size"]
+    # `dvc exp show` reads them beside params.yaml's train.lr (nothing else differs here).
+    fitted = json.loads((Path(paths["reports"]) / "train_metrics.json").read_text())
+    assert fitted["trained"] == study.best_params
+    exp = parent.info.experiment_id
+    (train_run,) = client.search_runs([exp], "tags.`pipeline.stage` = 'train'")
+    assert train_run.data.tags["pipeline.data_source"] == source
+    # The train stage says where to open its run (a SQLite store: with which command).
+    assert (f"train: MLflow run {train_run.info.run_name} ({train_run.info.run_id}): `mlflow ui "
+            f"--backend-store-uri sqlite:///{tune_env / 'mlflow.db'}`, then http://127.0.0.1:5000/"
+            f"#/experiments/{exp}/runs/{train_run.info.run_id}?workflowType=machine_learning"
+            ) in caplog.text
+
+
+@pytest.mark.parametrize(("folds", "unit"), [(3, "fold"), (0, "epoch")])
+def test_a_pruned_trial_is_named_after_the_steps_it_counts(
+        tmp_path: Path, mlflow_uri: str, folds: int, unit: str) -> None:
+    """Cross-validating trials report folds, others epochs: the run's name and tags say which."""
+    from pipeline import tracking
+    from pipeline.dataset import load_splits
+    from pipeline.objective import TuneJob, run_trial
+
+    root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 60, {
+        "train": {"epochs": 3}, "tune": {"enabled": True, "pruner": "median"}})
+    params = load_params(root / "params.yaml")
+    tracking.configure()
+    exp = tracking.experiment_id(params.mlflow.experiment)
+    parent = MlflowClient().create_run(exp).info.run_id
+    job = TuneJob(params, str(root / "data" / "processed"), str(root / "data" / "augmented"),
+                  "unused", "s", parent, exp, folds=folds)
+    processed, meta = load_splits(job.data_dir, names=("val",))
+    train = load_splits(job.train_dir, names=("train",))[0]["train"]
+    # Every score is under 2: the pruner stops the trial at its first step out of warm-up.
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=2.0,
+                                                                      n_warmup_steps=2))
+    with pytest.raises(optuna.TrialPruned):
+        run_trial(job, study.ask(), train, processed["val"], meta)
+    (run,) = MlflowClient().search_runs([exp], "tags.`optuna.trial_number` = '0'")
+    assert run.info.run_name == f"trial-0 pruned@{unit}2"
+    assert {k: run.data.tags[f"pipeline.{k}"] for k in ("pruned_at", "pruned_step",
+                                                        "data_source")} == {
+        "pruned_at": "2", "pruned_step": unit, "data_source": "data/raw/t.csv"}
 
 
 def test_sequential_study_is_reproducible(tune_env: Path, monkeypatch) -> None:
@@ -368,12 +416,12 @@ def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow
 
     tracking.configure()
     exp = tracking.experiment_id("e")
-    parent = tracking.create_run("e", "tune", {})
+    parent = MlflowClient().create_run(exp).info.run_id
     # Trial 0 closed its run and then its worker died before telling Optuna; trial 1 died
     # mid-way; trial 2 raised (FAILED by its own hand); trial 3 completed and was told.
     for number, state in ((0, "COMPLETE"), (2, None), (3, "COMPLETE")):
         with pytest.raises(RuntimeError) if state is None else contextlib.nullcontext(), \
-                trial_runs.trial_run(exp, parent, "s", number, {}) as run:
+                trial_runs.trial_run(exp, parent, "s", number, {}, "digits") as run:
             if state is None:
                 raise RuntimeError("boom")
             run.state = state

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.lineage import pipeline_run_name
 from pipeline.stages import evaluate, train
-from pipeline.views import COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX
+from pipeline.views import COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX, run_link
 from tests.conftest import make_imagefolder, module_store, run_stages, write_params
 
 USER_NOTE = "Our team's notes about this experiment."
@@ -52,7 +52,8 @@ def three_experiments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         evaluate.main(["--params", str(threshold), "--data-dir", paths["processed"],
                        "--model-dir", paths["models"], "--reports", paths["reports"]])
         after = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
-        yield {"client": client, "exp_id": exp_id, "runs": runs, "after": after}
+        yield {"client": client, "exp_id": exp_id, "runs": runs, "after": after,
+               "source": data["path"]}
 
 
 def test_run_is_named_after_the_dvc_experiment_and_history_is_append_only(
@@ -83,6 +84,9 @@ def test_run_is_named_after_the_dvc_experiment_and_history_is_append_only(
     assert third.data.params["evaluate.threshold"] == "0.3"
     assert first.data.params["evaluate.threshold"] != "0.3"
     assert first.data.metrics["test_threshold"] != 0.3
+    # Every run names its data (the user's data.path); evaluate's own run as its train run says.
+    assert {r.data.tags["pipeline.data_source"] for r in after} == {
+        three_experiments["source"]}
 
 
 def test_retrain_with_identical_weights_adopts_the_test_metrics(three_experiments: dict) -> None:
@@ -101,11 +105,22 @@ def test_experiment_carries_a_saved_runs_table_view(three_experiments: dict) -> 
     envelope = json.loads(tags[VIEW_TAG_PREFIX + VIEW_KEY])
     assert envelope["name"] and isinstance(envelope["createdAt"], int)
     columns = json.loads(envelope["state"])["selectedColumns"]
-    wanted = {f"metrics.`{m}`" for m in COLUMNS} | {"tags.`pipeline.dvc_exp`",
-                                                    "tags.`pipeline.pruned_at_epoch`"}
+    # A study's parent run has its best trial's score (tune.metric: roc_auc) in a column.
+    wanted = {f"metrics.`{m}`" for m in (*COLUMNS, "best_val_roc_auc")} | {
+        f"tags.`pipeline.{t}`" for t in ("dvc_exp", "data_source", "pruned_at", "pruned_step")}
     assert wanted <= set(columns)
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["mlflow.note.content"] == USER_NOTE
+
+
+def test_run_links_open_the_ui_on_its_runs_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    page = "#/experiments/3/runs/abc?workflowType=machine_learning"  # not the GenAI pages
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:s3cret@mlflow.team:5000/")
+    assert run_link("3", "abc") == f"https://bob:***@mlflow.team:5000/{page}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel/mlflow.db")
+    assert run_link("3", "abc") == (f"`mlflow ui --backend-store-uri sqlite:///"
+                                    f"{Path('rel/mlflow.db').resolve()}`, then "
+                                    f"http://127.0.0.1:5000/{page}")
 
 
 def test_outside_an_experiment_the_run_is_named_after_the_commit(

@@ -30,7 +30,7 @@ from PIL import Image
 
 from attacks.common import REPO, Case
 
-NAME = "binary-classifier"
+NAME = "imgs-dog"  # register.model_name: auto for the imgs folder, positive dog
 SIZE = 8  # the tiny model's image side
 
 # Train + register in one interpreter (the stage mains in dvc.yaml's order): ~4x faster than

@@ -36,7 +36,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     history = read_json(reports / "train_history.json")
     with atomic_update(reports) as out, tracking.model_run(
             params.mlflow.experiment, "evaluate", Path(args.model_dir) / WEIGHTS_FILE) as run_id:
-        figures = write_reports(out, result, meta, history)
+        figures = write_reports(out, result, meta, history, config)
         records.log_evaluation(result.metrics, splits["test"], args.data_dir, figures, out,
                                {"evaluate": params.evaluate})
         tracking.log_tags({Tag.TEST_METRICS_FROM: run_id})  # evaluated here, not adopted

@@ -24,12 +24,14 @@ def run(params: Params, args: argparse.Namespace) -> None:
     tracking.configure(must_exist=True)  # it adds to train's run: checked before any work
     splits, meta = load_splits(args.data_dir, names=("test",))
     load_model(args.model_dir)  # a broken model is refused before the registry sees it
+    # The name, and a model of another task refused, before the run or the registry changes.
+    cfg = registry.resolve(params.register, meta)
     weights = Path(args.model_dir) / WEIGHTS_FILE
     with tracking.model_run(params.mlflow.experiment, "register", weights):
         tracking.log_stage_params(flatten({"register": dataclasses.asdict(params.register)}))
         lineage = lineage_tags(args.data_dir, args.train_dir, weights,
-                                        Path(args.model_dir) / CONFIG_FILE)
-        report = registry.register_and_gate(params.register, args.model_dir, args.data_dir, meta,
+                               Path(args.model_dir) / CONFIG_FILE)
+        report = registry.register_and_gate(cfg, args.model_dir, args.data_dir, meta,
                                             splits["test"], read_json(args.metrics), lineage)
     write_json(args.out, report)
 

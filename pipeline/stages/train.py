@@ -26,7 +26,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
     device, monitor = select_device(), params.tune.metric  # trials early-stopped on it
     with atomic_update(args.out) as out, atomic_update(args.reports) as reports, \
-            views.pipeline_run(params.mlflow.experiment, "train") as run_id:
+            views.pipeline_run(params.mlflow.experiment, "train", meta, monitor) as run_id:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
         background, val_hash = records.log_training_inputs(
@@ -36,7 +36,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
                           callbacks=[tracking.EpochLogger(run_id), EpochProgress("train", monitor)])
         background.close()
         # Into temp folders: they replace the old outputs only once the run has recorded them.
-        weights = save_training(final, out, reports, model_cfg, train_cfg, params.seed, meta, tuned)
+        weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
         records.log_training_result(final, weights, val.X[:4], val_hash)
 
 
