@@ -5,11 +5,14 @@ Run from the repo root:  .venv/bin/python benchmarks/ui_check.py [--out benchmar
 In a fresh temporary copy of the repository (a tiny config: 8x8 digits, 6 trials of 4 epochs),
 it runs what a user runs: `dvc repro`, then `dvc exp run -n lr-0.01 -S train.lr=0.01` (a tuned
 key: train reproduces the same weights and DVC skips evaluate), then `dvc exp run -n no-tuning
--S tune.enabled=false` (new weights, every stage). It prints the `dvc exp show` column counts
-(all columns vs `make exps`), starts `mlflow server` on a free loopback port against the copy's
-SQLite store, and takes headless Chromium screenshots of: the runs table as a new user opens it
-and in the pipeline's saved view, the tuning parent run with its trials, a pipeline run's page,
-the registered model, and `dvc plots show`'s HTML opened from file:// with networking off.
+-S tune.enabled=false` (new weights, every stage), then the breast-cancer table (its own
+registered model), with `git checkout params.yaml` after each, as the README does. It prints
+the `dvc exp show` column counts (all columns vs `make exps`), starts `mlflow server` on a free
+loopback port against the copy's SQLite store, and takes headless Chromium screenshots of: the
+runs table as a new user opens it and in the pipeline's saved view, the tuning parent run with
+its trials, a pipeline run's page, the registered model and a version's description, `dvc plots
+show`'s HTML and the experiment report (`python -m pipeline.report`), both opened from file://
+with networking off; then it prints `make exps`.
 
 Needs Debian's Chromium (not a CI dependency):  apt-get install -y chromium
 The MLflow pages are driven over the DevTools protocol (benchmarks/_devtools.py, stdlib only):
@@ -41,7 +44,10 @@ TINY = {"seed": 7, "data": {"image_size": 8}, "augment": {"copies": 1},
         "train": {"epochs": 4, "patience": 0},
         "tune": {"enabled": True, "n_trials": 6, "pruner": "successive_halving"}}
 EXPERIMENTS = [["-n", "lr-0.01", "-S", "train.lr=0.01"],
-               ["-n", "no-tuning", "-S", "tune.enabled=false"]]
+               ["-n", "no-tuning", "-S", "tune.enabled=false"],
+               ["-n", "breast-cancer", "-S", "data.source=breast_cancer", "-S",
+                "data.path=data/raw/breast_cancer.csv", "-S", "data.positive_class=malignant",
+                "-S", "model.type=mlp"]]
 
 
 def chromium() -> str:
@@ -63,6 +69,11 @@ def build(workspace: Path) -> Path:
     for cmd in (["dvc", "repro"], *[["dvc", "exp", "run", *e] for e in EXPERIMENTS]):
         start = time.perf_counter()
         run(cmd, repo)
+        if cmd[1] == "repro":  # the team's baseline, committed as the README shares results
+            run(["git", "add", "-A"], repo)
+            run(["git", "commit", "-qm", "baseline results"], repo)
+        # As the README does: `dvc exp run -S` leaves its values in params.yaml.
+        run(["git", "checkout", "params.yaml"], repo)
         print(f"{' '.join(cmd):55s} {time.perf_counter() - start:5.0f} s", flush=True)
     return repo
 
@@ -167,7 +178,9 @@ def mlflow_pages(repo: Path, browser: str, out: Path) -> None:
          text("test_roc_auc"), None, None),
         ("05_registered_model", f"#/models/digits-odd?{ml}", text("Version 1"),
          "[...document.querySelectorAll('h2, h3, span')].find(e => e.innerText === 'Versions')"
-         ".scrollIntoView()", "true")]
+         ".scrollIntoView()", "true"),
+        ("08_model_version_description", f"#/models/digits-odd/versions/1?{ml}",
+         text("Version 1"), None, None)]
     port = free_port()
     server = start_server(repo, port)
     browser_page = DevTools(browser, "1800,1000")
@@ -206,6 +219,13 @@ def plots_page(repo: Path, browser: str, out: Path) -> None:
                out / "07_vega_page_offline_for_comparison.png", size="900,500", offline=True)
 
 
+def report_page(repo: Path, browser: str, out: Path) -> None:
+    """`python -m pipeline.report` (experiment no-tuning vs HEAD) opened from file:// offline."""
+    run(["python", "-m", "pipeline.report", "--base", "HEAD", "--rev", "no-tuning"], repo)
+    screenshot(browser, (repo / "reports" / "compare" / "report.html").as_uri(),
+               out / "09_experiment_report.png", size="1100,3200", offline=True)
+
+
 def main() -> None:
     """Build the copy, count columns, take the screenshots."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -220,6 +240,9 @@ def main() -> None:
         exp_show_columns(repo)
         mlflow_pages(repo, browser, args.out)
         plots_page(repo, browser, args.out)
+        report_page(repo, browser, args.out)
+        print(run(["make", "-s", "-f", str(REPO / "Makefile"), "exps", f"VENV={REPO / '.venv'}",
+                   "ARGS=--csv"], repo), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,29 +39,41 @@ def score_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.6f}"
 
 
+def unseen_by(champion_known: bool) -> str:
+    """Who did not learn from the compared rows (the gate's reason and the audit say the same)."""
+    # Without the champion's record only the challenger's training rows can be left out.
+    return "neither model learned from" if champion_known else "the challenger did not learn from"
+
+
 def scores_sentence(entry: dict[str, Any]) -> str:
     """What was scored, on which rows, with which result."""
     metric, mine, theirs = entry["metric"], entry["challenger_score"], entry["champion_score"]
     rows, left = entry.get("compared_rows"), entry.get("excluded_rows")
-    where = ("today's test split" if rows is None else
-             f"{rows} of today's test rows ({left} left out: a model had learned from them)")
+    known = entry.get("overlap") != "unknown"
+    left_out = (f"{left} left out: a model had learned from them" if known else
+                f"{left} left out: the challenger had learned from them; the champion's "
+                "training rows are unknown")
+    where = "today's test split" if rows is None else f"{rows} of today's test rows ({left_out})"
     if mine is not None and theirs is not None:
         return (f"Both models were scored on {where}: test {metric} {mine:.6f} for this version, "
                 f"{theirs:.6f} for champion v{entry['champion_version']}.")
     if mine is not None:
         return f"This version was scored on {where}: test {metric} {mine:.6f}."
-    return (f"Only {where} were new to both models: too few to compare the two by {metric} "
-            "(the champion is kept).")
+    if rows is None:  # a decision recorded before the gate counted rows
+        return f"Too few test rows to compare the two by {metric} (the champion is kept)."
+    return (f"Only {rows} of today's test rows were ones {unseen_by(known)} ({left_out}): too "
+            f"few to compare the two by {metric} (the champion is kept).")
 
 
 def version_description(entry: dict[str, Any], notes: Notes) -> str:
     """A gated version's decision in sentences (its registry description, Markdown)."""
     before = entry["champion_before"]
+    # Plain words first: the registry's versions table shows this text raw, cut at ~30 chars.
     if entry["promote"]:
-        head = (f"**Promoted to champion** of `{notes.model}`"
+        head = (f"Promoted to champion of {notes.model}"
                 + (f", replacing v{before}." if before else ": its first version."))
     else:
-        head = (f"**Not promoted**: v{before} stays the champion of `{notes.model}`; this "
+        head = (f"Not promoted: v{before} stays the champion of {notes.model}; this "
                 "version is the challenger.")
     facts = [("Input contract", notes.contract), ("Data source", notes.data_source),
              ("Registered by run", f"`{notes.run_id}`"), ("Gate", notes.rule),
@@ -107,7 +119,8 @@ def model_description(name: str, contract: str, champion: str | None,
             f"Gate decisions on `{name}`, newest first (each version's description says why; "
             "the `audit.*` tags hold them as JSON, and each registering run's `audit.md` the "
             "whole trail):\n\n")
-    return head + trail_table(entries, MAX_DESCRIPTION - len(head))
+    # Clipped whole: a long contract (wide column names) can outgrow the limit by itself.
+    return clip(head + trail_table(entries, MAX_DESCRIPTION - len(head)))
 
 
 def audit_markdown(entry: dict[str, Any], notes: Notes, entries: list[dict[str, Any]]) -> str:

@@ -18,6 +18,8 @@ from pipeline.errors import ConfigError, PipelineError
 AUTO = "auto"  # register.model_name: derive the name from the data (see model_name)
 MAX_NAME = 200  # characters; MLflow stores up to 256, and the lock file name adds a prefix
 SHOWN = 3  # column names the short form lists before "…"
+# What every image model takes (pipeline/serving.py input_schema; a test keeps the two equal).
+IMAGE_INPUTS = (("image", "binary"), ("pixels", "any"))
 # Past this many characters a contract's tag keeps the hash of its columns, not their list
 # (version tags hold 100,000; a CSV that wide is thousands of columns).
 MAX_TAG = 50_000
@@ -39,22 +41,27 @@ class Contract:
     classes: tuple[str, str]
     """[negative, positive] labels the model answers with."""
     inputs_sha256: str
-    """Hash of the (column, signature type) pairs, in any order: what is compared."""
+    """Hash of the (column, signature type) pairs, in any order: what tables compare."""
     inputs: tuple[tuple[str, str], ...] | None = None
     """The pairs in signature order; None when a tag kept only their hash (MAX_TAG)."""
 
     @classmethod
     def of(cls, kind: str, classes: tuple[str, str], inputs: list[tuple[str, str]]) -> Contract:
         """The contract of a model taking `inputs` (column, MLflow type) and answering `classes`."""
+        if kind == "image":
+            # Every image pyfunc takes the same requests; what its signature logged for them
+            # changed (pixels was `array` before commit ddf4dc0, `any` since) while callers did
+            # not, so an image contract never rests on the logged types.
+            inputs = list(IMAGE_INPUTS)
         # Columns are matched by name, so their order is not part of the contract.
         canonical = json.dumps(sorted([name, kind_] for name, kind_ in inputs))
         return cls(kind, (str(classes[0]), str(classes[1])),
                    hashlib.sha256(canonical.encode()).hexdigest(), tuple(inputs))
 
     def matches(self, other: Contract) -> bool:
-        """Same task: same input kind, the same columns of the same types, the same labels."""
-        return (self.kind, self.classes, self.inputs_sha256) == (
-            other.kind, other.classes, other.inputs_sha256)
+        """Same task: same input kind, the same labels, and for tables the same typed columns."""
+        # Defined by what a refusal can name, so no refusal says "another task" without a why.
+        return not self.differences(other)
 
     def fingerprint(self) -> str:
         """Short hash of the whole contract, for a name no other contract takes."""
@@ -73,8 +80,10 @@ class Contract:
     def from_tag(cls, text: str) -> Contract:
         """Inverse of to_tag."""
         raw = json.loads(text)
-        inputs = raw.get("inputs")
-        return cls(raw["kind"], (raw["classes"][0], raw["classes"][1]), raw["inputs_sha256"],
+        inputs, classes = raw.get("inputs"), (str(raw["classes"][0]), str(raw["classes"][1]))
+        if raw["kind"] == "image":
+            return cls.of("image", classes, [])  # fixed inputs, whatever the tag kept
+        return cls(raw["kind"], classes, raw["inputs_sha256"],
                    None if inputs is None else tuple((str(n), str(t)) for n, t in inputs))
 
     def describe(self) -> str:
@@ -89,15 +98,16 @@ class Contract:
         return f"table of {columns(len(names))} ({shown}) → {labels}"
 
     def differences(self, other: Contract) -> str:
-        """How this contract differs from `other`, in one clause."""
+        """How a caller sees this contract differ from `other`, in one clause; "" for none."""
         said = []
         if self.kind != other.kind:
             said.append(f"{self.kind} input, not {other.kind}")
         if self.classes != other.classes:
             said.append(f"labels {'/'.join(self.classes)}, not {'/'.join(other.classes)}")
-        if self.kind == other.kind == "table" and self.inputs_sha256 != other.inputs_sha256:
+        # Image inputs are fixed (IMAGE_INPUTS): image size and channels never differ to callers.
+        if self.kind == other.kind != "image" and self.inputs_sha256 != other.inputs_sha256:
             said.append(column_changes(self.inputs, other.inputs))
-        return "; ".join(said) or "the same task"
+        return "; ".join(s for s in said if s)
 
 
 def column_changes(mine: tuple[tuple[str, str], ...] | None,
@@ -127,10 +137,13 @@ def columns(n: int) -> str:
 def model_name(setting: str, data_path: str, positive: str) -> tuple[str, str]:
     """The registered model name register.model_name stands for, and why it is that name."""
     if setting != AUTO:
-        # MLflow refuses these characters, and a name is part of a models:/ URI and a lock file.
-        if not setting.strip() or "/" in setting or ":" in setting:
-            raise ConfigError(f"register.model_name = {setting!r}: must be auto or a name "
-                              "without '/' or ':'")
+        # MLflow refuses '/' and ':', a name is part of a models:/ URI and a lock file, and
+        # the registry is searched with `name = '…'`, which a quote would break.
+        if (not setting.strip() or len(setting) > MAX_NAME
+                or any(c in setting for c in "/:'\"\\")):
+            shown = setting if len(setting) <= 80 else setting[:80] + "…"
+            raise ConfigError(f"register.model_name = {shown!r}: must be auto or a name of at "
+                              f"most {MAX_NAME} characters without '/', ':', quotes or '\\'")
         return setting, "register.model_name"
     # The data's own name: the folder or CSV file (digits, breast_cancer), not the source
     # kind, so two users' CSVs do not meet under one name.

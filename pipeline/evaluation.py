@@ -36,8 +36,7 @@ def evaluate(y_val: np.ndarray, p_val: np.ndarray, test: Split, p_test: np.ndarr
 
 def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta,
                   history: list[dict[str, float]], model_config: dict[str, Any]) -> list[Path]:
-    """metrics.json, DVC plot data, per-sample predictions and PNG figures (with train's
-    `history` curves and kept epoch); return the PNGs."""
+    """metrics.json, DVC plot data, per-sample predictions and PNG figures; return the PNGs."""
     metrics, test, classes = result.metrics, result.test, meta.classes
     write_json(reports / "metrics.json", metrics)
     for name, rows in result.curves.items():

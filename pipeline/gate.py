@@ -4,6 +4,7 @@ from them), both models' scores there, and the decision."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema
 
 from pipeline import fingerprints
+from pipeline.audit import unseen_by
 from pipeline.config import RegisterConfig
 from pipeline.contract import Contract, ContractError, refusal
 from pipeline.dataset import Split
@@ -23,6 +25,7 @@ from pipeline.errors import PipelineError
 from pipeline.metrics import binary_metrics, direction, improvement
 from pipeline.tags import Tag
 
+log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -86,14 +89,18 @@ def learned_from(model_dir: Path) -> set[str] | None:
 
 def schema_contract(kind: str, classes: tuple[str, str], schema: Schema) -> Contract:
     """The contract of a pyfunc whose signature takes `schema` and which answers `classes`."""
+    # An image pyfunc's inputs are fixed whatever its signature logged (Contract.of).
     return Contract.of(kind, classes, [(c.name, str(c.to_dict()["type"])) for c in schema.inputs])
 
 
 def version_contract(name: str, version: ModelVersion) -> Contract | None:
-    """A version's contract: its tag, else (registered before versions had one) its logged
-    model's signature and metadata; None when neither can be read."""
+    """A version's contract from its tag, else its logged model; None when neither is readable."""
     if Tag.CONTRACT in version.tags:
-        return Contract.from_tag(version.tags[Tag.CONTRACT])
+        try:
+            return Contract.from_tag(version.tags[Tag.CONTRACT])
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass  # a tag edited by hand: the logged model still says what it takes
+    # Registered before versions carried the tag: its logged signature and metadata.
     try:
         info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
     except (MlflowException, OSError):
@@ -105,19 +112,36 @@ def version_contract(name: str, version: ModelVersion) -> Contract | None:
 
 
 def served_contract(client: MlflowClient, name: str) -> tuple[Contract, str] | None:
-    """The contract `name` serves and where it was read: the champion, else its newest version."""
-    holder, role = aliased(client, name), "champion v{}"
-    if holder is None:  # no champion (yet, or its alias was removed by hand)
-        versions = client.search_model_versions(f"name = '{name}'")
-        holder = max(versions, key=lambda v: int(v.version), default=None)
-        role = "v{}, its newest version (no champion)"
-    contract = None if holder is None else version_contract(name, holder)
-    return None if contract is None else (contract, role.format(holder.version))
+    """The contract `name` serves and where it was read: its champion, else its newest version."""
+    champion = aliased(client, name)
+    if champion is not None:
+        contract = version_contract(name, champion)
+        if contract is not None:
+            return contract, f"champion v{champion.version}"
+    # No champion (yet, or its alias was removed by hand), or one whose contract cannot be
+    # read: the newest version that says what it takes speaks for the name.
+    unread = set() if champion is None else {str(champion.version)}
+    for version in versions_of(client, name):
+        if str(version.version) in unread:
+            continue
+        contract = version_contract(name, version)
+        if contract is not None:
+            why = ("no champion" if champion is None else
+                   f"champion v{champion.version}'s contract cannot be read")
+            newest = " readable" if unread else ""
+            return contract, f"v{version.version}, its newest{newest} version ({why})"
+        unread.add(str(version.version))
+    return None
+
+
+def versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """The registered versions of `name`, newest first."""
+    return sorted(client.search_model_versions(f"name = '{name}'"),
+                  key=lambda v: int(v.version), reverse=True)
 
 
 def free_name(client: MlflowClient, mine: Contract, auto_name: str, taken: str) -> str:
-    """A name for a model of contract `mine`: the auto name when it is free or serves this
-    contract, else the auto name with the contract's hash (no other contract takes it)."""
+    """The auto name if free or serving `mine`, else the auto name with the contract's hash."""
     if auto_name != taken:
         held = served_contract(client, auto_name)
         if held is None or held[0].matches(mine):
@@ -125,9 +149,18 @@ def free_name(client: MlflowClient, mine: Contract, auto_name: str, taken: str) 
     return f"{auto_name}-{mine.fingerprint()}"
 
 
-def check_contract(client: MlflowClient, name: str, mine: Contract, auto_name: str) -> None:
+def check_contract(client: MlflowClient, name: str, mine: Contract, auto_name: str, *,
+                   warn: bool = True) -> None:
     """Refuse (ContractError) a model of another task than the one `name` serves."""
     served = served_contract(client, name)
+    versions = [] if served is not None or not warn else versions_of(client, name)
+    if versions:
+        log.warning("registered model %r: none of its %d versions (newest v%s) has an input "
+                    "contract that can be read (no readable %s tag, and its logged model is "
+                    "gone or has no signature), so this model is registered there without "
+                    "checking it is the same prediction task; if it takes other inputs or "
+                    "labels, set register.model_name to a name of its own", name, len(versions),
+                    versions[0].version, Tag.CONTRACT)
     if served is not None and not served[0].matches(mine):
         raise ContractError(refusal(name, served[0], served[1], mine,
                                     free_name(client, mine, auto_name, name), auto_name))
@@ -171,9 +204,8 @@ class Comparison:
         seen = ("the champion's training rows are unknown (registered without a record), so "
                 "its overlap with them is unknown" if self.champion_seen is None
                 else f"{self.champion_seen} the champion learned from")
-        new = ("neither model learned from" if self.champion_seen is not None
-               else "the challenger did not learn from")
-        return (f"compared on {int(self.rows.sum())} test rows {new}; "
+        return (f"compared on {int(self.rows.sum())} test rows "
+                f"{unseen_by(self.champion_seen is not None)}; "
                 f"{self.excluded} excluded ({self.challenger_seen} the challenger learned "
                 f"from, {seen})")
 

@@ -30,7 +30,13 @@ def default_model_uri(params_path: str, meta_path: Path = META) -> str:
             raise DataError(f"register.model_name is auto and data.positive_class is null, so "
                             f"the model's name comes from {meta_path}, which is missing: run "
                             "`dvc repro`, or pass --model")
-        positive = json.loads(meta_path.read_text())["classes"][1]
+        try:
+            positive = str(json.loads(meta_path.read_text())["classes"][1])
+        # Not pipeline.dataset's reader: it loads numpy, and this runs before any heavy import.
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise DataError(f"{meta_path}: not a dataset metadata file of this pipeline version "
+                            f"({type(err).__name__}: {err}), so the model's name cannot be "
+                            "derived: rerun preprocess (`dvc repro`), or pass --model") from None
     name, _ = model_name(setting, params.data.path, positive or "")
     return f"models:/{name}@champion"
 
@@ -76,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check_store_exists(uri: str, store: str) -> None:
-    """A registry or run URI needs its SQLite store: refuse a missing file (SQLite would create
-    an empty one, and the next stage would take it for the real store)."""
+    """Refuse a registry or run URI whose SQLite store file is missing."""
+    # SQLite would create an empty one, and the next stage would take it for the real store.
     from pipeline.sqlite_store import sqlite_file
 
     db = sqlite_file(store)

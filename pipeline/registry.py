@@ -108,8 +108,8 @@ def contract_of(meta: DatasetMeta) -> Contract:
 
 
 def resolve(cfg: RegisterConfig, meta: DatasetMeta) -> RegisterConfig:
-    """`cfg` with its model name resolved (logged, with why); refuses a model of another
-    task than the name serves before anything is written (the gate checks again, locked)."""
+    """`cfg` with its model name resolved and logged; refuses a model of another task."""
+    # Before anything is written; the gate checks again under the registry lock.
     name, why = model_name(cfg.model_name, meta.path, meta.positive_class)
     log.info("registered model name: %s (%s)", name, why)
     check_contract(MlflowClient(), name, contract_of(meta), auto_name(meta))
@@ -129,8 +129,7 @@ def rule_text(cfg: RegisterConfig) -> str:
 
 def record(client: MlflowClient, name: str, version: str, decision: Decision,
            rule: str, notes: audit.Notes) -> dict[str, Any]:
-    """Tag the version with the decision and its `rule`, move aliases, append to the trail;
-    describe the decision in words (version) and the trail (model). Returns the entry."""
+    """Tag the version with the decision, move aliases, append to and describe the trail."""
     tags = {"decision": "promoted" if decision.promote else "rejected", Tag.REGISTER_PARAMS: rule,
             "decision_reason": decision.reason, "gate_metric": decision.metric,
             "challenger_score": "none" if decision.challenger_score is None
@@ -242,7 +241,7 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
         # Look up and create under the lock: two clones registering at once make one version.
         with team_lock(lock, tracking.tracking_uri()):
             # Checked again under the lock: another task may have taken the name meanwhile.
-            check_contract(client, name, mine, auto_name(meta))
+            check_contract(client, name, mine, auto_name(meta), warn=False)  # said once
             existing = same_version(client, name, sha)
             if existing is None:
                 info = log_raw_model(files, meta, metrics["threshold"], frame.head(3))

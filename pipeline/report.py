@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import posixpath
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from dvc.api import DVCFileSystem
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.scm import NoSCM, resolve_rev
-from dvc_data.index.index import DataIndexError
+from dvc_data.index import DataIndexError
 from fsspec import AbstractFileSystem
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
@@ -37,7 +39,6 @@ from pipeline.report_compare import (
 )
 from pipeline.report_render import FIGURE_DIRS, Report, render_html, render_markdown, table_json
 from pipeline.report_runs import tracking_uri
-from pipeline.stages._common import fail
 
 # Read through DVC: git-tracked files from the commit, DVC-cached ones from the local cache.
 FILES = (LOCK, PARAMS, METRICS, TRAIN_METRICS, BEST_PARAMS, REGISTRATION)
@@ -166,7 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="revision compared against (default: %(default)s)")
     parser.add_argument("--rev", default=None,
                         help="revision or `dvc exp` name to report (default: the workspace)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="report folder (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help=f"report folder (default: {DEFAULT_OUT} under --repo)")
     parser.add_argument("--repo", default=".", help="DVC repository root (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -179,11 +181,18 @@ def main(argv: list[str] | None = None) -> None:
         with repo:
             base = read_side(repo, args.base, "--base")
             new = read_side(repo, args.rev, "--rev")
-        out = Path(args.out)
+        # The default belongs to the repository reported on, wherever the command runs.
+        out = Path(args.out) if args.out is not None else Path(args.repo) / DEFAULT_OUT
         write_report(build_report(base, new, tracking_uri()), out)
     except PipelineError as err:
         fail(str(err))
     print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit 2 (the pipeline's code for bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ elsewhere, so this is where what counts as changed, better or worse is decided.
 
 from __future__ import annotations
 
+import math
 import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,7 +22,8 @@ METRICS, TRAIN_METRICS = "reports/metrics.json", "reports/train_metrics.json"
 BEST_PARAMS, REGISTRATION = "models/best_params.json", "reports/registration.json"
 PARAMS, LOCK = "params.yaml", "dvc.lock"
 # What a result was computed from: the content hashes dvc.lock records for these outputs.
-LINEAGE = ("data/raw", "data/processed", "data/augmented", "models/model.safetensors")
+PROCESSED = "data/processed"  # the validation and test splits: another hash, other splits
+LINEAGE = ("data/raw", PROCESSED, "data/augmented", "models/model.safetensors")
 # train_metrics.json's map of the values train used where params.yaml does not say them.
 TRAINED = "trained"
 # metrics.json keys that are settings or counts, not scores: a change is shown, never judged.
@@ -54,25 +56,43 @@ def judged_rows(base: dict[str, Any], new: dict[str, Any],
         change: float | str | None = (cur - old if numbers
                                       else None if old == cur else "changed")
         verdict, metric = "", judge.get(key)
-        if numbers and metric is not None:
+        # NaN compares false both ways, so a failed score would read as "worse": no verdict.
+        if numbers and metric is not None and math.isfinite(old) and math.isfinite(cur):
             gain = improvement(metric, float(cur), float(old))
             verdict = "same" if gain == 0 else "better" if gain > 0 else "worse"
         rows.append(Row(key, old, cur, change, verdict))
     return rows
 
 
+def splits_differ(base: Side, new: Side) -> str:
+    """Why the two sides' test and validation splits differ ("" when the same or unknown)."""
+    old, cur = (lock_hashes(side.get(LOCK)).get(PROCESSED) for side in (base, new))
+    return f"{PROCESSED} differs in dvc.lock" if old and cur and old != cur else ""
+
+
+def folds_differ(base: Side, new: Side) -> str:
+    """Why best_val_* means different things at the two sides ("" when it does not)."""
+    old, cur = (side.get(TRAIN_METRICS).get("cv_folds") for side in (base, new))
+    # 0 folds: a score on the validation split; k folds: the folds' mean.
+    return (f"cv_folds differ ({old} → {cur})" if old is not None and cur is not None
+            and old != cur else "")
+
+
 def metric_rows(base: Side, new: Side) -> list[Row]:
     """Test metrics (metrics.json): every key with its change, judged by its direction."""
     old, cur = base.get(METRICS), new.get(METRICS)
-    return judged_rows(old, cur, {k: None if k in UNJUDGED else k for k in {*old, *cur}})
+    same_split = not splits_differ(base, new)
+    return judged_rows(old, cur, {k: None if k in UNJUDGED or not same_split else k
+                                  for k in {*old, *cur}})
 
 
 def training_rows(base: Side, new: Side) -> list[Row]:
     """The training summary (train_metrics.json); best_val_<metric> judged as <metric>."""
     old, cur = (flatten({k: v for k, v in side.get(TRAIN_METRICS).items() if k != TRAINED})
                 for side in (base, new))
-    judge = {k: k.removeprefix("best_val_") if k.startswith("best_val_") else None
-             for k in {*old, *cur}}
+    comparable = not (splits_differ(base, new) or folds_differ(base, new))
+    judge = {k: k.removeprefix("best_val_") if k.startswith("best_val_") and comparable
+             else None for k in {*old, *cur}}
     return judged_rows(old, cur, judge)
 
 
@@ -87,20 +107,29 @@ def tuned_rows(base: Side, new: Side) -> list[Row]:
     """best_params.json: the tuned values train used in place of params.yaml, and the score."""
     old, cur = base.get(BEST_PARAMS), new.get(BEST_PARAMS)
     rows = judged_rows(old.get("params") or {}, cur.get("params") or {}, {})
-    metric = cur.get("metric") or old.get("metric")
+    metrics = (old.get("metric"), cur.get("metric"))
+    if metrics[0] and metrics[1] and metrics[0] != metrics[1]:
+        # Scores of different metrics: one unjudged row per side, each under its own name.
+        return [*rows, Row(f"best val {old['metric']} (study)", old.get("value"), None),
+                Row(f"best val {cur['metric']} (study)", None, cur.get("value"))]
+    metric = metrics[1] or metrics[0]
     if metric:
-        value = {"value": metric}
+        # The study scored its trials on the validation split: another split, no verdict.
+        judge = {"value": None if splits_differ(base, new) else metric}
         rows += [replace(row, name=f"best val {metric} (study)")
                  for row in judged_rows({"value": old.get("value")},
-                                        {"value": cur.get("value")}, value)
+                                        {"value": cur.get("value")}, judge)
                  if row.base is not None or row.new is not None]
     return rows
 
 
 def trained_rows(base: Side, new: Side) -> list[Row]:
-    """The values train used where they differ from params.yaml (train_metrics.json)."""
+    """Values train used where params.yaml does not say them, tuned ones aside (shown there)."""
     old, cur = (side.get(TRAIN_METRICS).get(TRAINED) or {} for side in (base, new))
-    return judged_rows(old, cur, {})
+    # train_metrics.json repeats every tuned key; the Tuned table already shows them.
+    tuned = {k for side in (base, new) for k in side.get(BEST_PARAMS).get("params") or {}}
+    return judged_rows({k: v for k, v in old.items() if k not in tuned},
+                       {k: v for k, v in cur.items() if k not in tuned}, {})
 
 
 def tuned_note(base: Side, new: Side) -> str:
@@ -149,7 +178,9 @@ def lock_hashes(lock: dict[str, Any]) -> dict[str, str]:
     for kind in ("outs", "deps"):
         for stage in (lock.get("stages") or {}).values():
             for entry in stage.get(kind) or []:
-                found.setdefault(entry["path"], entry.get("md5") or entry.get("hash") or "")
+                # "hash" names the algorithm (md5), not the value: only the value fields.
+                found.setdefault(entry["path"], entry.get("md5") or entry.get("etag")
+                                 or entry.get("checksum") or "")
     return found
 
 
@@ -170,9 +201,16 @@ def lineage_rows(base: Side, new: Side) -> list[Row]:
 def summary(base: Side, new: Side, sections: dict[str, list[Row]]) -> list[str]:
     """The lines a reviewer reads first: verdict counts, the gate and what was changed."""
     verdicts = [r.verdict for r in sections["metrics"] if r.verdict]
-    lines = [f"Test metrics: {verdicts.count('better')} better, {verdicts.count('worse')} "
-             f"worse, {verdicts.count('same')} unchanged."] if verdicts else [
+    split = splits_differ(base, new)
+    lines = [f"Test sets differ ({split}): the metrics are not comparable row for row, so "
+             "none is judged."] if split else [
+        f"Test metrics: {verdicts.count('better')} better, {verdicts.count('worse')} "
+        f"worse, {verdicts.count('same')} unchanged."] if verdicts else [
         "Test metrics: not available at both revisions (see Missing)."]
+    folds = folds_differ(base, new)
+    if folds and not split:
+        lines.append(f"Training scores not judged: {folds}, so best_val_* is a fold mean at "
+                     "one revision and a validation score at the other.")
     gate = {r.name: r.new for r in sections["gate"]}
     # The metric the gate decides on is the one a reviewer weighs first.
     metric = gate.get("gate metric") or "roc_auc"
@@ -198,8 +236,9 @@ def build_report(base: Side, new: Side, tracking_uri: str) -> Report:
              "params": param_rows(base, new), "tuned": tuned_rows(base, new),
              "trained": trained_rows(base, new),
              "gate": gate_rows(base, new), "lineage": lineage_rows(base, new)}
+    # registration.json names the registering run and its experiment; train writes no run id.
     runs, runs_note = run_rows(
-        {posixpath.basename(p): (base.get(p), new.get(p)) for p in (REGISTRATION, TRAIN_METRICS)},
+        {posixpath.basename(REGISTRATION): (base.get(REGISTRATION), new.get(REGISTRATION))},
         (base.get(REGISTRATION), new.get(REGISTRATION)), tracking_uri)
     titles = {"metrics": "Test metrics (reports/metrics.json)",
               "training": "Training (reports/train_metrics.json)",
@@ -209,7 +248,10 @@ def build_report(base: Side, new: Side, tracking_uri: str) -> Report:
                          "(reports/train_metrics.json: trained)",
               "gate": "Gate decision (reports/registration.json)",
               "lineage": "Data lineage (dvc.lock)"}
-    notes = {"tuned": tuned_note(base, new)}
+    split, folds = splits_differ(base, new), folds_differ(base, new)
+    notes = {"tuned": tuned_note(base, new),
+             "metrics": f"Not judged: {split} (another test split)." if split else "",
+             "training": f"Not judged: {split or folds}." if split or folds else ""}
     # The "trained" map is newer than some revisions: shown where either side has it.
     sections = [Section(titles[k], rows, notes.get(k, "")) for k, rows in parts.items()
                 if rows or k != "trained"]

@@ -89,10 +89,14 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
 
 
 def trained_with(params: Params, train: TrainConfig, model: ModelConfig,
-                 tuned: dict[str, Any]) -> dict[str, Any]:
-    """The train.* / model.* values the model was trained with where they may not be what
-    params.yaml says: every tuned key, and any other value that differs (num_threads)."""
-    used = {"train": train, "model": model}
+                 tuned: dict[str, Any], result: FitResult) -> dict[str, Any]:
+    """The train.* / model.* values the model was trained with that params.yaml may not say."""
+    # Every tuned key, any other value that differs (num_threads), and what `auto` resolved to:
+    # the precision every forward pass ran in, the fold count, the refit's patience (none).
+    resolved = {"precision": result.precision, "cv_folds": result.cv_folds}
+    if result.cv_folds:
+        resolved["patience"] = 0
+    used = {"train": dataclasses.replace(train, **resolved), "model": model}
     asked = {"train": params.train, "model": params.model}
     return {f"{name}.{f.name}": getattr(section, f.name) for name, section in used.items()
             for f in dataclasses.fields(section) if f"{name}.{f.name}" in tuned
@@ -107,8 +111,7 @@ def history_rows(result: FitResult) -> list[dict[str, float]]:
 def save_training(final: Final, out: str | Path, reports: str | Path,
                   model_cfg: ModelConfig, train_cfg: TrainConfig, params: Params,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
-    """Write the weights, the JSON that rebuilds the model, the training reports (with the
-    values trained with beside params.yaml's) and the predictions the threshold is chosen on."""
+    """Write the weights, model config, training reports and the threshold's predictions."""
     result, seed = final.result, params.seed
     mean, std = input_norm(model_cfg, meta.norm)
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
@@ -127,7 +130,7 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
         **final.summary(),
         # `dvc exp show` columns trained.train.lr etc. beside the params column train.lr: the
         # tuned values are what the model learned with, not params.yaml's.
-        "trained": trained_with(params, train_cfg, model_cfg, tuned)})
+        "trained": trained_with(params, train_cfg, model_cfg, tuned, result)})
     write_json(Path(reports) / "train_history.json", history)
     final.write_basis(Path(reports) / "threshold_predictions.csv")
     return Path(out) / WEIGHTS_FILE

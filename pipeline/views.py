@@ -48,19 +48,18 @@ def run_url(experiment_id: str, run_id: str) -> str:
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
-    """Where to open a run: its page on the tracking server, or the `mlflow ui` command that
-    serves this store and the page on it."""
+    """Where to open a run: its page on the server, or how to serve this store and the page."""
     uri, page = tracking.tracking_uri(), run_url(experiment_id, run_id)
     if is_http(uri):
         return f"{mask(uri).rstrip('/')}/{page}"
     db = sqlite_file(uri)  # absolute: the command works from any folder
-    store = f"sqlite:///{db.resolve()}" if db is not None else mask(uri)
-    return f"`mlflow ui --backend-store-uri {store}`, then {LOCAL_UI}/{page}"
+    if db is None:  # a database URL: its password is masked here, so no runnable command
+        return f"{page} in an MLflow UI over {mask(uri)}"
+    return f"`mlflow ui --backend-store-uri sqlite:///{db.resolve()}`, then {LOCAL_UI}/{page}"
 
 
 def table_view(metric: str = TuneConfig.metric) -> dict:
-    """The runs-table state MLflow's UI saves for a view: columns, sort, expanded parents;
-    `metric` is tune.metric (a study's parent run shows its best_val_<metric>)."""
+    """The runs-table state MLflow's UI saves for a view; a study parent shows best_val_metric."""
     tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.STAGE, Tag.DATA_SOURCE, Tag.TRAINED_BY,
                                     Tag.PRUNED_AT, Tag.PRUNED_STEP, Tag.TEST_METRICS_FROM)]
     metrics = [*COLUMNS, f"best_val_{metric}"]
@@ -71,8 +70,7 @@ def table_view(metric: str = TuneConfig.metric) -> dict:
 
 
 def share_table_view(experiment_id: str, metric: str) -> None:
-    """Save the pipeline's view (for tune.metric `metric`) in the experiment once (a
-    teammate's edits to it are kept)."""
+    """Save the pipeline's view in the experiment once (a teammate's edits to it are kept)."""
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     now = int(time.time() * 1000)
@@ -93,8 +91,7 @@ def share_table_view(experiment_id: str, metric: str) -> None:
 
 @contextlib.contextmanager
 def pipeline_run(experiment: str, stage: str, meta: DatasetMeta, metric: str) -> Iterator[str]:
-    """Start the pipeline's run, named and tagged after its DVC experiment and its data; share
-    the view (for tune.metric `metric`); log where to open the run."""
+    """Start the pipeline's run, named and tagged after its experiment and data; log its link."""
     tags = {**tracking.run_tags(stage), Tag.DATA_SOURCE: tracking.data_source(meta)}
     with tracking.start_run(experiment, run_name=pipeline_run_name(), tags=tags) as run_id:
         info = mlflow.active_run().info

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from pipeline import fingerprints
+from pipeline.audit import unseen_by
 from pipeline.config import RegisterConfig
-from pipeline.contract import ContractError
+from pipeline.contract import IMAGE_INPUTS, Contract, ContractError
 from pipeline.dataset import DatasetMeta
 from pipeline.gate import check_contract, comparison, decide, enough, score
 from pipeline.registry import contract_of
@@ -144,6 +148,7 @@ def test_a_champion_without_a_record_is_compared_as_before_and_says_so() -> None
     decision = decide(RegisterConfig(metric="roc_auc"), 0.9, 0.8, "3", compared=compared)
     assert decision.promote and decision.overlap == "unknown"
     assert "overlap with them is unknown" in decision.reason
+    assert f"compared on 3 test rows {unseen_by(False)};" in decision.reason
     assert (decision.compared_rows, decision.excluded_rows) == (3, 1)
 
 
@@ -191,3 +196,73 @@ def test_a_model_of_another_task_is_refused_and_the_champion_stays(
     with pytest.raises(ContractError, match=f"'{NAME}-{mine.fingerprint()}'"):
         check_contract(client, NAME, mine, auto_name=NAME)
     check_contract(client, "other-spam", mine, auto_name="other-spam")  # a new name: fine
+
+
+class Constant(mlflow.pyfunc.PythonModel):
+    """A stand-in pyfunc: only its logged signature and metadata matter to the contract."""
+
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame({"probability": [0.5] * len(model_input)})
+
+
+def old_version(client: MlflowClient, name: str, inputs: Schema, said: dict | None,
+                tag: str | None = None, champion: bool = True) -> str:
+    """Register a version as older pipelines did: no contract tag (unless `tag`), the logged
+    signature `inputs`, and `said` as its `pipeline` metadata (None: none at all)."""
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=Constant(), signature=ModelSignature(inputs=inputs),
+            pip_requirements=["mlflow"], metadata=None if said is None else {"pipeline": said})
+    version = str(mlflow.register_model(info.model_uri, name).version)
+    if tag is not None:
+        client.set_model_version_tag(name, version, Tag.CONTRACT, tag)
+    if champion:
+        client.set_registered_model_alias(name, "champion", version)
+    return version
+
+
+LEGACY_IMAGES = Schema([ColSpec(DataType.binary, "image", required=False),
+                        ColSpec(Array(DataType.double), "pixels", required=False)])
+
+
+def test_an_image_champion_logged_before_pixels_were_any_serves_the_same_task(
+        tmp_path: Path, mlflow_uri: str) -> None:
+    """Before commit ddf4dc0 image versions logged `pixels` as `array` (now `any`); read from
+    its signature (no contract tag), such a champion still serves today's image models."""
+    client = MlflowClient(mlflow_uri)
+    old_version(client, "digits-odd", LEGACY_IMAGES, {"kind": "image", "classes": ["even", "odd"],
+                                                      "image": {"size": 8, "channels": 1}})
+    assert Tag.CONTRACT not in client.get_model_version("digits-odd", "1").tags
+    today = Contract.of("image", ("even", "odd"), list(IMAGE_INPUTS))
+    check_contract(client, "digits-odd", today, auto_name="digits-odd")  # accepted
+    with pytest.raises(ContractError) as info:
+        check_contract(client, "digits-odd", Contract.of("image", ("odd", "even"),
+                                                         list(IMAGE_INPUTS)), "digits-even")
+    assert "another prediction task (labels odd/even, not even/odd)" in str(info.value)
+    assert "the same task" not in str(info.value)
+
+
+def test_a_champion_whose_contract_cannot_be_read_defers_to_the_newest_readable_version(
+        tmp_path: Path, mlflow_uri: str) -> None:
+    client = MlflowClient(mlflow_uri)
+    table = Schema([ColSpec(DataType.double, "x1"), ColSpec(DataType.string, "colour")])
+    served = Contract.of("table", ("ham", "spam"), [("x1", "double"), ("colour", "string")])
+    old_version(client, NAME, table, None, tag=served.to_tag(), champion=False)
+    old_version(client, NAME, table, None, tag="{not json")  # v2, the champion: unreadable
+    other = Contract.of("table", ("ham", "spam"), [("x9", "double")])
+    with pytest.raises(ContractError, match=r"\(v1, its newest readable version \(champion v2's "
+                       r"contract cannot be read\)\); this model takes table of 1 column \(x9\)"):
+        check_contract(client, NAME, other, auto_name="other-spam")
+    check_contract(client, NAME, served, auto_name=NAME)  # the task v1 says: accepted
+
+
+def test_a_name_with_no_readable_contract_warns_and_registers(
+        tmp_path: Path, mlflow_uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    client = MlflowClient(mlflow_uri)
+    old_version(client, NAME, Schema([ColSpec(DataType.double, "x1")]), None)
+    with caplog.at_level(logging.WARNING, logger="pipeline.gate"):
+        check_contract(client, NAME, Contract.of("table", ("a", "b"), [("y", "double")]), NAME)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "pipeline.gate"]
+    assert warning.startswith(f"registered model '{NAME}': none of its 1 versions (newest v1) "
+                              "has an input contract that can be read")
+    assert "set register.model_name to a name of its own" in warning

@@ -43,3 +43,27 @@ def test_default_model_is_the_champion_of_the_name_register_resolves(tmp_path) -
         default_model_uri(str(params), meta)
     meta.write_text('{"classes": ["0", "1"]}')
     assert default_model_uri(str(params), meta) == "models:/loans-1@champion"
+
+
+@pytest.mark.parametrize("text", ['{"classes": ["0", "1"', '{"labels": ["0", "1"]}', "[]",
+                                  '{"classes": []}'])
+def test_a_corrupt_or_old_meta_json_is_one_line_naming_the_file(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        text: str) -> None:
+    from pipeline import predict
+    from pipeline.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("data: {path: data/raw/loans.csv, positive_class: "
+                                          "null}\n")
+    meta = tmp_path / predict.META
+    meta.parent.mkdir(parents=True)
+    meta.write_text(text)
+    with pytest.raises(DataError, match=rf"^{predict.META}: not a dataset metadata file .*"
+                       r"rerun preprocess \(`dvc repro`\), or pass --model$"):
+        predict.default_model_uri("params.yaml")
+    with pytest.raises(SystemExit) as info:
+        predict.main(["--input", ".", "--output", "x.csv"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(f"error: {predict.META}: not a dataset")
+    assert len(err.strip().splitlines()) == 1, err

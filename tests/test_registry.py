@@ -98,7 +98,7 @@ def test_decisions_are_readable_in_the_registry_and_the_run(image_model: dict) -
     version = client.get_model_version(NAME, "1")
     # The version's description says the decision in sentences, with what it rests on.
     text = version.description
-    assert text.startswith(f"**Promoted to champion** of `{NAME}`: its first version.")
+    assert text.startswith(f"Promoted to champion of {NAME}: its first version.")
     assert "The gate's reason: first version: no champion yet." in text
     for fact in ("images → 'dog' vs 'cat'", str(image_model["images"]), version.run_id,
                  "register.metric = log_loss"):

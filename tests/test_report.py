@@ -12,10 +12,17 @@ from typing import Any
 import pytest
 
 from pipeline import report
-from pipeline.metrics import improvement
-from pipeline.report_compare import BEST_PARAMS, METRICS, TRAIN_METRICS, Side, build_report
-from pipeline.report_render import Link
-from pipeline.report_runs import run_rows
+from pipeline.report_compare import (
+    BEST_PARAMS,
+    LOCK,
+    METRICS,
+    REGISTRATION,
+    TRAIN_METRICS,
+    Side,
+    build_report,
+    lock_hashes,
+)
+from pipeline.report_render import Link, Report, Row, table_json
 from tests.conftest import TINY, merge
 from tests.test_dvc_pipeline import make_repo, sh
 
@@ -70,9 +77,11 @@ def test_report_compares_an_experiment_with_its_baseline(
     assert set(metrics) == set(base)
     for key in ("roc_auc", "log_loss", "accuracy", "f1", "tp"):
         assert metrics[key]["change"] == pytest.approx(new[key] - base[key]), key
-    for key in ("roc_auc", "log_loss"):
-        gain = improvement(key, new[key], base[key])
-        assert metrics[key]["verdict"] == ("better" if gain > 0 else "worse" if gain else "same")
+    # Directions written out here, not asked of the code under test.
+    for key, gain in (("roc_auc", new["roc_auc"] - base["roc_auc"]),  # higher is better
+                      ("log_loss", base["log_loss"] - new["log_loss"])):  # lower is better
+        assert metrics[key]["verdict"] == ("better" if gain > 0 else "worse" if gain < 0
+                                           else "same"), key
     assert metrics["tp"]["verdict"] == ""  # a count, not a score
     # Both revisions' figures, from the DVC cache, beside the Markdown and inline in the HTML.
     assert {f["name"] for f in data["figures"] if f["base"] and f["new"]} == FIGURES
@@ -90,13 +99,20 @@ def test_report_compares_an_experiment_with_its_baseline(
     lineage = section(data, "Data lineage")
     assert lineage["data/processed"]["change"] == "same"
     assert lineage["models/model.safetensors"]["change"] == "changed"
+    registered = json.loads((repo / "reports" / "registration.json").read_text())
     runs = section(data, "MLflow runs")
-    assert runs["run_id (registration.json)"]["new"] == json.loads(
-        (repo / "reports" / "registration.json").read_text())["run_id"]
+    assert runs["run_id (registration.json)"]["new"] == registered["run_id"]
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
     assert "| train.lr | 0.003 | 0.01 | changed |" in md and "![roc.png at lr-up]" in md
     assert not data["missing"]
+    # On a server, the registering run is linked inside its experiment (the UI's own route).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    runs = section(render(repo, tmp_path / "served", "--rev", "lr-up"), "MLflow runs")
+    run, experiment = registered["run_id"], registered["experiment_id"]
+    assert runs["run_id (registration.json)"]["new"] == {
+        "text": run, "url": f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}"
+                            "?workflowType=machine_learning"}
 
 
 @pytest.mark.slow
@@ -134,10 +150,30 @@ def test_a_bad_revision_or_out_folder_is_one_line_and_exit_2(
     assert (repo / "reports" / "metrics.json").exists()  # the refused --out is untouched
 
 
+def test_the_default_out_folder_is_under_the_repo_not_the_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    for folder in (repo, elsewhere):
+        folder.mkdir()
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "-c", "user.name=ci",
+                 "-c", "user.email=ci@example.com", "commit", "-qm", "dvc init"]):
+        sh(repo, *args)
+    monkeypatch.chdir(elsewhere)
+    report.main(["--repo", str(repo)])
+    assert (repo / "reports" / "compare" / "report.md").is_file()
+
+
 def side(label: str, **files: dict[str, Any]) -> Side:
     """A Side holding the given files (keys are the report's path constants' names)."""
-    paths = {"metrics": METRICS, "train": TRAIN_METRICS, "best": BEST_PARAMS}
+    paths = {"metrics": METRICS, "train": TRAIN_METRICS, "best": BEST_PARAMS, "lock": LOCK,
+             "reg": REGISTRATION}
     return Side(label, label * 8, data={paths[k]: v for k, v in files.items()})
+
+
+def tables(built: Report) -> dict[str, dict[str, Row]]:
+    """A built report's rows by section title (up to " (" or ",") and name."""
+    return {s.title.split(" (")[0].split(",")[0]: {r.name: r for r in s.rows}
+            for s in built.sections}
 
 
 def test_directions_decide_better_and_worse() -> None:
@@ -145,9 +181,8 @@ def test_directions_decide_better_and_worse() -> None:
                 train={"best_val_log_loss": 0.2, "epochs_run": 5})
     new = side("b", metrics={"log_loss": 0.2, "roc_auc": 0.8, "n": 10},
                train={"best_val_log_loss": 0.25, "epochs_run": 7})
-    sections = {s.title.split(" (")[0]: {r.name: r for r in s.rows}
-                for s in build_report(base, new, "sqlite:///mlflow.db").sections}
-    metrics, training = sections["Test metrics"], sections["Training"]
+    found = tables(build_report(base, new, "sqlite:///mlflow.db"))
+    metrics, training = found["Test metrics"], found["Training"]
     assert metrics["log_loss"].verdict == "better" and metrics["roc_auc"].verdict == "worse"
     assert metrics["log_loss"].change == pytest.approx(-0.1) and metrics["n"].verdict == ""
     assert training["best_val_log_loss"].verdict == "worse"
@@ -160,8 +195,7 @@ def test_tuned_params_are_compared_and_named_in_the_summary() -> None:
     new = side("b", best={"enabled": True, "params": {"train.lr": 0.02}, "metric": "roc_auc",
                           "value": 0.95})
     built = build_report(base, new, "sqlite:///mlflow.db")
-    (tuned,) = [s for s in built.sections if s.title.startswith("Tuned")]
-    rows = {r.name: r for r in tuned.rows}
+    rows = tables(built)["Tuned params used by train"]
     assert rows["train.lr"].change == pytest.approx(0.01)
     assert rows["best val roc_auc (study)"].verdict == "better"
     assert "Changed params: train.lr (tuned)." in built.summary
@@ -172,26 +206,28 @@ def test_values_trained_with_have_their_own_table() -> None:
     base = side("a", train={"best_epoch": 3, "trained": {"train.num_threads": 2}})
     new = side("b", train={"best_epoch": 3, "trained": {"train.num_threads": 4}})
     built = build_report(base, new, "sqlite:///mlflow.db")
-    tables = {s.title.split(" (")[0].split(",")[0]: {r.name: r for r in s.rows}
-              for s in built.sections}
-    assert tables["Trained with"]["train.num_threads"].change == 2
-    assert set(tables["Training"]) == {"best_epoch"}
+    assert tables(built)["Trained with"]["train.num_threads"].change == 2
+    assert set(tables(built)["Training"]) == {"best_epoch"}
     assert "Changed params: train.num_threads (trained)." in built.summary
 
 
 def test_a_tracking_server_gets_links_without_credentials() -> None:
-    registration = {"run_id": "abc", "model_name": "m", "version": "3"}
-    rows, note = run_rows({"registration.json": ({}, registration),
-                           "train_metrics.json": ({}, {"run_id": "t1", "experiment_id": "7"})},
-                          ({}, registration), "https://bob:s3cret@mlflow.example.com:5000")
-    links = {r.name: r.new for r in rows}
-    assert links["run_id (registration.json)"] == Link(
-        "abc", "https://mlflow.example.com:5000/#/runs/abc?workflowType=machine_learning")
-    assert links["run_id (train_metrics.json)"].url == (
-        "https://mlflow.example.com:5000/#/experiments/7/runs/t1"
-        "?workflowType=machine_learning")
-    assert links["model version"].url.endswith("/#/models/m/versions/3")
-    assert "s3cret" not in note + json.dumps([str(r) for r in rows])
+    # registration.json's shape (pipeline/registry.py): the registering run and its experiment,
+    # and an audit trail whose entries name runs too (a list: not rows of their own).
+    registration = {"run_id": "abc", "experiment_id": "7", "model_name": "m", "version": "3",
+                    "audit": [{"version": "3", "run_id": "abc", "champion_before": None}]}
+    old = {"run_id": "old", "model_name": "m", "version": "2"}  # written before experiment_id
+    built = build_report(side("a", reg=old), side("b", reg=registration),
+                         "https://bob:s3cret@mlflow.example.com:5000")
+    links = tables(built)["MLflow runs"]
+    assert set(links) == {"run_id (registration.json)", "model version"}
+    assert links["run_id (registration.json)"].new == Link(
+        "abc", "https://mlflow.example.com:5000/#/experiments/7/runs/abc"
+               "?workflowType=machine_learning")
+    assert links["run_id (registration.json)"].base == Link(
+        "old", "https://mlflow.example.com:5000/#/runs/old?workflowType=machine_learning")
+    assert links["model version"].new.url.endswith("/#/models/m/versions/3")
+    assert "s3cret" not in json.dumps(table_json(built), default=str)
 
 
 def test_mlflow_facts_copied_into_the_report_match_their_source() -> None:
@@ -204,8 +240,71 @@ def test_mlflow_facts_copied_into_the_report_match_their_source() -> None:
 
 
 def test_the_report_runs_without_mlflow_torch_or_optuna() -> None:
-    code = ("import sys, pipeline.report; "
-            "print(sorted({'mlflow', 'torch', 'optuna'} & set(sys.modules)))")
+    code = ("import sys, pipeline.report; print(sorted({'mlflow', 'torch', 'optuna', "
+            "'pipeline.stages._common'} & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_value_that_is_not_finite_gets_no_verdict() -> None:
+    base = side("a", metrics={"log_loss": float("nan"), "roc_auc": 0.9, "f1": 0.5},
+                train={"best_val_roc_auc": 0.8})
+    new = side("b", metrics={"log_loss": 0.2, "roc_auc": float("nan"), "f1": float("inf")},
+               train={"best_val_roc_auc": float("nan")})
+    found = tables(build_report(base, new, "sqlite:///mlflow.db"))
+    assert [found["Test metrics"][k].verdict for k in ("f1", "log_loss", "roc_auc")] == [""] * 3
+    assert found["Training"]["best_val_roc_auc"].verdict == ""
+
+
+def test_studies_on_different_metrics_are_shown_side_by_side_unjudged() -> None:
+    base = side("a", best={"enabled": True, "params": {}, "metric": "roc_auc", "value": 0.99})
+    new = side("b", best={"enabled": True, "params": {}, "metric": "log_loss", "value": 0.05})
+    tuned = tables(build_report(base, new, "sqlite:///mlflow.db"))["Tuned params used by train"]
+    assert tuned["best val roc_auc (study)"] == Row("best val roc_auc (study)", 0.99, None)
+    assert tuned["best val log_loss (study)"] == Row("best val log_loss (study)", None, 0.05)
+
+
+def lock(md5: str) -> dict[str, Any]:
+    """A dvc.lock whose preprocess stage wrote data/processed with the given md5."""
+    return {"stages": {"preprocess": {"outs": [{"path": "data/processed", "md5": md5}]}}}
+
+
+def test_other_test_splits_or_fold_counts_get_no_verdicts() -> None:
+    metrics = ({"log_loss": 0.3, "roc_auc": 0.9}, {"log_loss": 0.2, "roc_auc": 0.95})
+    train = ({"best_val_log_loss": 0.3, "cv_folds": 0}, {"best_val_log_loss": 0.2, "cv_folds": 0})
+    built = build_report(side("a", metrics=metrics[0], train=train[0], lock=lock("1.dir")),
+                         side("b", metrics=metrics[1], train=train[1], lock=lock("2.dir")),
+                         "sqlite:///mlflow.db")
+    found = tables(built)
+    assert [found["Test metrics"]["log_loss"].verdict, found["Test metrics"]["roc_auc"].verdict,
+            found["Training"]["best_val_log_loss"].verdict] == ["", "", ""]
+    assert found["Test metrics"]["log_loss"].change == pytest.approx(-0.1)
+    assert built.summary[0] == ("Test sets differ (data/processed differs in dvc.lock): the "
+                                "metrics are not comparable row for row, so none is judged.")
+    # The same split, but a fold mean against a validation score.
+    built = build_report(side("a", metrics=metrics[0], train=train[0], lock=lock("1.dir")),
+                         side("b", metrics=metrics[1], train={**train[1], "cv_folds": 5},
+                              lock=lock("1.dir")), "sqlite:///mlflow.db")
+    found = tables(built)
+    assert found["Test metrics"]["log_loss"].verdict == "better"
+    assert found["Training"]["best_val_log_loss"].verdict == ""
+    assert ("Training scores not judged: cv_folds differ (0 → 5), so best_val_* is a fold mean "
+            "at one revision and a validation score at the other.") in built.summary
+
+
+def test_lineage_hashes_are_hash_values_not_the_algorithm() -> None:
+    outs = [{"path": "p", "hash": "md5", "md5": "a.dir"}, {"path": "m", "etag": "e1"},
+            {"path": "x", "checksum": "c1"}, {"path": "raw", "hash": "md5"}]
+    assert lock_hashes({"stages": {"a": {"outs": outs}}}) == {
+        "p": "a.dir", "m": "e1", "x": "c1", "raw": ""}
+
+
+def test_tuned_keys_are_not_repeated_as_trained_with() -> None:
+    base = side("a", best={"enabled": True, "params": {"train.lr": 0.01}},
+                train={"trained": {"train.lr": 0.01, "train.num_threads": 2}})
+    new = side("b", best={"enabled": True, "params": {"train.lr": 0.02}},
+               train={"trained": {"train.lr": 0.02, "train.num_threads": 4}})
+    built = build_report(base, new, "sqlite:///mlflow.db")
+    assert set(tables(built)["Trained with"]) == {"train.num_threads"}
+    assert "Changed params: train.lr (tuned), train.num_threads (trained)." in built.summary
