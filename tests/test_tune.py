@@ -235,6 +235,14 @@ def test_sqlite_storage_refused_for_parallel_workers(tune_env: Path, monkeypatch
     assert not (tune_env / "best_params.json").exists()
 
 
+def trial_run_opened(number: int) -> bool:
+    """Whether trial `number` has its MLflow child run yet, in the store the worker uses."""
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # not this process's last store
+    experiment = client.get_experiment_by_name("binary-classification")
+    return experiment is not None and bool(client.search_runs(
+        [experiment.experiment_id], f"tags.`optuna.trial_number` = '{number}'"))
+
+
 def kill_inside_trial(params: Path, root: Path, journal: str, completed: int, out: str) -> int:
     """Run the tune stage in a subprocess; SIGKILL it once `completed` trials are done and the
     next one is running. Return the killed pid."""
@@ -253,9 +261,11 @@ def kill_inside_trial(params: Path, root: Path, journal: str, completed: int, ou
             except ValueError:  # the journal file exists before the study is written to it
                 continue
             states = [t.state.name for t in trials]
-            # Once the worker has marked the trial as its own (a few ms after creating it).
+            # Once the worker has marked the trial as its own (a few ms after creating it) and
+            # opened its MLflow run (the test checks that run ends KILLED; killed earlier, the
+            # trial would have no run at all).
             if states.count("COMPLETE") == completed and states[-1:] == ["RUNNING"] \
-                    and "pid" in trials[-1].user_attrs:
+                    and "pid" in trials[-1].user_attrs and trial_run_opened(completed):
                 break
         else:
             pytest.fail(f"tuning never reached a running trial after {completed} complete")
