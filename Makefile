@@ -20,7 +20,7 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/python" -m pip install --quiet --dry-run --ignore-installed \
 	  --report "$$tmp/report.json" '.[dev]' && \
-	"$$tmp/venv/bin/python" -m pipeline.packaging "$$tmp/report.json" > requirements.lock.tmp
+	"$$tmp/venv/bin/python" -m pipeline.registry.packaging "$$tmp/report.json" > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock
 
 run: setup
@@ -53,7 +53,7 @@ report: setup
 
 # The team's MLflow server on PostgreSQL (loopback; see README "Team setup").
 team-server: setup
-	$(BIN)/python -m pipeline.team
+	$(BIN)/python -m pipeline.cli.team
 
 lint: setup
 	$(BIN)/ruff check .

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Params
-from pipeline.typed import deep_merge as merge
+from pipeline.core.config import Params
+from pipeline.core.typed import deep_merge as merge
 
 REPO = Path(__file__).resolve().parents[1]
 

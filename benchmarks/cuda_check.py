@@ -1,7 +1,8 @@
 """CUDA path check for a lent GPU machine: device selection, bf16 autocast, online augmentation.
 
 Trains the default model (params.yaml defaults: CNN, AdamW, cosine) through
-``pipeline.training.fit_model`` -- the function the train stage and every tuning trial call -- on:
+``pipeline.training.fit.fit_model`` -- the function the train stage and every tuning trial
+call -- on:
 
 1. the default digits data (written and preprocessed exactly as the preprocess stage does), with
    online augmentation on, twice with the same seed: prints samples/s, validation ROC AUC and
@@ -33,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import Params
-from pipeline.data import preprocess
-from pipeline.dataset import DatasetMeta, ImageSpec, Split, load_splits
-from pipeline.engine import predict_proba, select_device
-from pipeline.metrics import ranking_metrics
-from pipeline.training import fit_model
+from pipeline.core.config import Params
+from pipeline.data.dataset import DatasetMeta, ImageSpec, Split, load_splits
+from pipeline.data.sources import preprocess
+from pipeline.evaluation.metrics import ranking_metrics
+from pipeline.models.device import select_device
+from pipeline.models.inference import predict_proba
+from pipeline.training.fit import fit_model
 
 
 def weights_digest(model: torch.nn.Module) -> str:

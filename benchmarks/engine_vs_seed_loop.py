@@ -4,7 +4,7 @@ Both sides train the same small CNN on the same ImageFolder files (the default d
 16x16) for the same epochs and batch size, on the CPU, with the same thread count (default: the
 engine's pinned ``train.num_threads``; ``--threads 1`` for the single-thread comparison):
 
-* engine: ``pipeline.training.fit_model`` on the arrays the pipeline feeds it, as the train
+* engine: ``pipeline.training.fit.fit_model`` on the arrays the pipeline feeds it, as the train
   stage runs it: the augment stage's output (``data/augmented``: decoded once, rotated/shifted
   once, the counterpart of the seed loop's per-epoch ``RandomRotation``; falls back to
   ``data/processed``), AdamW, cosine schedule, per-epoch validation, best-epoch restore, early
@@ -20,9 +20,9 @@ included, and no validation (so the ratio is, if anything, conservative for the 
 figure is the median of ``--repeats`` runs; engine and seed runs alternate, and the ratio is taken
 per repeat (same process, same moment) before the median.
 
-MLflow overhead: the engine trains again with ``pipeline.tracking.EpochLogger`` attached to a real
-run in a throw-away SQLite store; the figure is the time spent in the logger's ``flush`` (timed
-by a subclass defined in this script) as a share of training time.
+MLflow overhead: the engine trains again with ``pipeline.tracking.runs.EpochLogger`` attached
+to a real run in a throw-away SQLite store; the figure is the time spent in the logger's
+``flush`` (timed by a subclass defined in this script) as a share of training time.
 
 Run from the repository root, after ``python -m pipeline.stages.preprocess`` (and the augment
 stage for the optional augmented-set line; ``dvc repro`` runs both)::
@@ -59,10 +59,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
-from pipeline.dataset import DatasetMeta, Split, load_splits
-from pipeline.engine import FitResult, predict_proba
-from pipeline.training import fit_model
+from pipeline.core.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.data.dataset import DatasetMeta, Split, load_splits
+from pipeline.models.inference import predict_proba
+from pipeline.training.callbacks import FitResult
+from pipeline.training.fit import fit_model
 
 TARGET_RATIO = 6.0
 TARGET_MLFLOW_SHARE = 2.0  # percent of training time

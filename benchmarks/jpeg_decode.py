@@ -19,7 +19,7 @@ import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.images import decode_image  # the pipeline's own path (draft)
+from pipeline.data.images import decode_image  # the pipeline's own path (draft)
 
 
 def pil_full(file: Path, size: int) -> np.ndarray:

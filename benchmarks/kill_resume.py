@@ -27,7 +27,7 @@ import optuna
 from _workspace import clean_env, make_repo, merge, parse_sets
 from mlflow.tracking import MlflowClient
 
-from pipeline.tags import Tag
+from pipeline.core.tags import Tag
 
 
 def study(dest: Path) -> optuna.Study | None:

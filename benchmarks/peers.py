@@ -46,7 +46,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from pipeline.dataset import load_splits
+from pipeline.data.dataset import load_splits
 from pipeline.stages import augment, evaluate, preprocess, train, tune
 
 

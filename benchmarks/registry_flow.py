@@ -20,7 +20,7 @@ from pathlib import Path
 from _workspace import make_repo, parse_sets, run
 from mlflow.tracking import MlflowClient
 
-from pipeline.tags import Tag
+from pipeline.core.tags import Tag
 
 # Plausible improvements, tried in order until one is promoted.
 # `dvc exp run -S` edits the workspace params, so each candidate restores train.epochs itself.

@@ -6,7 +6,7 @@ Prints, for the default digits config (params.yaml as is, but --trials and --set
   as a share of its training seconds -- against the server, and against local SQLite;
 * Optuna storage share: seconds inside RDBStorage methods (main thread) of the tune stage, as a
   share of the summed trial durations;
-* trials per minute with 2 hosts of 1 thread each (the tune stage plus `pipeline.tune_worker`
+* trials per minute with 2 hosts of 1 thread each (the tune stage plus `pipeline.cli.tune_worker`
   in its own UTS namespace) vs 1 host of 1 thread, each on a fresh study.
 
 Usage: python benchmarks/team.py [--trials 20] [--repeats 3] [--set train.epochs=10]
@@ -39,10 +39,10 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._workspace import default_params, parse_sets
-from pipeline import tracking
+from pipeline.cli.team import DEFAULT_ADMIN_DB, drop_database, start_server, stop_server
+from pipeline.core.typed import deep_merge
 from pipeline.stages import augment, preprocess, train, tune
-from pipeline.team import DEFAULT_ADMIN_DB, drop_database, start_server, stop_server
-from pipeline.typed import deep_merge
+from pipeline.tracking import runs as tracking
 
 
 class Clock:
@@ -176,7 +176,7 @@ def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
     procs = [on_host(root, "host-a", ["pipeline.stages.tune", "--params", name, "--out",
                                       str(best)], env)]
     if hosts == 2:
-        procs.append(on_host(root, "host-b", ["pipeline.tune_worker", "--params", name], env))
+        procs.append(on_host(root, "host-b", ["pipeline.cli.tune_worker", "--params", name], env))
     for proc in procs:
         if proc.wait() != 0:
             raise SystemExit(f"a tuning process failed ({proc.args})")

@@ -34,11 +34,12 @@ import torch
 import yaml
 from _textures import write_task
 
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.dataset import Split
-from pipeline.engine import fit, seed_everything
-from pipeline.models import build_model
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.data.dataset import Split
+from pipeline.models.device import seed_everything
+from pipeline.models.networks import build_model
 from pipeline.stages import evaluate, preprocess, train
+from pipeline.training.engine import fit
 
 
 def params_file(root: Path, images: Path, model: dict, args: argparse.Namespace) -> Path:

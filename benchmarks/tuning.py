@@ -1,6 +1,6 @@
 """Tuning cost: trial-epochs, wall time and best value per pruner; Optuna overhead; 1 vs 2 workers.
 
-Every arm is a real ``pipeline.tune.run_study`` call, exactly what the tune stage runs: the
+Every arm is a real ``pipeline.tuning.tune.run_study`` call, exactly what the tune stage runs: the
 default data (``data/processed`` for validation, ``data/augmented`` for training), the
 ``params.yaml`` model, train settings and search space, a seeded TPE sampler, nested MLflow runs
 and the Optuna journal file storage. Only these change per arm: ``tune.pruner``, ``seed``
@@ -80,12 +80,12 @@ from unittest import mock
 import optuna
 import torch
 
-import pipeline.tune as tune_mod
-from pipeline import tracking
-from pipeline.config import Params, load_params
-from pipeline.engine import select_device
-from pipeline.metrics import LOWER_IS_BETTER
-from pipeline.tags import Tag
+import pipeline.tuning.tune as tune_mod
+from pipeline.core.config import Params, load_params
+from pipeline.core.tags import Tag
+from pipeline.evaluation.metrics import LOWER_IS_BETTER
+from pipeline.models.device import select_device
+from pipeline.tracking import runs as tracking
 
 # Also runs in the spawned 2-worker processes (they import this module as __mp_main__).
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -238,7 +238,8 @@ class OptunaClock:
         targets: list[tuple[Any, str, Any]] = [
             (study_cls, "optimize", self.wrap_optimize(study_cls.optimize)),
             (optuna, "create_study", self.wrap(optuna.create_study, "study open + storage")),
-            # open_study looks make_storage up in pipeline.tune (imported from pipeline.study).
+            # open_study looks make_storage up in pipeline.tuning.tune (imported from
+            # pipeline.tuning.study).
             (tune_mod, "make_storage", self.wrap(tune_mod.make_storage,
                                                  "study open + storage")),
             (study_cls, "get_trials", self.wrap(study_cls.get_trials, "storage reads")),
@@ -302,8 +303,8 @@ def run_arm(params: Params, workdir: Path, args: argparse.Namespace, *, pruner: 
         noisy = not wait_idle(args.max_wait)
     start_load = load()
     clock = OptunaClock()
-    # The parent run as pipeline.tune.parent_run tags it; spawned workers find the MLflow store
-    # through MLFLOW_TRACKING_URI, which main() sets before any arm runs.
+    # The parent run as pipeline.tuning.tune.parent_run tags it; spawned workers find the MLflow
+    # store through MLFLOW_TRACKING_URI, which main() sets before any arm runs.
     with Watch() as watch, tracking.start_run(EXPERIMENT, run_name=f"tune {name}", tags={
             Tag.STUDY_PARENT: name, Tag.STUDY: name, Tag.STORAGE: storage,
             Tag.STAGE: "tune"}) as run_id:

@@ -142,7 +142,7 @@ def shrink(png: Path) -> None:
 
 
 def save_view(client: MlflowClient, exp_id: str, key: str, state: dict) -> None:
-    """An extra saved view (same envelope as pipeline/views.py) for one screenshot."""
+    """An extra saved view (same envelope as pipeline/tracking/views.py) for one screenshot."""
     now = int(time.time() * 1000)
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{key}", json.dumps(
         {"name": key, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
@@ -150,8 +150,8 @@ def save_view(client: MlflowClient, exp_id: str, key: str, state: dict) -> None:
 
 def mlflow_pages(repo: Path, browser: str, out: Path) -> None:
     """Screenshots of the MLflow UI pages the issue names, in one fresh browser profile."""
-    from pipeline.tags import Tag
-    from pipeline.views import VIEW_KEY, table_view, view_url
+    from pipeline.core.tags import Tag
+    from pipeline.tracking.views import VIEW_KEY, table_view, view_url
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("binary-classification")

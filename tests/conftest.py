@@ -23,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.typed import deep_merge as merge
+from pipeline.core.typed import deep_merge as merge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def free_port() -> int:
 
 @dataclass
 class TeamServer:
-    """A real `mlflow server` on PostgreSQL (started by pipeline.team) and its exports."""
+    """A real `mlflow server` on PostgreSQL (started by pipeline.cli.team) and its exports."""
 
     url: str
     optuna: str
@@ -220,7 +220,7 @@ class TeamServer:
 @contextlib.contextmanager
 def team_server(root: Path, auth: bool = False) -> Iterator[TeamServer]:
     """Start the team's server with uniquely named databases; stop it and drop them after."""
-    from pipeline.team import drop_database, start_server, stop_server
+    from pipeline.cli.team import drop_database, start_server, stop_server
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
     root.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.audit import MAX_DESCRIPTION, Notes, model_description, version_description
-from pipeline.gate import comparison
+from pipeline.registry.audit import MAX_DESCRIPTION, Notes, model_description, version_description
+from pipeline.registry.gate import comparison
 
 NOTES = Notes("digits-odd", "images → 'odd' vs 'even'", "digits", "abc123",
               "register.metric = log_loss, min_improvement = 0, min_gate_rows = 30")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.augment import CHUNK, augment_images, augment_split, write_augmented
-from pipeline.config import AugmentConfig
-from pipeline.dataset import (
+from pipeline.core.config import AugmentConfig
+from pipeline.data.augment import CHUNK, augment_images, augment_split, write_augmented
+from pipeline.data.dataset import (
     ColumnStats,
     DatasetMeta,
     ImageSpec,

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import MIN_SIZE
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.dataset import Split
-from pipeline.engine import fit, seed_everything
-from pipeline.errors import ConfigError
-from pipeline.models import build_model
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.errors import ConfigError
+from pipeline.data.dataset import Split
+from pipeline.models.backbones import MIN_SIZE
+from pipeline.models.device import seed_everything
+from pipeline.models.networks import build_model
+from pipeline.training.engine import fit
 
 
 def tiny_images(n: int, channels: int, size: int = 32, seed: int = 0) -> Split:

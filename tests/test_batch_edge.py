@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import BATCHNORM, AugmentConfig, ModelConfig, TrainConfig
-from pipeline.crossval import cross_fit, make_pool
-from pipeline.dataset import DatasetMeta, ImageSpec, Split
-from pipeline.engine import fit
-from pipeline.errors import DataError
-from pipeline.feed import Feed, batch_bounds
-from pipeline.models import BUILDERS
-from pipeline.training import fit_model
+from pipeline.core.config import BATCHNORM, AugmentConfig, ModelConfig, TrainConfig
+from pipeline.core.errors import DataError
+from pipeline.data.dataset import DatasetMeta, ImageSpec, Split
+from pipeline.models.feed import Feed, batch_bounds
+from pipeline.models.networks import BUILDERS
+from pipeline.training.crossval import cross_fit, make_pool
+from pipeline.training.engine import fit
+from pipeline.training.fit import fit_model
 
 CPU = torch.device("cpu")
 

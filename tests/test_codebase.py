@@ -11,15 +11,22 @@ from tests.conftest import REPO
 
 MODULES = sorted((REPO / "pipeline").rglob("*.py"))
 # The glue between our code and MLflow; everything else stays importable without it.
-MLFLOW_GLUE = {"tracking.py", "records.py", "registry.py", "gate.py", "serving.py",
-               "pyfunc_model.py", "batch.py", "predict.py", "views.py", "trial_runs.py"}
+MLFLOW_GLUE = {"tracking/runs.py", "tracking/records.py", "tracking/views.py",
+               "tuning/trial_runs.py", "registry/register.py", "registry/gate.py",
+               "registry/serving.py", "registry/pyfunc_model.py", "registry/batch.py",
+               "cli/predict.py"}
+
+
+def rel(path: Path) -> str:
+    """The module's path inside pipeline/, e.g. tracking/runs.py."""
+    return path.relative_to(REPO / "pipeline").as_posix()
 
 
 def tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=rel)
 def test_no_private_attributes_of_other_objects(path: Path) -> None:
     # `study._storage`, `trial._trial_id`: private APIs of our dependencies break silently.
     bad = [f"{path.name}:{node.lineno} .{node.attr}" for node in ast.walk(tree(path))
@@ -29,16 +36,16 @@ def test_no_private_attributes_of_other_objects(path: Path) -> None:
     assert not bad
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=rel)
 def test_only_glue_modules_import_mlflow(path: Path) -> None:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree(path))
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree(path))
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert "mlflow" not in imported or path.name in MLFLOW_GLUE
+    assert "mlflow" not in imported or rel(path) in MLFLOW_GLUE
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=rel)
 def test_no_broad_exception_handlers(path: Path) -> None:
     broad = [node.lineno for node in ast.walk(tree(path)) if isinstance(node, ast.ExceptHandler)
              and (node.type is None or (isinstance(node.type, ast.Name)
@@ -48,13 +55,73 @@ def test_no_broad_exception_handlers(path: Path) -> None:
     assert not broad, f"{path.name}: handlers that swallow everything at lines {broad}"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=rel)
 def test_files_stay_small(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= 310, "split it by job (see STYLE.md)"
 
 
+# The package's layers, lowest first: a module imports only from its own layer or lower ones.
+LAYERS = ["core", "data", "models", "evaluation", "training", "tracking", "tuning", "registry",
+          "report", "stages", "cli"]
+
+
+def module_name(path: Path) -> str:
+    """pipeline.tracking.runs for pipeline/tracking/runs.py (a package for its __init__.py)."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    """Every pipeline module this file imports, `if TYPE_CHECKING:` blocks included."""
+    names: set[str] = set()
+    for node in ast.walk(tree(path)):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    known = {module_name(m) for m in MODULES}
+    return {n for n in names if n in known and n != "pipeline"}
+
+
+def layer(module: str) -> int:
+    """Index in LAYERS of pipeline.<layer>.…; pipeline/__init__.py counts as core (it pins CPU
+    kernels before anything else loads, pipeline/core/cpu.py)."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 else 0
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    assert {p.relative_to(REPO / "pipeline").parts[0] for p in MODULES
+            if p.parent != REPO / "pipeline"} == set(LAYERS)
+    assert [p.name for p in MODULES if p.parent == REPO / "pipeline"] == ["__init__.py"]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=rel)
+def test_imports_go_down_the_layers(path: Path) -> None:
+    here = layer(module_name(path))
+    upward = sorted(m for m in pipeline_imports(path) if layer(m) > here)
+    assert not upward, f"{rel(path)} (layer {LAYERS[here]}) imports higher layers: {upward}"
+
+
+def test_no_import_cycles() -> None:
+    graph = {module_name(p): pipeline_imports(p) for p in MODULES}
+    done: set[str] = set()
+
+    def visit(node: str, stack: list[str]) -> None:
+        if node in stack:
+            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(node):], node]))
+        if node in done:
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*stack, node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "pipeline" / "stages").glob("[!_]*.py")),
-                         ids=lambda p: p.name)
+                         ids=rel)
 def test_stage_is_a_short_run_over_library_calls(path: Path) -> None:
     (run,) = [n for n in tree(path).body if isinstance(n, ast.FunctionDef) and n.name == "run"]
     assert run.end_lineno is not None and run.end_lineno - run.lineno + 1 <= 20
@@ -63,7 +130,7 @@ def test_stage_is_a_short_run_over_library_calls(path: Path) -> None:
 def test_e2e_repos_ignore_what_a_user_did_in_the_checkout(tmp_path: Path) -> None:
     import yaml
 
-    from pipeline.config import Params, parse_params
+    from pipeline.core.config import Params, parse_params
     from tests.test_dvc_pipeline import make_repo, sh
 
     checkout = tmp_path / "checkout"

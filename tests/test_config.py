@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Params, load_params, parse_params
-from pipeline.errors import ConfigError
+from pipeline.core.config import Params, load_params, parse_params
+from pipeline.core.errors import ConfigError
 from pipeline.stages import preprocess, validate
 from tests.conftest import REPO
 

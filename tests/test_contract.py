@@ -7,11 +7,11 @@ import itertools
 import pytest
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-from pipeline import serving
-from pipeline.contract import IMAGE_INPUTS, MAX_NAME, Contract, model_name, refusal
-from pipeline.dataset import DatasetMeta, ImageSpec
-from pipeline.errors import ConfigError
-from pipeline.gate import schema_contract
+from pipeline.core.errors import ConfigError
+from pipeline.data.dataset import DatasetMeta, ImageSpec
+from pipeline.registry import serving
+from pipeline.registry.contract import IMAGE_INPUTS, MAX_NAME, Contract, model_name, refusal
+from pipeline.registry.gate import schema_contract
 
 TABLE = [("x1", "double"), ("colour", "string"), ("flag", "boolean")]
 IMAGES = [("image", "binary"), ("pixels", "any")]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cpu
+from pipeline.core import cpu
+from pipeline.core.tags import Tag
 from pipeline.stages import preprocess
-from pipeline.tags import Tag
 from tests.conftest import REPO, make_imagefolder, write_params
 
 AVX2_CPU = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: sse2 avx fma avx2 avx512f\n\n"
@@ -72,7 +72,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def test_importing_the_package_pins_before_torch_is_loaded() -> None:
     # Spawned tuning workers and MLflow's pyfunc loader get here too: they import pipeline.
     code = ("import os, sys, pipeline; assert 'torch' not in sys.modules; "
-            "print(*(os.environ[k] for k in sorted(pipeline.cpu.PINNED)))")
+            "print(*(os.environ[k] for k in sorted(pipeline.core.cpu.PINNED)))")
     out = subprocess.run([sys.executable, "-c", code], env=clean_env(**ELSEWHERE), cwd=REPO,
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == [cpu.PINNED[k] for k in sorted(cpu.PINNED)]

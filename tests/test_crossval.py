@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.crossval import make_pool, resolve_folds
-from pipeline.dataset import Split, load_splits
-from pipeline.errors import ConfigError
-from pipeline.lineage import file_sha256
-from pipeline.metrics import choose_threshold
+from pipeline.core.errors import ConfigError
+from pipeline.core.lineage import file_sha256
+from pipeline.data.dataset import Split, load_splits
+from pipeline.evaluation.metrics import choose_threshold
 from pipeline.stages import tune as tune_stage
+from pipeline.training.crossval import make_pool, resolve_folds
 from tests.conftest import csv_checkout, run_stages
 
 
@@ -53,7 +53,7 @@ def test_auto_cross_validates_small_data_with_both_classes_in_every_fold() -> No
 def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
         tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.training.callbacks")
     root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 80,
                         {"train": {"cv_folds": 3, "epochs": 4}, "evaluate": {"threshold": "f1"}})
     monkeypatch.chdir(root)
@@ -83,7 +83,7 @@ def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert fitted["best_val_roc_auc"] == pytest.approx(np.mean([m.value for m in history]))
     # The console summary says the folds' score the refit was chosen by, not its in-sample one.
-    (summary,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.training.callbacks"
                   and r.getMessage().startswith("train: ")]
     assert summary == (f"train: cv mean val_roc_auc={fitted['best_val_roc_auc']:.4f} over 3 "
                        f"folds; refit {fitted['refit_epochs']} epochs on train+val")

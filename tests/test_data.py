@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import preprocess
-from pipeline.dataset import DatasetMeta, load_splits
-from pipeline.errors import ConfigError, DataError
-from pipeline.images import auto_size, decode_image
+from pipeline.core.config import DataConfig, SplitConfig
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.data.dataset import DatasetMeta, load_splits
+from pipeline.data.images import auto_size, decode_image
+from pipeline.data.sources import preprocess
+from pipeline.data.tables import transform_table
 from pipeline.stages import preprocess as preprocess_stage
-from pipeline.tables import transform_table
 from tests.conftest import make_csv, make_imagefolder
 
 HALF = SplitConfig(train=0.5, val=0.25, test=0.25)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import Params
-from pipeline.tags import Tag
+from pipeline.core.config import Params
+from pipeline.core.tags import Tag
 from tests.conftest import REPO, merge
 
 pytestmark = pytest.mark.slow
@@ -224,7 +224,7 @@ def test_fresh_clone_registers_and_a_pulled_clone_reruns_nothing(
     assert len(trials) == E2E["tune"]["n_trials"]
     pipeline_run = client.get_run(champion.run_id)
     assert {"test_roc_auc", "best_epoch"} <= set(pipeline_run.data.metrics)
-    predicted = sh_env(mine, env, "python", "-m", "pipeline.predict", "--input",
+    predicted = sh_env(mine, env, "python", "-m", "pipeline.cli.predict", "--input",
                        "data/raw/digits/odd", "--output", "predictions.csv")
     assert predicted.returncode == 0 and (mine / "predictions.csv").is_file()
     # Shared: a DVC remote, the commit that records this clone's outputs.
@@ -241,7 +241,7 @@ def test_fresh_clone_registers_and_a_pulled_clone_reruns_nothing(
     assert len(client.search_model_versions("name = 'digits-odd'")) == 1
     # A new, empty store: predict names what DVC thinks was registered, and the fix.
     empty = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.predict", "--input",
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--input",
                            "data/raw/digits/odd", "--output", "p.csv"], cwd=theirs,
                           env={**os.environ, **empty}, capture_output=True, text=True)
     assert proc.returncode == 2 and "dvc repro -f -s register" in proc.stderr

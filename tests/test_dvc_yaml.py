@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import Params, load_params
-from pipeline.packaging import module_file, shipped_modules
+from pipeline.core.config import Params, load_params
+from pipeline.registry.packaging import module_file, shipped_modules
 from tests.conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -38,7 +38,7 @@ def stage_module(stage: dict[str, Any]) -> str:
 
 # Code a stage runs without importing it: register logs pyfunc_model.py as a models-from-code
 # file and loads it back through MLflow to score the challenger and the champion.
-LOADED_BY_PATH = {"register": "pipeline.pyfunc_model"}
+LOADED_BY_PATH = {"register": "pipeline.registry.pyfunc_model"}
 
 
 def code_closure(name: str) -> set[str]:
@@ -57,7 +57,7 @@ def test_closure_holds_the_package_init_that_pins_cpu_kernels() -> None:
     # whatever it imports; a docstring-only __init__.py (pipeline/stages/) is left out.
     for name in STAGES:
         closure = code_closure(name)
-        assert {"pipeline/__init__.py", "pipeline/cpu.py"} <= closure, name
+        assert {"pipeline/__init__.py", "pipeline/core/cpu.py"} <= closure, name
         assert "pipeline/stages/__init__.py" not in closure
 
 
@@ -72,8 +72,9 @@ def test_code_deps_equal_import_closure(name: str) -> None:
 def test_closure_follows_from_imports_and_nested_imports(tmp_path: Path) -> None:
     # The checker itself: a stage importing tracking reaches lineage and tags through it.
     closure = code_closure("evaluate")
-    assert {"pipeline/tracking.py", "pipeline/lineage.py", "pipeline/tags.py"} <= closure
-    assert "pipeline/tune.py" not in closure
+    assert {"pipeline/tracking/runs.py", "pipeline/core/lineage.py",
+            "pipeline/core/tags.py"} <= closure
+    assert "pipeline/tuning/tune.py" not in closure
 
 
 # --- params: what each stage reads --------------------------------------------------------
@@ -105,7 +106,7 @@ def traced(obj: Any, reads: set[str], prefix: str = "") -> Any:
 
 def leaves(entries: list[str]) -> set[str]:
     """dvc.yaml params entries (a section or a dotted key) expanded to leaf keys."""
-    from pipeline.typed import flatten
+    from pipeline.core.typed import flatten
 
     every = set(flatten(Params()))
     return {k for k in every for e in entries if k == e or k.startswith(f"{e}.")}

@@ -12,25 +12,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
-from pipeline.dataset import DatasetMeta, ImageSpec, Split
-from pipeline.engine import (
-    Callback,
-    TrainingDiverged,
+from pipeline.core.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.core.errors import ConfigError
+from pipeline.core.typed import field_type
+from pipeline.data.dataset import DatasetMeta, ImageSpec, Split
+from pipeline.evaluation.metrics import monitor_scores
+from pipeline.models.device import (
     autocast,
-    fit,
     model_precision,
-    pos_weight,
-    predict_proba,
     resolve_precision,
     seed_everything,
     select_device,
 )
-from pipeline.errors import ConfigError
-from pipeline.metrics import monitor_scores
-from pipeline.models import BUILDERS, WEIGHTS_FILE, build_model, load_model, save_model
-from pipeline.training import fit_model
-from pipeline.typed import field_type
+from pipeline.models.inference import predict_proba
+from pipeline.models.networks import BUILDERS, WEIGHTS_FILE, build_model, load_model, save_model
+from pipeline.training.callbacks import Callback
+from pipeline.training.engine import TrainingDiverged, fit, pos_weight
+from pipeline.training.fit import fit_model
 
 CPU = torch.device("cpu")
 META = DatasetMeta("imagefolder", "x", ("a", "b"), image=ImageSpec(8, 1, (0.5,), (0.25,)))

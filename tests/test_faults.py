@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.errors import DataError, StoreError
-from pipeline.files import TMP_MARK, atomic_update, disk_full_error, read_json, write_json
-from pipeline.models import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
-from pipeline.sqlite_store import check_sqlite
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import DataError, StoreError
+from pipeline.core.files import TMP_MARK, atomic_update, disk_full_error, read_json, write_json
+from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
+from pipeline.tracking.sqlite_store import check_sqlite
 from tests.conftest import REPO
 
 
@@ -125,8 +125,8 @@ def test_disk_full_error_names_the_output_not_its_temp() -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from pipeline.errors import OutputError
-from pipeline.files import atomic_dir, atomic_path, atomic_update
+from pipeline.core.errors import OutputError
+from pipeline.core.files import atomic_dir, atomic_path, atomic_update
 out = Path(sys.argv[1])
 for helper, target in ((atomic_path, out / "m.bin"), (atomic_dir, out / "d"),
                        (atomic_update, out)):
@@ -219,7 +219,7 @@ def test_a_damaged_store_is_refused_before_anything_runs(tmp_path: Path, damage:
 
 
 def test_a_store_full_mid_run_is_one_line_with_the_drivers_complaint() -> None:
-    from pipeline.tracking import store_error
+    from pipeline.tracking.runs import store_error
 
     class Failure(Exception):
         # What MLflow wraps when SQLite's disk fills: SQLAlchemy's remark first.

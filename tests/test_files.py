@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.files import atomic_dir, atomic_path
+from pipeline.core.files import atomic_dir, atomic_path
 from tests.conftest import REPO
 
 

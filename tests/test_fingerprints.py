@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import fingerprints
+from pipeline.core import fingerprints
 
 
 def test_a_row_is_its_values_by_column_name_whatever_the_dtype_or_position() -> None:

@@ -14,15 +14,15 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-from pipeline import fingerprints
-from pipeline.audit import unseen_by
-from pipeline.config import RegisterConfig
-from pipeline.contract import IMAGE_INPUTS, Contract, ContractError
-from pipeline.dataset import DatasetMeta
-from pipeline.gate import check_contract, comparison, decide, enough, score
-from pipeline.registry import contract_of
+from pipeline.core import fingerprints
+from pipeline.core.config import RegisterConfig
+from pipeline.core.tags import Tag
+from pipeline.data.dataset import DatasetMeta
+from pipeline.registry.audit import unseen_by
+from pipeline.registry.contract import IMAGE_INPUTS, Contract, ContractError
+from pipeline.registry.gate import check_contract, comparison, decide, enough, score
+from pipeline.registry.register import contract_of
 from pipeline.stages import register
-from pipeline.tags import Tag
 from tests.conftest import make_csv, run_stages, write_params
 
 NAME = "spam-filter"  # one explicit register.model_name: the runs below share it
@@ -260,9 +260,9 @@ def test_a_name_with_no_readable_contract_warns_and_registers(
         tmp_path: Path, mlflow_uri: str, caplog: pytest.LogCaptureFixture) -> None:
     client = MlflowClient(mlflow_uri)
     old_version(client, NAME, Schema([ColSpec(DataType.double, "x1")]), None)
-    with caplog.at_level(logging.WARNING, logger="pipeline.gate"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.registry.gate"):
         check_contract(client, NAME, Contract.of("table", ("a", "b"), [("y", "double")]), NAME)
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "pipeline.gate"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "pipeline.registry.gate"]
     assert warning.startswith(f"registered model '{NAME}': none of its 1 versions (newest v1) "
                               "has an input contract that can be read")
     assert "set register.model_name to a name of its own" in warning

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import preprocess
-from pipeline.dataset import load_splits
-from pipeline.errors import ConfigError, DataError
-from pipeline.images import decode_image, decoded_pixels
+from pipeline.core.config import DataConfig, SplitConfig
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.data.dataset import load_splits
+from pipeline.data.images import decode_image, decoded_pixels
+from pipeline.data.sources import preprocess
 
 HALF = SplitConfig(train=0.5, val=0.25, test=0.25)
 RAMP16 = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1031).astype(np.uint16)  # 0..64953
@@ -173,8 +173,8 @@ def odd_folder(root: Path) -> Path:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_preprocess_batch_predict_and_serving_decode_alike(tmp_path: Path,
                                                            channels: int) -> None:
-    from pipeline.batch import collect_images, image_frame
-    from pipeline.serving import frame_to_features
+    from pipeline.registry.batch import collect_images, image_frame
+    from pipeline.registry.serving import frame_to_features
 
     root = odd_folder(tmp_path / "imgs")
     cfg = DataConfig(source="imagefolder", path=str(root), positive_class="dog", image_size=12,
@@ -278,7 +278,7 @@ def test_non_images_in_class_folders_are_refused_with_the_fix(tmp_path: Path) ->
 
 
 def test_batch_predict_folders_ignore_metadata_and_refuse_non_images(tmp_path: Path) -> None:
-    from pipeline.batch import collect_images
+    from pipeline.registry.batch import collect_images
 
     tiny(tmp_path / "new" / "a.jpg")
     tiny(tmp_path / "new" / "__MACOSX" / "._a.jpg")
@@ -300,7 +300,7 @@ def test_a_16_bit_gray_image_with_a_dark_border_is_not_refused() -> None:
 
 
 def test_served_float_pixels_match_a_float_tiff_byte_for_byte() -> None:
-    from pipeline.model_inputs import pixels_to_array
+    from pipeline.data.model_inputs import pixels_to_array
 
     values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     buffer = io.BytesIO()

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import load_params
-from pipeline.data import preprocess as run_preprocess
-from pipeline.dataset import load_splits
-from pipeline.errors import ConfigError, DataError
-from pipeline.feed import Feed, preload, preload_budget
+from pipeline.core.config import load_params
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.data.dataset import load_splits
+from pipeline.data.sources import preprocess as run_preprocess
+from pipeline.models.feed import Feed, preload, preload_budget
 from pipeline.stages import preprocess, train
 from tests.conftest import make_imagefolder, run_stages, write_params
 

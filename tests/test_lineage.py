@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.lineage import dvc_hash
+from pipeline.core.lineage import dvc_hash
 from tests.conftest import REPO
 
 

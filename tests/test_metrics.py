@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.dataset import Split
-from pipeline.evaluation import evaluate
-from pipeline.metrics import binary_metrics, choose_threshold, curves, direction, improvement
+from pipeline.data.dataset import Split
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.evaluation.metrics import (
+    binary_metrics,
+    choose_threshold,
+    curves,
+    direction,
+    improvement,
+)
 
 
 @pytest.fixture

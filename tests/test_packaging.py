@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lineage, packaging
-from pipeline.config import BACKBONES
+from pipeline.core import lineage
+from pipeline.core.config import BACKBONES
+from pipeline.registry import packaging
 from tests.conftest import REPO, make_imagefolder, run_stages, write_params
 
 # The default image model. A backbone's runtime imports are the slow test's (a fresh venv
@@ -42,17 +43,17 @@ def spy(name, globals=None, locals=None, fromlist=(), level=0):
     return real_import(name, globals, locals, fromlist, level)
 
 builtins.__import__ = spy
-import pipeline.pyfunc_model
+import pipeline.registry.pyfunc_model
 imports = {"module": record}
 record = None  # building the test models is not what serving runs
 
 import dataclasses
 import numpy as np, pandas as pd
 from mlflow.pyfunc import PythonModelContext
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.dataset import DatasetMeta, ImageSpec
-from pipeline.models import CONFIG_FILE, WEIGHTS_FILE, build_model, save_model
-from pipeline.serving import RawInputClassifier
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.data.dataset import DatasetMeta, ImageSpec
+from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, build_model, save_model
+from pipeline.registry.serving import RawInputClassifier
 
 meta = DatasetMeta("imagefolder", str(work), ("cat", "dog"), image=ImageSpec(32, 1, (0.3,), (0.2,)))
 (work / "meta.json").write_text(json.dumps(meta.to_json()))
@@ -120,9 +121,10 @@ def test_shipped_code_is_exactly_what_the_pyfunc_loads(standalone: dict) -> None
     copied = sorted(p.relative_to(code.parent).with_suffix("").as_posix().replace("/", ".")
                     .removesuffix(".__init__") for p in code.rglob("*.py"))
     assert copied == shipped
-    assert {"pipeline", "pipeline.cpu", "pipeline.pyfunc_model", "pipeline.serving",
-            "pipeline.backbones"} <= set(shipped)
-    assert not {"pipeline.tracking", "pipeline.registry", "pipeline.tune"} & set(shipped)
+    assert {"pipeline", "pipeline.core.cpu", "pipeline.registry.pyfunc_model",
+            "pipeline.registry.serving", "pipeline.models.backbones"} <= set(shipped)
+    assert not {"pipeline.tracking.runs", "pipeline.registry.register", "pipeline.tuning.tune",
+                "pipeline.training.engine", "sklearn"} & set(shipped)
 
 
 def test_shipped_code_predicts_standalone(standalone: dict) -> None:
@@ -219,12 +221,12 @@ def test_this_environment_is_the_locked_one() -> None:
 
 def project_predictions(model_uri: str, files: list[Path], out: Path
                         ) -> tuple[list[tuple[float, str]], list[tuple[str, str]]]:
-    """`pipeline.predict` in this process: its answers in float64 (the pyfunc on the frame it
+    """`pipeline.cli.predict` in this process: its answers in float64 (the pyfunc on the frame it
     builds), and the CSV it writes (9 decimals), as (probability, label) per file."""
     import mlflow
 
-    from pipeline import predict as predict_cli
-    from pipeline.batch import image_frame
+    from pipeline.cli import predict as predict_cli
+    from pipeline.registry.batch import image_frame
 
     predict_cli.main(["--model", model_uri, "--input", *map(str, files), "--output", str(out)])
     with out.open() as f:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import tune_worker
-from pipeline.config import SEED_MAX, load_params
-from pipeline.errors import ConfigError, StoreError
-from pipeline.services import check_database, mask
+from pipeline.cli import tune_worker
+from pipeline.core.config import SEED_MAX, load_params
+from pipeline.core.errors import ConfigError, StoreError
+from pipeline.core.services import check_database, mask
 from pipeline.stages import validate
 from tests.conftest import PG_ADMIN, REPO
 
@@ -180,16 +180,17 @@ def test_errors_logs_and_study_tags_hold_no_password(
         tune_worker.main(["--params", str(write(tmp_path, "seed: 1\n"))])
     out = capsys.readouterr()
     assert SECRET not in out.err + out.out and "password=***" in out.err
-    from pipeline.locks import lock_for
+    from pipeline.core.locks import lock_for
 
     with caplog.at_level(logging.WARNING):
         lock_for("mysql://h/db?user=u&password=hunter2", "x")
     assert "password=***" in caplog.text and SECRET not in caplog.text
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking, tune
-    from pipeline.config import Params
-    from pipeline.tags import Tag
+    from pipeline.core.config import Params
+    from pipeline.core.tags import Tag
+    from pipeline.tracking import runs as tracking
+    from pipeline.tuning import tune
 
     tracking.configure()
     storage = PG_ADMIN + ("&" if "?" in PG_ADMIN else "?") + "password=hunter2"  # trust auth

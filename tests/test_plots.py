@@ -11,8 +11,8 @@ import optuna
 import pytest
 from matplotlib.figure import Figure
 
-from pipeline.metrics import MIN_BIN_COUNT, binary_metrics, calibration_bins, curves
-from pipeline.plots import (
+from pipeline.evaluation.metrics import MIN_BIN_COUNT, binary_metrics, calibration_bins, curves
+from pipeline.evaluation.plots import (
     calibration_figure,
     confusion_figure,
     contrast_ratio,

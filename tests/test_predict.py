@@ -14,7 +14,7 @@ HEAVY = ("mlflow", "torch", "pandas", "sklearn")
                                   ["--input", "no/such/folder", "--output", "x.csv"]])
 def test_help_and_argument_errors_import_nothing_heavy(argv: list[str], tmp_path) -> None:
     # Imports, not seconds: a timing threshold would pass or fail with the machine's load.
-    code = ("import sys\nfrom pipeline import predict\ntry:\n"
+    code = ("import sys\nfrom pipeline.cli import predict\ntry:\n"
             f"    predict.main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
             f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
@@ -27,8 +27,8 @@ def test_help_and_argument_errors_import_nothing_heavy(argv: list[str], tmp_path
 
 
 def test_default_model_is_the_champion_of_the_name_register_resolves(tmp_path) -> None:
-    from pipeline.errors import DataError
-    from pipeline.predict import default_model_uri
+    from pipeline.cli.predict import default_model_uri
+    from pipeline.core.errors import DataError
 
     params = tmp_path / "params.yaml"
     assert default_model_uri(str(tmp_path / "none.yaml")) == "models:/digits-odd@champion"
@@ -50,8 +50,8 @@ def test_default_model_is_the_champion_of_the_name_register_resolves(tmp_path) -
 def test_a_corrupt_or_old_meta_json_is_one_line_naming_the_file(
         tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         text: str) -> None:
-    from pipeline import predict
-    from pipeline.errors import DataError
+    from pipeline.cli import predict
+    from pipeline.core.errors import DataError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("data: {path: data/raw/loans.csv, positive_class: "

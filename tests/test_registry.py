@@ -20,13 +20,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import predict as predict_cli
-from pipeline.config import RegisterConfig
-from pipeline.contract import Contract
-from pipeline.gate import decide, download, score
-from pipeline.registry import audit_trail
+from pipeline.cli import predict as predict_cli
+from pipeline.core.config import RegisterConfig
+from pipeline.core.tags import Tag
+from pipeline.registry.contract import Contract
+from pipeline.registry.gate import decide, download, score
+from pipeline.registry.register import audit_trail
 from pipeline.stages import register
-from pipeline.tags import Tag
 from tests.conftest import (
     REPO,
     invoke_images,

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.locks import DatabaseLock, team_lock
-from pipeline.metrics import direction
-from pipeline.registry import earlier_decision
-from pipeline.tags import Tag
+from pipeline.core.locks import DatabaseLock, team_lock
+from pipeline.core.tags import Tag
+from pipeline.evaluation.metrics import direction
+from pipeline.registry.register import earlier_decision
 from tests.conftest import REPO, TeamServer, make_csv, module_store, stage_paths, write_params
 
 # Four trainings, then four register processes per test: ~40-60 s each on 2 cores.
@@ -73,7 +73,7 @@ def launch(spec_file: str) -> None:
     own database connections, locks, working folders and temp folders, like separate hosts.
     """
     spec = json.loads(Path(spec_file).read_text())
-    from pipeline import registry
+    from pipeline.registry import register as registry
     from pipeline.stages import register
 
     if spec["unlocked"]:  # only for showing that the race is real: the gate without its lock

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import report
-from pipeline.report_compare import (
+from pipeline.report import cli as report
+from pipeline.report.compare import (
     BEST_PARAMS,
     LOCK,
     METRICS,
@@ -22,7 +22,7 @@ from pipeline.report_compare import (
     build_report,
     lock_hashes,
 )
-from pipeline.report_render import Link, Report, Row, table_json
+from pipeline.report.render import Link, Report, Row, table_json
 from tests.conftest import TINY, merge
 from tests.test_dvc_pipeline import make_repo, sh
 
@@ -212,8 +212,8 @@ def test_values_trained_with_have_their_own_table() -> None:
 
 
 def test_a_tracking_server_gets_links_without_credentials() -> None:
-    # registration.json's shape (pipeline/registry.py): the registering run and its experiment,
-    # and an audit trail whose entries name runs too (a list: not rows of their own).
+    # registration.json's shape (pipeline/registry/register.py): the registering run and its
+    # experiment, and an audit trail whose entries name runs too (a list: not rows of their own).
     registration = {"run_id": "abc", "experiment_id": "7", "model_name": "m", "version": "3",
                     "audit": [{"version": "3", "run_id": "abc", "champion_before": None}]}
     old = {"run_id": "old", "model_name": "m", "version": "2"}  # written before experiment_id
@@ -232,7 +232,9 @@ def test_a_tracking_server_gets_links_without_credentials() -> None:
 
 def test_mlflow_facts_copied_into_the_report_match_their_source() -> None:
     # The report must not import mlflow, so it keeps copies of what these glue modules know.
-    from pipeline import report_runs, tracking, views
+    from pipeline.report import runs as report_runs
+    from pipeline.tracking import runs as tracking
+    from pipeline.tracking import views
 
     assert report_runs.DEFAULT_TRACKING_URI == tracking.DEFAULT_TRACKING_URI
     assert report_runs.LOCAL_UI == views.LOCAL_UI and report_runs.ML_MODE == views.ML_MODE
@@ -240,7 +242,7 @@ def test_mlflow_facts_copied_into_the_report_match_their_source() -> None:
 
 
 def test_the_report_runs_without_mlflow_torch_or_optuna() -> None:
-    code = ("import sys, pipeline.report; print(sorted({'mlflow', 'torch', 'optuna', "
+    code = ("import sys, pipeline.report.cli; print(sorted({'mlflow', 'torch', 'optuna', "
             "'pipeline.stages._common'} & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[1])

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.errors import ConfigError, DataError
-from pipeline.images import decode_image
-from pipeline.model_inputs import Budget, BudgetError, image_rows, pixel_values, request_budget
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.data.images import decode_image
+from pipeline.data.model_inputs import Budget, BudgetError, image_rows, pixel_values, request_budget
 
 GRAY = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
 
@@ -102,10 +102,10 @@ def classifier(tmp_path_factory: pytest.TempPathFactory):
     import mlflow.pyfunc.scoring_server  # noqa: F401  # what marks the process as serving
     from mlflow.pyfunc import PythonModelContext
 
-    from pipeline.config import ModelConfig, TrainConfig
-    from pipeline.dataset import DatasetMeta, ImageSpec
-    from pipeline.models import CONFIG_FILE, WEIGHTS_FILE, build_model, save_model
-    from pipeline.serving import RawInputClassifier
+    from pipeline.core.config import ModelConfig, TrainConfig
+    from pipeline.data.dataset import DatasetMeta, ImageSpec
+    from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, build_model, save_model
+    from pipeline.registry.serving import RawInputClassifier
 
     work = tmp_path_factory.mktemp("pyfunc")
     meta = DatasetMeta("imagefolder", str(work), ("cat", "dog"),
@@ -128,7 +128,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory):
 
 
 def refusal(model, frame: pd.DataFrame):
-    from pipeline.serving import RequestError
+    from pipeline.registry.serving import RequestError
 
     with pytest.raises(RequestError) as info:
         model.predict(None, frame)
@@ -152,7 +152,7 @@ def test_served_pyfunc_answers_one_line_with_the_right_status(classifier) -> Non
 
 
 def test_unexpected_failure_is_a_500_without_traceback(classifier, monkeypatch) -> None:
-    from pipeline import serving
+    from pipeline.registry import serving
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import fingerprints
-from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import preprocess
-from pipeline.dataset import DatasetMeta, load_splits
-from pipeline.errors import DataError
-from pipeline.tables import MAX_CATEGORIES, transform_table
+from pipeline.core import fingerprints
+from pipeline.core.config import DataConfig, SplitConfig
+from pipeline.core.errors import DataError
+from pipeline.data.dataset import DatasetMeta, load_splits
+from pipeline.data.sources import preprocess
+from pipeline.data.tables import MAX_CATEGORIES, transform_table
 
 N = 40
 
@@ -203,8 +203,8 @@ def test_meta_without_the_new_table_fields_still_reads() -> None:
 
 
 def test_serving_and_batch_read_the_training_csv_as_preprocess_did(tmp_path: Path) -> None:
-    from pipeline.batch import table_frame
-    from pipeline.serving import contract, frame_to_features, raw_inputs
+    from pipeline.registry.batch import table_frame
+    from pipeline.registry.serving import contract, frame_to_features, raw_inputs
 
     frame = base().assign(id=[f"r{i}" for i in range(N)])
     path = tmp_path / "t.csv"
@@ -219,7 +219,7 @@ def test_serving_and_batch_read_the_training_csv_as_preprocess_did(tmp_path: Pat
 
 
 def test_saved_index_of_concatenated_frames_is_dropped() -> None:
-    from pipeline.tables import row_identifier
+    from pipeline.data.tables import row_identifier
 
     index = pd.Series(list(range(30)) + list(range(30)), name="Unnamed: 0")
     assert "saved row index" in row_identifier(index)
@@ -238,8 +238,8 @@ def test_leading_zero_is_never_digit_grouping(tmp_path: Path, text: str, kw: dic
 
 
 def test_semicolon_dot_grouping_is_decided_once_and_applied_by_batch(tmp_path: Path) -> None:
-    from pipeline.batch import table_frame
-    from pipeline.serving import contract
+    from pipeline.registry.batch import table_frame
+    from pipeline.registry.serving import contract
 
     dots = "x;label\n" + "1.500;spam\n2.000;ham\n" * 10
     with pytest.raises(DataError, match=r"column 'x' row 0 holds '1.500': '.' may group"):
@@ -277,8 +277,8 @@ def test_shuffled_ranks_and_years_are_features_blank_ids_are_not(tmp_path: Path)
 
 
 def test_batch_reads_markers_and_text_columns_as_training_did(tmp_path: Path) -> None:
-    from pipeline.batch import table_frame
-    from pipeline.serving import contract
+    from pipeline.registry.batch import table_frame
+    from pipeline.registry.serving import contract
 
     frame = base().assign(code=["1", "2"] * (N // 2), id=[f"r{i}" for i in range(N)])
     _, meta, _ = prep(write(tmp_path, frame.assign(code=["a", "b"] * (N // 2))))
@@ -292,8 +292,8 @@ def test_batch_reads_markers_and_text_columns_as_training_did(tmp_path: Path) ->
 def test_input_refused_by_the_model_names_the_input(tmp_path: Path, monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from pipeline import batch
-    from pipeline.serving import RequestError
+    from pipeline.registry import batch
+    from pipeline.registry.serving import RequestError
 
     def refuse(rows: pd.DataFrame) -> None:
         raise RequestError("model input row 0: bad value")

@@ -100,7 +100,7 @@ def test_teammates_share_results_experiments_and_the_registry(
 
     # B serves the champion from the server's registry: the CLI's probabilities.
     files = sorted((b / "data" / "raw" / "digits" / "odd").glob("*.png"))[:3]
-    run(b, env, sys.executable, "-m", "pipeline.predict", "--input", *map(str, files),
+    run(b, env, sys.executable, "-m", "pipeline.cli.predict", "--input", *map(str, files),
         "--output", str(tmp_path / "cli.csv"))
     cli = pd.read_csv(tmp_path / "cli.csv")["probability"].tolist()
     assert serve_and_predict(b, env, files) == pytest.approx(cli, abs=1e-6)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import PipelineError, StoreError
-from pipeline.services import check_server, mask
-from pipeline.team import start_server
+from pipeline.cli.team import start_server
+from pipeline.core.errors import PipelineError, StoreError
+from pipeline.core.services import check_server, mask
 from tests.conftest import PG_ADMIN, TeamServer, csv_checkout, team_server
 
 pytestmark = pytest.mark.slow

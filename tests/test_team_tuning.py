@@ -119,7 +119,7 @@ def test_two_hosts_one_study_and_a_killed_worker_is_retried(tmp_path: Path,
     env = host_env(shared_server)
     stage = on_host(host_a, "host-a", "pipeline.stages.tune",
                     [*STAGE_ARGS, "--out", "models/best_params.json"], env)
-    worker_b = on_host(host_b, "host-b", "pipeline.tune_worker", STAGE_ARGS, env)
+    worker_b = on_host(host_b, "host-b", "pipeline.cli.tune_worker", STAGE_ARGS, env)
     # Once host B has finished a trial, kill it mid-way through its next one. B is frozen
     # while the study is read, so the trial cannot finish between the look and the kill.
     victim = wait_for(lambda: frozen_look(worker_b, lambda: b_mid_trial(

@@ -15,11 +15,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.dataset import load_splits
-from pipeline.engine import predict_proba
-from pipeline.feed import as_inputs
-from pipeline.metrics import choose_threshold
-from pipeline.models import load_model
+from pipeline.data.dataset import load_splits
+from pipeline.evaluation.metrics import choose_threshold
+from pipeline.models.feed import as_inputs
+from pipeline.models.inference import predict_proba
+from pipeline.models.networks import load_model
 from pipeline.stages import train
 from tests.conftest import make_imagefolder, module_store, run_stages, write_params
 
@@ -129,7 +129,7 @@ def test_csv_pipeline_and_tuned_params_applied(tmp_path: Path, table_csv: Path,
     params = write_params(tmp_path / "params.yaml", {"data": {
         "source": "csv", "path": str(table_csv), "target": "label", "positive_class": "spam",
         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, "model": {"type": "logreg"}})
-    caplog.set_level(logging.INFO, logger="pipeline.training")
+    caplog.set_level(logging.INFO, logger="pipeline.training.fit")
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "best_params.json").write_text(json.dumps(
         {"params": {"train.lr": 0.0123, "train.batch_size": 8}}))
@@ -187,8 +187,8 @@ def test_unusable_tracking_store_is_one_line(tmp_path: Path, image_params: Path,
 
 def test_copied_store_does_not_write_into_the_original(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import tracking
-    from pipeline.errors import StoreError
+    from pipeline.core.errors import StoreError
+    from pipeline.tracking import runs as tracking
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -13,17 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import predict as predict_cli
-from pipeline.backbones import HEAD, load_checkpoint, read_checkpoint
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.dataset import Split
-from pipeline.engine import fit, seed_everything
-from pipeline.errors import ConfigError
-from pipeline.lineage import file_sha256
-from pipeline.models import build_model
+from pipeline.cli import predict as predict_cli
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.errors import ConfigError
+from pipeline.core.lineage import file_sha256
+from pipeline.data.dataset import Split
+from pipeline.models.backbones import HEAD, load_checkpoint, read_checkpoint
+from pipeline.models.device import seed_everything
+from pipeline.models.networks import build_model
 from pipeline.stages import evaluate, register
 from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
+from pipeline.training.engine import fit
 from tests.conftest import (
     invoke_images,
     make_imagefolder,

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import load_params, parse_params
-from pipeline.errors import ConfigError
+from pipeline.core.config import load_params, parse_params
+from pipeline.core.errors import ConfigError
 from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
 from tests.conftest import csv_checkout, make_csv, run_stages, stage_paths, write_params
@@ -95,7 +95,7 @@ def child_runs(client: MlflowClient) -> list:
 
 def test_pruned_trials_show_in_mlflow_and_best_params_flow(
         tune_env: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.views")
+    caplog.set_level(logging.INFO, logger="pipeline.tracking.views")
     params = csv_tune_params(tune_env, n_trials=8)
     source = str(tune_env / "table.csv")  # the user's data.path names a CSV source
     run_stages(params, tune_env, upto="augment")
@@ -159,9 +159,9 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(
 def test_a_pruned_trial_is_named_after_the_steps_it_counts(
         tmp_path: Path, mlflow_uri: str, folds: int, unit: str) -> None:
     """Cross-validating trials report folds, others epochs: the run's name and tags say which."""
-    from pipeline import tracking
-    from pipeline.dataset import load_splits
-    from pipeline.objective import TuneJob, run_trial
+    from pipeline.data.dataset import load_splits
+    from pipeline.tracking import runs as tracking
+    from pipeline.tuning.objective import TuneJob, run_trial
 
     root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 60, {
         "train": {"epochs": 3}, "tune": {"enabled": True, "pruner": "median"}})
@@ -402,16 +402,16 @@ def test_trials_train_exactly_like_the_train_stage(tune_env: Path, imagefolder: 
                                     pytest.param("hyperband", marks=pytest.mark.slow)])
 def test_reporting_only_the_epochs_the_pruner_reads_changes_no_decision(
         tune_env: Path, pruner: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.objective
+    import pipeline.tuning.objective
 
-    assert pipeline.objective.report_epochs(pruner, 20) == {2, 6, 18}
+    assert pipeline.tuning.objective.report_epochs(pruner, 20) == {2, 6, 18}
     params = csv_tune_params(tune_env, n_trials=10, pruner=pruner)
     run_stages(params, tune_env, upto="augment")
     outcomes = []
-    for journal, steps in (("sparse.journal", pipeline.objective.report_epochs),
+    for journal, steps in (("sparse.journal", pipeline.tuning.objective.report_epochs),
                            ("dense.journal", lambda name, epochs: None)):
         monkeypatch.setenv("OPTUNA_STORAGE", str(tune_env / journal))
-        monkeypatch.setattr(pipeline.objective, "report_epochs", steps)
+        monkeypatch.setattr(pipeline.tuning.objective, "report_epochs", steps)
         tune_stage.main(tune_args(params, tune_env, f"{journal}.json"))
         study = load_study(tune_env, journal)
         outcomes.append([(t.state, t.params, t.value, t.user_attrs["epochs_run"],
@@ -425,7 +425,8 @@ def test_reporting_only_the_epochs_the_pruner_reads_changes_no_decision(
 
 def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow_uri: str
                                                                           ) -> None:
-    from pipeline import tracking, trial_runs
+    from pipeline.tracking import runs as tracking
+    from pipeline.tuning import trial_runs
 
     tracking.configure()
     exp = tracking.experiment_id("e")
@@ -451,7 +452,8 @@ def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow
 def test_sweep_ends_the_runs_of_trials_failed_by_anyone_once(mlflow_uri: str) -> None:
     # Optuna's own stale-trial check (at the start of another worker's trial) fails a dead
     # worker's trial without telling the pipeline: the next sweep still ends its run.
-    from pipeline import tracking, trial_runs
+    from pipeline.tracking import runs as tracking
+    from pipeline.tuning import trial_runs
 
     tracking.configure()
     exp = tracking.experiment_id("e")
@@ -476,7 +478,7 @@ def test_two_workers_best_trial_score_is_what_train_reproduces(
     """Two workers train each trial on num_threads // 2 threads; train uses that count too
     (best_params.json says it), so it reproduces the best trial's score exactly."""
     tmp_path = tune_env
-    caplog.set_level(logging.INFO, logger="pipeline.training")
+    caplog.set_level(logging.INFO, logger="pipeline.training.fit")
     params = write_params(tmp_path / "params.yaml", {
         "data": tiny_images(imagefolder),
         "model": {"type": "cnn"}, "train": {"epochs": 3, "num_threads": 2},

@@ -16,9 +16,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.errors import StoreError
+from pipeline.core.errors import StoreError
 from pipeline.stages import tune as tune_stage
-from pipeline.study import SuccessiveHalving, make_storage
+from pipeline.tuning.study import SuccessiveHalving, make_storage
 from tests.conftest import REPO, run_stages
 from tests.test_tune import csv_tune_params, load_study, tune_args, tune_env  # noqa: F401
 
@@ -51,9 +51,9 @@ def test_torn_last_record_is_dropped_with_a_warning_and_the_study_goes_on(
     path.write_bytes(torn)
     kept = whole[:whole.rstrip(b"\n").rfind(b"\n") + 1] if tear == "truncated mid-line" \
         else whole
-    caplog.set_level(logging.WARNING, logger="pipeline.journal")
+    caplog.set_level(logging.WARNING, logger="pipeline.tuning.journal")
     study = quick_study(path, 2)  # before the fix: JSONDecodeError, and the line merged
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.journal"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.tuning.journal"]
     assert str(path) in warning and f"({len(torn) - len(kept)} bytes" in warning
     assert path.read_bytes().startswith(kept)
     assert len(records(path)) > len(kept.splitlines())  # appended after a clean cut
@@ -120,7 +120,7 @@ STOP_EPOCH = 3
 
 STOPPER = """
 import os, signal, sys
-from pipeline import objective
+from pipeline.tuning import objective
 from pipeline.stages import tune
 
 epoch_end = objective.ReportToOptuna.on_epoch_end
@@ -246,7 +246,7 @@ def test_ctrl_c_stops_parallel_workers_with_one_line_and_nothing_running(
 def test_a_requeued_trial_starts_afresh_at_the_pruners_first_rung() -> None:
     # Optuna's RetryHeartbeatStaleTrialCallback copies the failed trial's system attributes,
     # its rung scores included: the retry was judged from a later rung than the original.
-    from pipeline.study import MAX_RETRY, requeue
+    from pipeline.tuning.study import MAX_RETRY, requeue
 
     study = optuna.create_study(pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1))
     trial = study.ask()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.lineage import pipeline_run_name
+from pipeline.core.lineage import pipeline_run_name
 from pipeline.stages import evaluate, train
-from pipeline.views import COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX, run_link
+from pipeline.tracking.views import COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX, run_link
 from tests.conftest import make_imagefolder, module_store, run_stages, write_params
 
 USER_NOTE = "Our team's notes about this experiment."

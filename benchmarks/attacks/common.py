@@ -133,7 +133,7 @@ def predict_csv(content: bytes | None) -> Callable[[Path], list[str]]:
     def setup(root: Path) -> list[str]:
         if content is not None:
             (root / "in.csv").write_bytes(content)
-        return ["-m", "pipeline.predict", "--model", "models:/none@champion", "--input",
+        return ["-m", "pipeline.cli.predict", "--model", "models:/none@champion", "--input",
                 str(root / "in.csv"), "--output", str(root / "out")]
     return setup
 

@@ -17,14 +17,14 @@ SECRET = "hunter2"
 def tune_worker(body: str) -> Callable[[Path], list[str]]:
     """The remote tuning worker on these params (it validates before touching any service)."""
     def setup(root: Path) -> list[str]:
-        return ["-m", "pipeline.tune_worker", "--params", str(params(root, body))]
+        return ["-m", "pipeline.cli.tune_worker", "--params", str(params(root, body))]
     return setup
 
 
 def team(database: str) -> Callable[[Path], list[str]]:
     """The team server's launcher on an admin database URL (nothing listens on port 1)."""
     def setup(root: Path) -> list[str]:
-        return ["-m", "pipeline.team", "--database", database, "--state-dir", str(root / "s")]
+        return ["-m", "pipeline.cli.team", "--database", database, "--state-dir", str(root / "s")]
     return setup
 
 

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from pipeline.config import Params, load_params
-from pipeline.errors import PipelineError
-from pipeline.files import disk_full_error, is_disk_full
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import disk_full_error, is_disk_full
 
 StageRun = Callable[[Params, argparse.Namespace], None]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.augment import write_augmented
-from pipeline.config import Params
-from pipeline.dataset import load_splits
+from pipeline.core.config import Params
+from pipeline.data.augment import write_augmented
+from pipeline.data.dataset import load_splits
 from pipeline.stages._common import stage_main
 
 PATHS = {"data_dir": "data/processed", "out": "data/augmented"}

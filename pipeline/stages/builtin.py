@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import Params
-from pipeline.data import write_builtins
+from pipeline.core.config import Params
+from pipeline.data.sources import write_builtins
 from pipeline.stages._common import stage_main
 
 PATHS = {"out_dir": "data/raw"}

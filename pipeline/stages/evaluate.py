@@ -6,16 +6,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import records, tracking
-from pipeline.config import Params
-from pipeline.crossval import read_threshold_basis
-from pipeline.dataset import load_splits
-from pipeline.engine import model_precision, predict_proba, seed_everything, select_device
-from pipeline.evaluation import evaluate, write_reports
-from pipeline.files import atomic_update, read_json
-from pipeline.models import WEIGHTS_FILE, load_model
+from pipeline.core.config import Params
+from pipeline.core.files import atomic_update, read_json
+from pipeline.core.tags import Tag
+from pipeline.data.dataset import load_splits
+from pipeline.evaluation.evaluate import evaluate, read_threshold_basis, write_reports
+from pipeline.models.device import model_precision, seed_everything, select_device
+from pipeline.models.inference import predict_proba
+from pipeline.models.networks import WEIGHTS_FILE, load_model
 from pipeline.stages._common import stage_main
-from pipeline.tags import Tag
+from pipeline.tracking import records
+from pipeline.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 PATHS = {"data_dir": "data/processed", "model_dir": "models", "reports": "reports"}

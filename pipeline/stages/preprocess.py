@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import Params
-from pipeline.data import preprocess
+from pipeline.core.config import Params
+from pipeline.data.sources import preprocess
 from pipeline.stages._common import stage_main
 
 PATHS = {"out": "data/processed"}

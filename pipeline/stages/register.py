@@ -6,14 +6,15 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeline import registry, tracking
-from pipeline.config import Params
-from pipeline.dataset import load_splits
-from pipeline.files import read_json, write_json
-from pipeline.lineage import lineage_tags
-from pipeline.models import CONFIG_FILE, WEIGHTS_FILE, load_model
+from pipeline.core.config import Params
+from pipeline.core.files import read_json, write_json
+from pipeline.core.lineage import lineage_tags
+from pipeline.core.typed import flatten
+from pipeline.data.dataset import load_splits
+from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, load_model
+from pipeline.registry import register as registry
 from pipeline.stages._common import stage_main
-from pipeline.typed import flatten
+from pipeline.tracking import runs as tracking
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented", "model_dir": "models",
          "metrics": "reports/metrics.json", "out": "reports/registration.json"}

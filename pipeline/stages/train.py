@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import records, tracking, views
-from pipeline.config import Params
-from pipeline.crossval import fit_final
-from pipeline.dataset import load_splits
-from pipeline.engine import select_device
-from pipeline.files import atomic_update
-from pipeline.progress import EpochProgress
+from pipeline.core.config import Params
+from pipeline.core.files import atomic_update
+from pipeline.data.dataset import load_splits
+from pipeline.models.device import select_device
 from pipeline.stages._common import stage_main
-from pipeline.training import load_tuned, save_training
+from pipeline.tracking import records, views
+from pipeline.tracking import runs as tracking
+from pipeline.training.callbacks import EpochProgress
+from pipeline.training.final import fit_final, save_training
+from pipeline.training.fit import load_tuned
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
          "best_params": "models/best_params.json", "out": "models", "reports": "reports"}

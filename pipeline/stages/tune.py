@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import Params
-from pipeline.files import write_json
-from pipeline.interrupts import INTERRUPTED_EXIT, Interrupted
+from pipeline.core.config import Params
+from pipeline.core.files import write_json
+from pipeline.core.interrupts import INTERRUPTED_EXIT, Interrupted
 from pipeline.stages._common import stage_main
-from pipeline.study import storage_url
-from pipeline.tune import tune
+from pipeline.tuning.study import storage_url
+from pipeline.tuning.tune import tune
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
          "out": "models/best_params.json"}

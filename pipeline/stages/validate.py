@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
-from pipeline.errors import ConfigError
-from pipeline.files import write_json
+from pipeline.core.config import Params
+from pipeline.core.errors import ConfigError
+from pipeline.core.files import write_json
+from pipeline.core.yamlfile import read_yaml
 from pipeline.stages._common import stage_main
-from pipeline.yamlfile import read_yaml
 
 PATHS = {"dvc_yaml": "dvc.yaml", "out": "reports/params_check.json"}
 

@@ -1,0 +1,39 @@
+"""Positive-class probabilities from a network on stored inputs (what serving and evaluate run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.models.device import autocast, resolve_precision
+from pipeline.models.feed import Feed, as_inputs
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, feed: Feed) -> torch.Tensor:
+    """Logits in eval mode, in file order, batched to bound memory."""
+    model.eval()
+    out = [model(as_inputs(xb)).float() for xb, _ in feed.batches(predict_batch_size(feed))]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_batch_size(feed: Feed) -> int:
+    """Samples per inference batch: 2048, fewer for large inputs (activations grow with them)."""
+    # ~4M input values per batch: 2048 16x16 digits, 341 RGB images of 64 px (a CNN's first
+    # activations are then ~1 GB instead of 6 at 2048).
+    return max(1, min(2048, 2 ** 22 // max(1, feed.row_size)))
+
+
+def predict_proba(model: nn.Module, X: np.ndarray, device: torch.device | None = None,
+                  precision: str = "auto") -> np.ndarray:
+    """Positive-class probabilities (float64) for stored inputs (uint8 images or float32),
+    under the autocast the model's train.precision means on the model's device."""
+    device = device or next(model.parameters()).device
+    feed = Feed(X, None, device)
+    try:
+        with autocast(resolve_precision(precision, device, fitting=False), device):
+            logits = predict_logits(model, feed)
+    finally:
+        feed.close()
+    return torch.sigmoid(logits).cpu().double().numpy()

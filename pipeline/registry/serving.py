@@ -1,0 +1,250 @@
+"""The registered raw-input model: saved preprocessing + network + the chosen threshold."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    REQUEST_LIMIT_EXCEEDED,
+)
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+
+from pipeline.core.errors import DataError
+from pipeline.data.csvfiles import MISSING_MARKERS, is_numeric, read_csv
+from pipeline.data.dataset import DatasetMeta
+from pipeline.data.model_inputs import (
+    IMAGE_COLUMNS,
+    Budget,
+    BudgetError,
+    check_rows,
+    image_rows,
+    request_budget,
+)
+from pipeline.data.tables import check_numeric_column, transform_table
+from pipeline.models.device import model_precision
+from pipeline.models.inference import predict_proba
+from pipeline.models.networks import load_model
+
+log = logging.getLogger(__name__)
+SCORING_SERVER = "mlflow.pyfunc.scoring_server"  # imported only by the process serving us
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_FROM = 1 << 20  # bytes: buffers this big are mapped alone and unmapped when freed
+
+
+_ERROR_CODES = {400: INVALID_PARAMETER_VALUE, 413: REQUEST_LIMIT_EXCEEDED, 500: INTERNAL_ERROR}
+
+
+class RequestError(MlflowException):
+    """A request the model refuses: its HTTP status, and a message that is our one line."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self._line, self.status = message, status
+        super().__init__(message, error_code=_ERROR_CODES[status])
+
+    @property
+    def message(self) -> str:
+        """Our line. The scoring server prefixes a repr of the whole request (megabytes for
+        a big one, over several lines); what the client needs is which row and value."""
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass
+
+    def get_http_status_code(self) -> int:
+        """The status we chose: MLflow's error codes map to no 413 (429 is a rate limit)."""
+        return self.status
+
+
+def quiet_scoring_server() -> None:
+    """Keep server stack traces out of `mlflow models serve` error bodies; log them instead."""
+    # MLflow has no option for it (mlflow#16537): the 400 of a CSV/Parquet body it cannot
+    # parse, and of any exception from predict that is not an MlflowException, carries the
+    # server's traceback (file paths, code) as `stack_trace`. Every error body is
+    # MlflowException.serialize_as_json; wrapping that public method, in the serving process
+    # only (its app is built before our load returns: nothing else can be hooked), is the
+    # smallest change `mlflow models serve` keeps. Its private helper would be narrower.
+    if getattr(MlflowException.serialize_as_json, "quiet", False):
+        return
+    serialize = MlflowException.serialize_as_json
+
+    def without_traceback(self: MlflowException) -> str:
+        trace = self.json_kwargs.pop("stack_trace", None)
+        if trace:
+            log.warning("error answered without its traceback: %s\n%s", self.message, trace)
+        return serialize(self)
+
+    without_traceback.quiet = True  # type: ignore[attr-defined]
+    MlflowException.serialize_as_json = without_traceback  # type: ignore[method-assign]
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt, malloc_trim); None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # musl, macOS, Windows: their allocators are not tuned here
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def keep_memory_flat() -> None:
+    """Make freed request buffers go back to the OS in this (serving) process."""
+    # glibc raises its mmap threshold to each big buffer freed (up to 32 MB); after that,
+    # decoded images (Pillow allocates 16 MB blocks) land in per-thread arenas whose tops it
+    # keeps: +4 GB never returned after 50 big requests (benchmarks/serving_load.py). A
+    # fixed threshold maps big buffers alone, unmapped on free; ~1 syscall per buffer.
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_FROM)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_FROM)
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS after a request (glibc keeps them otherwise)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta,
+                      budget: Budget | None = None) -> np.ndarray:
+    """Raw rows (CSV columns, or image bytes/pixels) → model inputs with the saved preprocessing."""
+    check_rows(len(frame), budget)
+    if meta.table is not None:
+        return transform_table(frame, meta.table, where="model input")
+    assert meta.image is not None
+    extra = [str(c) for c in frame.columns if c not in IMAGE_COLUMNS]
+    if extra:
+        raise DataError(f"model input: unexpected columns {extra}; image models take "
+                        f"{list(IMAGE_COLUMNS)}")
+    return image_rows(frame, meta.image.size, meta.image.channels, budget)
+
+
+class RawInputClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc: raw rows → positive-class probability and predicted class name."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Rebuild the network from safetensors + JSON; nothing here unpickles a module."""
+        folder = Path(context.artifacts["weights"]).parent
+        config_path = Path(context.artifacts["model_config"])
+        if config_path.parent != folder:
+            raise DataError(f"{config_path}: expected beside {context.artifacts['weights']}")
+        self.model, self.config = load_model(folder)
+        self.precision = model_precision(self.config)  # as its threshold was chosen
+        self.meta = DatasetMeta.read(context.artifacts["meta"])
+        serving = json.loads(Path(context.artifacts["serving"]).read_text())
+        self.threshold = float(serving["threshold"])
+        self.classes = list(serving["classes"])
+        # Served (the scoring server imports itself before loading us): bound each request
+        # and keep tracebacks out of error bodies; in-process callers are not bounded.
+        self.served = SCORING_SERVER in sys.modules
+        self.budget = None
+        if self.served:
+            self.budget = request_budget()
+            quiet_scoring_server()
+            keep_memory_flat()
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Probabilities and labels for raw inputs (see README: 'Serving')."""
+        frame = pd.DataFrame(model_input)
+        try:
+            if len(frame.columns) == 0:
+                # MLflow drops columns the signature does not know before we see the rows.
+                raise DataError(f"model input has none of the columns this model reads "
+                                f"({', '.join(input_schema(self.meta).input_names())})")
+            X = frame_to_features(frame, self.meta, self.budget)
+            probs = predict_proba(self.model, X, precision=self.precision) if len(X) \
+                else np.zeros(0)
+        except DataError as err:
+            # A bad request (HTTP 400/413 when served) with our message, not a traceback.
+            raise RequestError(str(err), 413 if isinstance(err, BudgetError) else 400) from None
+        except Exception as err:
+            if not self.served:
+                raise
+            # The scoring server would send any other exception's stack trace (file paths,
+            # code) to the client: it stays in the server log, the client gets one line.
+            log.exception("predict failed on %d row(s)", len(frame))
+            raise RequestError(f"model failed on this input ({type(err).__name__}); the "
+                               "server log has the details", 500) from None
+        finally:
+            if self.served:
+                release_memory()
+        labels = [self.classes[int(p >= self.threshold)] for p in probs]
+        return pd.DataFrame({"probability": probs, "label": labels})
+
+
+def input_schema(meta: DatasetMeta) -> Schema:
+    """The raw-input signature: original CSV columns (all optional), or image bytes/pixels."""
+    if meta.image is not None:
+        # Any: integer 0-255 and float 0-1 pixel arrays are both accepted (pixels_to_array);
+        # a double array type would make MLflow refuse JSON integers.
+        return Schema([ColSpec(DataType.binary, "image", required=False),
+                       ColSpec(AnyType(), "pixels", required=False)])
+    assert meta.table is not None
+    types = {"bool": DataType.boolean, "string": DataType.string}
+    return Schema([ColSpec(types.get(meta.table.dtypes.get(c, "float"), DataType.double), c,
+                           required=False) for c in meta.table.columns])
+
+
+def signature(meta: DatasetMeta) -> ModelSignature:
+    """Input schema from the training metadata; output probability + label."""
+    return ModelSignature(inputs=input_schema(meta), outputs=Schema([
+        ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "label")]))
+
+
+def raw_inputs(meta: DatasetMeta, ids: list[str]) -> pd.DataFrame:
+    """The raw rows behind processed sample ids, typed as the signature wants them."""
+    source = Path(meta.path)
+    if meta.table is None:
+        return pd.DataFrame({"image": [(source / i).read_bytes() for i in ids]})
+    text = [c for c, kind in meta.table.dtypes.items() if kind == "string"]
+    frame = read_csv(source, sep=meta.table.sep, decimal=meta.table.decimal, text=text)
+    rows = frame.loc[[int(i) for i in ids]].drop(columns=[meta.table.target])
+    return conform_table(rows, meta.table.dtypes)
+
+
+def contract(meta: DatasetMeta, threshold: float) -> dict[str, Any]:
+    """What a caller needs to build inputs: kind, classes, image geometry or CSV columns."""
+    out: dict[str, Any] = {"kind": meta.kind, "classes": list(meta.classes),
+                           "threshold": threshold}
+    if meta.image is not None:
+        out["image"] = {"size": meta.image.size, "channels": meta.image.channels}
+    if meta.table is not None:
+        out["table"] = {"columns": list(meta.table.columns), "dtypes": meta.table.dtypes,
+                        "target": meta.table.target, "dropped": meta.table.dropped,
+                        "sep": meta.table.sep, "decimal": meta.table.decimal}
+    return out
+
+
+def conform_table(frame: pd.DataFrame, kinds: dict[str, str], where: str = "input"
+                  ) -> pd.DataFrame:
+    """Cast CSV columns to the signature's types (ints → float, categories → str) so MLflow
+    accepts them; missing markers ('?') are missing, other text in a numeric column is refused."""
+    out = frame.copy()
+    for col in out.columns:
+        if kinds.get(col) in ("float", "int"):
+            column = out[col]
+            if not is_numeric(column):
+                column = column.where(~column.astype("string").str.strip().isin(MISSING_MARKERS))
+            check_numeric_column(where, column, share=0.0)
+            out[col] = pd.to_numeric(column, errors="coerce").astype("float64")
+        elif kinds.get(col) == "string":
+            # An all-blank column reads as float64, which MLflow cannot cast to a string.
+            column = out[col].astype(object)
+            out[col] = column.where(column.isna(), column.astype(str)).where(column.notna(), None)
+    return out

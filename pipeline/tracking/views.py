@@ -1,0 +1,123 @@
+"""What the team sees in MLflow: the pipeline run's name and link, a saved runs-table view with
+the metrics that matter (and the tags that link a run to the run that trained its weights and
+name its data), and test metrics copied into a rerun whose weights DVC found unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.core.config import TuneConfig
+from pipeline.core.lineage import pipeline_run_name
+from pipeline.core.services import is_http, mask
+from pipeline.core.tags import Tag
+from pipeline.data.dataset import DatasetMeta
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.sqlite_store import sqlite_file
+
+log = logging.getLogger(__name__)
+
+# MLflow's UI (3.x) lists experiment tags with this prefix under "Views" and opens one with
+# `?viewStateShareKey=<key>`; its runs table otherwise shows no metric column by default.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "pipeline"
+# Without it a 3.x UI may open the experiment as a GenAI one (traces) instead of its runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Test metrics of pipeline runs (and the register gate's default), a trial's validation score.
+COLUMNS = ("test_roc_auc", "test_log_loss", "test_accuracy", "test_f1", "objective")
+# Every link into the UI carries it: without it MLflow 3 may open its GenAI pages (traces).
+ML_MODE = "workflowType=machine_learning"
+# Where `mlflow ui` serves by default.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def view_url(experiment_id: str) -> str:
+    """Path (after the server's address) that opens the runs table in the pipeline's view."""
+    return f"#/experiments/{experiment_id}/runs?{ML_MODE}&viewStateShareKey={VIEW_KEY}"
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """Path (after the server's address) of a run's page."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{ML_MODE}"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """Where to open a run: its page on the server, or how to serve this store and the page."""
+    uri, page = tracking.tracking_uri(), run_url(experiment_id, run_id)
+    if is_http(uri):
+        return f"{mask(uri).rstrip('/')}/{page}"
+    db = sqlite_file(uri)  # absolute: the command works from any folder
+    if db is None:  # a database URL: its password is masked here, so no runnable command
+        return f"{page} in an MLflow UI over {mask(uri)}"
+    return f"`mlflow ui --backend-store-uri sqlite:///{db.resolve()}`, then {LOCAL_UI}/{page}"
+
+
+def table_view(metric: str = TuneConfig.metric) -> dict:
+    """The runs-table state MLflow's UI saves for a view; a study parent shows best_val_metric."""
+    tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.STAGE, Tag.DATA_SOURCE, Tag.TRAINED_BY,
+                                    Tag.PRUNED_AT, Tag.PRUNED_STEP, Tag.TEST_METRICS_FROM)]
+    metrics = [*COLUMNS, f"best_val_{metric}"]
+    columns = [f"metrics.`{m}`" for m in metrics] + tags + [
+        "params.`model.type`", "params.`train.lr`"]
+    return {"selectedColumns": columns, "orderByKey": "attributes.start_time",
+            "orderByAsc": False}
+
+
+def share_table_view(experiment_id: str, metric: str) -> None:
+    """Save the pipeline's view in the experiment once (a teammate's edits to it are kept)."""
+    client = MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    now = int(time.time() * 1000)
+    if VIEW_TAG_PREFIX + VIEW_KEY not in tags:
+        envelope = {"name": "Pipeline: test metrics", "createdAt": now, "updatedAt": now,
+                    "state": json.dumps(table_view(metric))}
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(envelope))
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
+    if "mlflow.note.content" not in tags:  # never overwrite a description someone wrote
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", (
+            "Runs of the DVC pipeline, each named after its `dvc exp run` experiment (tag "
+            f"`{Tag.DVC_EXP}`) or `repro@<commit>`; Optuna trials nest under their study's "
+            f"run. Test metrics as columns: **Views → Pipeline: test metrics**, or "
+            f"[open that view]({view_url(experiment_id)})."))
+
+
+@contextlib.contextmanager
+def pipeline_run(experiment: str, stage: str, meta: DatasetMeta, metric: str) -> Iterator[str]:
+    """Start the pipeline's run, named and tagged after its experiment and data; log its link."""
+    tags = {**tracking.run_tags(stage), Tag.DATA_SOURCE: tracking.data_source(meta)}
+    with tracking.start_run(experiment, run_name=pipeline_run_name(), tags=tags) as run_id:
+        info = mlflow.active_run().info
+        share_table_view(info.experiment_id, metric)
+        log.info("%s: MLflow run %s (%s): %s", stage, info.run_name, run_id,
+                 run_link(info.experiment_id, run_id))
+        yield run_id
+
+
+def adopt_test_metrics(run_id: str, experiment_id: str, model_sha: str,
+                       processed: str) -> str | None:
+    """Copy test metrics from the latest earlier run of the same weights and test data."""
+    # DVC skips evaluate when train reproduces its weights byte for byte (a tuned key changed,
+    # a rerun): without this the new run, the one named after the experiment, would have none.
+    client = MlflowClient()
+    query = (f"tags.`{Tag.MODEL_SHA}` = '{model_sha}' and "
+             f"tags.`{Tag.PROCESSED}` = '{processed}'")
+    for earlier in client.search_runs([experiment_id], query, max_results=50,
+                                      order_by=["attributes.start_time DESC"]):
+        test = {k: v for k, v in earlier.data.metrics.items() if k.startswith("test_")}
+        if earlier.info.run_id == run_id or not test:
+            continue
+        tracking.log_metrics(test, run_id)
+        source = earlier.data.tags.get(Tag.TEST_METRICS_FROM, earlier.info.run_id)
+        tracking.log_tags({Tag.TEST_METRICS_FROM: source,
+                           Tag.THRESHOLD_RULE: earlier.data.tags.get(Tag.THRESHOLD_RULE, "")},
+                          run_id)
+        return source
+    return None

@@ -1,0 +1,107 @@
+"""The train stage's model and its files: one fit with early stopping, or cross-validation and
+a refit; weights, model config, training reports and the predictions the threshold is chosen on."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core.config import AugmentConfig, ModelConfig, Params, TrainConfig
+from pipeline.core.files import write_json
+from pipeline.core.lineage import file_sha256
+from pipeline.data.dataset import DatasetMeta, Split
+from pipeline.evaluation.evaluate import write_threshold_basis
+from pipeline.models.backbones import input_norm
+from pipeline.models.inference import predict_proba
+from pipeline.models.networks import WEIGHTS_FILE, save_model
+from pipeline.training.callbacks import Callback, FitResult
+from pipeline.training.crossval import CrossFit, cross_fit, folds_for, make_pool, refit
+from pipeline.training.fit import fit_model, trained_with
+
+
+@dataclass
+class Final:
+    """The model to save and the predictions its decision threshold is chosen on: the
+    validation split's (fold -1), or out-of-fold ones over train + val after a refit."""
+
+    result: FitResult
+    ids: list[str]
+    y: np.ndarray
+    p: np.ndarray
+    fold: np.ndarray
+    cv: CrossFit | None = None
+
+    def folds(self) -> tuple[list[float], list[int]]:
+        """Per-fold best validation scores and epochs (none without folds)."""
+        return (self.cv.scores, self.cv.best_epochs) if self.cv is not None else ([], [])
+
+    def summary(self) -> dict[str, float | int]:
+        """What train_metrics.json adds: fold count; with folds, mean score and refit epochs."""
+        if self.cv is None:
+            return {"cv_folds": 0}
+        monitor = self.result.monitor
+        return {"cv_folds": len(self.cv.scores), f"best_val_{monitor}": self.cv.score,
+                "refit_epochs": self.cv.epochs}
+
+
+def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
+              train: Split, val: Split, meta: DatasetMeta, *, seed: int, device: torch.device,
+              monitor: str, callbacks: Sequence[Callback] = ()) -> Final:
+    """The train stage's model: fit on train with early stopping on val's `monitor` (the
+    metric the trials were scored on), or (train.cv_folds) cross-validate over train + val
+    and refit on all of it for the folds' median epochs."""
+    k = folds_for(train_cfg.cv_folds, train, val)
+    if not k:
+        result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
+                           device=device, monitor=monitor, callbacks=callbacks)
+        return Final(result, list(val.ids), val.y,
+                     predict_proba(result.model, val.X, precision=train_cfg.precision),
+                     np.full(len(val.y), -1))
+    pool = make_pool(train, val, k, seed)
+    cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
+                   monitor=monitor)
+    result = refit(model_cfg, train_cfg, augment, pool, meta, cv, seed=seed, device=device,
+                   monitor=monitor, callbacks=callbacks)
+    keep = pool.originals
+    return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
+                 pool.folds, cv)
+
+
+def history_rows(result: FitResult) -> list[dict[str, float]]:
+    """Per-epoch curves without wall-clock fields, so the DVC output is reproducible."""
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in result.history]
+
+
+def save_training(final: Final, out: str | Path, reports: str | Path,
+                  model_cfg: ModelConfig, train_cfg: TrainConfig, params: Params,
+                  meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
+    """Write the weights, model config, training reports and the threshold's predictions."""
+    result, seed = final.result, params.seed
+    mean, std = input_norm(model_cfg, meta.norm)
+    config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+              "seed": seed, "input_shape": list(meta.input_shape),
+              "norm": {"mean": list(mean), "std": list(std)}, "classes": list(meta.classes),
+              "kind": meta.kind, "best_epoch": result.best_epoch, "cv_folds": result.cv_folds,
+              "tuned": tuned,
+              "precision": result.precision}  # train.precision resolved on the fit's device
+    if model_cfg.weights is not None:  # which checkpoint bytes the model started from
+        config["weights_sha256"] = file_sha256(model_cfg.weights)
+    save_model(result.model, out, config)
+    history = history_rows(result)
+    write_json(Path(reports) / "train_metrics.json", {
+        "best_epoch": result.best_epoch, "epochs_run": len(history),
+        f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early,
+        **final.summary(),
+        # `dvc exp show` columns trained.train.lr etc. beside the params column train.lr: the
+        # tuned values are what the model learned with, not params.yaml's.
+        "trained": trained_with(params, train_cfg, model_cfg, tuned, result)})
+    write_json(Path(reports) / "train_history.json", history)
+    write_threshold_basis(Path(reports) / "threshold_predictions.csv", final.ids, final.y, final.p,
+                          final.fold)
+    return Path(out) / WEIGHTS_FILE
