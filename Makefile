@@ -30,10 +30,11 @@ test: setup
 	$(BIN)/ruff check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
-# Edit-run loop: everything but the end-to-end DVC and serving tests (CI runs `make test`).
+# Edit-run loop: everything but the end-to-end DVC and serving tests and the tests that need
+# PostgreSQL (a laptop has none; CI runs them all with `make test`).
 test-fast: setup
 	$(BIN)/ruff check .
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow and not services"
 
 # `dvc exp show` trimmed to what matters (all ~130 columns: plain `dvc exp show`): test metrics,
 # the validation score, key params beside the values train really used (trained.*: tuned ones

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _results import write_result
 from attacks.common import Case, run_case
 
 
@@ -41,13 +43,18 @@ def main() -> None:
     args = parser.parse_args()
     cases = [(a, c) for a, c in all_cases() if args.k in a or args.k in c.name]
     print("| area | case | result | exit code: message |\n|---|---|---|---|")
-    failed = 0
+    verdicts = []
     for area, case in cases:
         ok, what = run_case(case)
-        failed += not ok
+        verdicts.append({"area": area, "case": case.name, "ok": ok, "what": what})
         print(f"| {area} | {case.name} | {'ok' if ok else 'FAIL'} | "
               f"{what.replace('|', '/')} |", flush=True)
+    failed = sum(not v["ok"] for v in verdicts)
     print(f"\n{len(cases) - failed}/{len(cases)} cases hold")
+    # A -k run gets its own file: a subset must not replace the full list's record.
+    area = f"_{re.sub(r'[^A-Za-z0-9]+', '-', args.k)}" if args.k else ""
+    write_result(f"attack{area}", {"k": args.k, "cases": len(cases),
+                                   "hold": len(cases) - failed, "verdicts": verdicts})
     raise SystemExit(1 if failed else 0)
 
 

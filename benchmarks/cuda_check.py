@@ -17,6 +17,9 @@ MLflow, Optuna or DVC), so it runs on the GPU image as is::
 
     PYTHONPATH=. python3 benchmarks/cuda_check.py --out /tmp/cuda_check.json
 
+Writes benchmarks/results/cuda_check_<device>.json (e.g. cuda_check_nvidia-h200.json) with the
+commit and the machine (benchmarks/_results.py); --out also writes the bare figures elsewhere.
+
 On a machine without CUDA it runs on the CPU (useful to try the script; the figures then mean
 little).
 """
@@ -27,12 +30,14 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_result
 
 from pipeline.core.config import Params
 from pipeline.data.dataset import DatasetMeta, ImageSpec, Split, load_splits
@@ -158,6 +163,9 @@ def main() -> None:
     report["wall_seconds"] = time.perf_counter() - tick
     text = json.dumps(report, indent=2)
     print(text)
+    device_name = report["gpu"] or str(device)
+    write_result(f"cuda_check_{re.sub(r'[^a-z0-9]+', '-', device_name.lower()).strip('-')}",
+                 report)
     if args.out:
         args.out.write_text(text + "\n")
 

@@ -20,7 +20,7 @@ included, and no validation (so the ratio is, if anything, conservative for the 
 figure is the median of ``--repeats`` runs; engine and seed runs alternate, and the ratio is taken
 per repeat (same process, same moment) before the median.
 
-MLflow overhead: the engine trains again with ``pipeline.tracking.runs.EpochLogger`` attached
+MLflow overhead: the engine trains again with ``pipeline.tracking.metric_log.EpochLogger`` attached
 to a real run in a throw-away SQLite store; the figure is the time spent in the logger's
 ``flush`` (timed by a subclass defined in this script) as a share of training time.
 
@@ -31,7 +31,8 @@ stage for the optional augmented-set line; ``dvc repro`` runs both)::
     .venv/bin/python benchmarks/engine_vs_seed_loop.py --repeats 5 --epochs 20
     .venv/bin/python benchmarks/engine_vs_seed_loop.py --profile  # + where the engine's time goes
 
-It writes nothing inside the repository. It is a benchmark that prints figures, not a test: the
+It writes only benchmarks/results/engine_vs_seed_loop.json (figures, printed text, commit and
+machine; see benchmarks/_results.py). It is a benchmark that prints figures, not a test: the
 exit status is 0 whether or not the targets are met.
 """
 
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _results import captured, write_result
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -222,11 +224,12 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
     """Engine fits logged by EpochLogger into a temporary SQLite store: (share %, log s, fit s)."""
     with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        from pipeline import tracking  # imports MLflow; only this section needs it
+        # Imports MLflow; only this section needs it.
+        from pipeline.tracking import metric_log, runs, store
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
 
-        class TimedEpochLogger(tracking.EpochLogger):
+        class TimedEpochLogger(metric_log.EpochLogger):
             """The production logger, plus the seconds its sends to MLflow take."""
 
             seconds = 0.0
@@ -238,14 +241,14 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
                 finally:
                     self.seconds += time.perf_counter() - tick
 
-        tracking.configure()
+        store.configure()
         shares, logged, fitted = [], [], []
         for r in range(repeats):
-            with tracking.start_run("bench", run_name=f"engine-{r}") as run_id:
-                tracking.log_params({**{f"model.{k}": v
-                                        for k, v in dataclasses.asdict(model_cfg).items()},
-                                     **{f"train.{k}": v
-                                        for k, v in dataclasses.asdict(train_cfg).items()}})
+            with runs.start_run("bench", run_name=f"engine-{r}") as run_id:
+                metric_log.log_params({**{f"model.{k}": v
+                                          for k, v in dataclasses.asdict(model_cfg).items()},
+                                       **{f"train.{k}": v
+                                          for k, v in dataclasses.asdict(train_cfg).items()}})
                 logger = TimedEpochLogger(run_id)
                 _, result = engine_run(model_cfg, train_cfg, splits["train"], splits["val"],
                                        splits["test"], meta, seed, callbacks=[logger])
@@ -268,7 +271,19 @@ def auc_pairs(y: np.ndarray, delta: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print the figures."""
+    """Run the benchmark, print the figures and write them to benchmarks/results/."""
+    with captured() as out:
+        figures = measure(argv)
+    write_result("engine_vs_seed_loop", figures, out.getvalue())
+
+
+def outcomes(runs: Sequence[Outcome]) -> dict[str, list[float]]:
+    """Per-repeat samples/s and test ROC AUC, for the results file."""
+    return {"samples_per_s": [o.rate for o in runs], "test_auc": [o.test_auc for o in runs]}
+
+
+def measure(argv: list[str] | None) -> dict[str, Any]:
+    """Run the benchmark, print the figures and return them."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (median)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs, both sides")
@@ -344,6 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     of_medians = median([o.rate for o in engine]) / median([o.rate for o in seed])
     print(f"  ratio engine/seed loop: {median(ratios):.2f}x (median of per-repeat ratios; "
           f"ratio of medians {of_medians:.2f}x)")
+    figures: dict[str, Any] = {
+        "args": vars(args), "threads": threads, "engine_input": engine_label,
+        "engine": outcomes(engine), "seed_loop": outcomes(seed), "ratios": ratios,
+        "ratio_median": median(ratios), "ratio_of_medians": of_medians}
 
     if not args.skip_extras:
         print("\nextras")
@@ -359,6 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         print(summary(f"seed loop, ImageFolder, {other} thr", seed2))
         print(f"  ratio at {other} thread(s): "
               f"{median([o.rate for o in engine2]) / median([o.rate for o in seed2]):.2f}x")
+        figures["extras"] = {"engine_processed_train": outcomes(plain), "other_threads": other,
+                             "engine_other_threads": outcomes(engine2),
+                             "seed_loop_other_threads": outcomes(seed2)}
 
     # MLflow share where it matters: the train stage's own setting (augmented set, default
     # epochs), since a fixed logging cost looks larger against a 1-second toy fit.
@@ -385,6 +407,12 @@ def main(argv: list[str] | None = None) -> None:
         print(profile_engine(lambda: engine_run(model_cfg, train_cfg, splits["train"],
                                                 splits["val"], splits["test"], meta, args.seed),
                              top=20))
+    figures["mlflow"] = {"share_pct": shares, "logged_s": logged, "fit_s": fitted,
+                         "share_pct_median": median(shares)}
+    figures["targets"] = {"ratio": TARGET_RATIO, "ratio_met": ratio_ok,
+                          "mlflow_share_pct": TARGET_MLFLOW_SHARE,
+                          "mlflow_met": median(shares) <= TARGET_MLFLOW_SHARE}
+    return figures
 
 
 if __name__ == "__main__":

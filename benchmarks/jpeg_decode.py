@@ -1,5 +1,6 @@
 """JPEG decode to 64 px on one core: PIL full decode, PIL with draft (reduce-on-decode), and
-torchvision.io.decode_jpeg + resize. Prints images/s for each (median of --repeats).
+torchvision.io.decode_jpeg + resize. Prints images/s for each (median of --repeats) and writes
+them to benchmarks/results/jpeg_decode.json with the commit and the machine.
 
     python benchmarks/jpeg_decode.py /tmp/large_images_cache/N20000/raw --n 2000
 """
@@ -19,6 +20,7 @@ import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._results import write_result
 from pipeline.data.images import decode_image  # the pipeline's own path (draft)
 
 
@@ -38,6 +40,7 @@ def tv_decode(file: Path, size: int) -> np.ndarray:
 
 
 def main() -> None:
+    """Time each decoder over the same files; print and write images/s."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--n", type=int, default=2000)
@@ -49,6 +52,7 @@ def main() -> None:
     ways = {"PIL full decode + resize": lambda f: pil_full(f, args.size),
             "PIL draft + resize (pipeline)": lambda f: decode_image(f, args.size, 3),
             "torchvision decode_jpeg + resize": lambda f: tv_decode(f, args.size)}
+    figures: dict = {"files": len(files), "size": args.size, "images_per_s": {}}
     for name, fn in ways.items():
         rates = []
         for _ in range(args.repeats):
@@ -58,6 +62,8 @@ def main() -> None:
             rates.append(len(files) / (time.perf_counter() - tick))
         print(f"{name:34s} {statistics.median(rates):7.0f} images/s on one core "
               f"(runs: {', '.join(f'{r:.0f}' for r in rates)})")
+        figures["images_per_s"][name] = {"median": statistics.median(rates), "runs": rates}
+    write_result("jpeg_decode", figures)
 
 
 if __name__ == "__main__":

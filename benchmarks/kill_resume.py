@@ -10,6 +10,7 @@ and MLflow run statuses. Passes when the study holds exactly n_trials complete+p
 RUNNING trial, no duplicate finished trial, no RUNNING MLflow run, and no trial run still tagged
 optuna.trial_state=RUNNING.
 `--set` adds params.yaml overrides in the copy (e.g. train.epochs=10 for a quicker run).
+Writes benchmarks/results/kill_resume.json (figures, printed lines, commit and machine).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+from _results import captured, write_result
 from _workspace import clean_env, make_repo, merge, parse_sets
 from mlflow.tracking import MlflowClient
 
@@ -50,6 +52,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="params.yaml override in the copy (repeatable)")
     args = parser.parse_args()
+    with captured() as out:
+        figures = measure(args)
+    write_result("kill_resume", figures, out.getvalue())
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Kill, resume, print and return what the study and the store hold."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="kill-resume-") as tmp:
         dest = make_repo(Path(tmp) / "repo",
@@ -98,6 +107,9 @@ def main() -> None:
               and trial_tags["RUNNING"] == 0 and second.returncode == 0)
         print(f"n_trials={args.trials}: {finished} finished (complete+pruned), "
               f"{states['RUNNING']} running -> {'PASS' if ok else 'FAIL'}")
+    return {"args": vars(args), "rerun_exit": second.returncode, "trial_states": dict(states),
+            "redrawn": redrawn, "run_statuses": dict(Counter(r.info.status for r in runs)),
+            "trial_run_tags": dict(trial_tags), "passed": ok}
 
 
 if __name__ == "__main__":

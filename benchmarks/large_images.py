@@ -11,8 +11,9 @@ sum of its workers, the sampled peak of the whole process tree's RSS.
     .venv/bin/python benchmarks/large_images.py --sizes 300 --stages preprocess   # smoke
     PIPELINE_DATA_WORKERS=1 .venv/bin/python benchmarks/large_images.py --json out.json
 
-Generated sets are cached under --cache/N<n> (reused when complete). Exit status 0 whether or not a
-target is met; a failing stage stops the run with its output tail.
+Generated sets are cached under --cache/N<n> (reused when complete). Figures go to
+benchmarks/results/large_images.json (with commit and machine; see benchmarks/_results.py).
+Exit status 0 whether or not a target is met; a failing stage stops the run with its output tail.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from _results import write_result
 from _workspace import default_params, merge, parse_sets
 from PIL import Image
 
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         results.append(bench(n, args))
     print(f"load average after: {os.getloadavg()}\n\n{table(results, args.stages)}")
+    write_result("large_images", {"stages": args.stages, "sets": args.set, "runs": results},
+                 table(results, args.stages))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -17,7 +17,8 @@ standardised, one-hot). Prints mean ± sd over seeds of test accuracy, ROC AUC a
     .venv/bin/python benchmarks/peers.py --datasets wine iris --seeds 0 1
     .venv/bin/python benchmarks/peers.py --set tune.n_trials=5   # a params override for all
 
-Writes nothing in the repository unless --json is given.
+Writes benchmarks/results/peers.json (figures, printed table, commit and machine; see
+benchmarks/_results.py), and with --json also every run's figures to that file.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from _results import write_result
 from _textures import texture
 from _workspace import default_params, merge, parse_sets
 from PIL import Image
@@ -209,11 +211,12 @@ def main() -> None:
                     f"{m} {r['accuracy']:.4f}" for m, r in run.items())
                     + f" ({run['pipeline']['seconds']:.0f} s)", flush=True)
     print(f"load average after: {os.getloadavg()}")
-    print(summary(results).to_string(index=False))
-    print(verdict(results))
+    table, words = summary(results).to_string(index=False), verdict(results)
+    print(f"{table}\n{words}")
+    figures = {"sets": sets, "seeds": args.seeds, "results": results}
+    write_result("peers", figures, f"{table}\n{words}")
     if args.json:
-        args.json.write_text(json.dumps({"sets": sets, "seeds": args.seeds,
-                                         "results": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def verdict(results: dict[str, list[dict]]) -> str:

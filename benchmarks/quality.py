@@ -6,7 +6,8 @@ Each configuration runs in a fresh temporary copy of the repository (git + DVC i
 nothing here touches your workspace, MLflow store or Optuna journal. Prints test metrics, the
 quality bar from the training issue, and the wall time of the whole `dvc repro`. `--set` overrides
 params.yaml on top of each configuration (e.g. `--set tune.n_trials=2` for a quick smoke run; the
-quality bar is meant for the defaults).
+quality bar is meant for the defaults). Writes benchmarks/results/quality.json (figures, commit
+and machine).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_result
 from _workspace import make_repo, merge, parse_sets, run
 
 # Only what differs from params.yaml: the data source, and an MLP for the table.
@@ -51,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = parse_sets(args.set)
     print(f"load average before: {os.getloadavg()}")
+    figures: dict = {"sets": extra, "configs": {}}
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         for name in args.only or CONFIGS:
             overrides, bar = CONFIGS[name]
@@ -59,7 +62,10 @@ def main() -> None:
             print(f"{name:22s} accuracy {metrics['accuracy']:.4f} (bar {bar}: {verdict})  "
                   f"roc_auc {metrics['roc_auc']:.4f}  f1 {metrics['f1']:.4f}  "
                   f"n_test {metrics['n']}  dvc repro {seconds:.0f} s", flush=True)
+            figures["configs"][name] = {"metrics": metrics, "bar": bar, "met": verdict == "MET",
+                                        "dvc_repro_s": seconds}
     print(f"load average after: {os.getloadavg()}")
+    write_result("quality", figures)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ In a fresh temporary copy of the repository: `dvc repro` (version 1 becomes cham
 changes until one beats the champion by `register.min_improvement` on the gate metric (promoted).
 Prints every decision and the registry's audit trail. `--set key=value` (repeatable) overrides
 params.yaml in the copy before the first commit, e.g. fewer trials for a quick run.
+Writes benchmarks/results/registry_flow.json (every decision, commit and machine).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import captured, write_result
 from _workspace import make_repo, parse_sets, run
 from mlflow.tracking import MlflowClient
 
@@ -28,9 +30,11 @@ CANDIDATES = [["-S", "train.epochs=30", "-S", "augment.copies=4"],
               ["-S", "train.epochs=45", "-S", "augment.copies=4"]]
 
 
-def show(step: str, repo: Path, seconds: float) -> dict:
-    """Print the latest registration decision."""
+def show(step: str, repo: Path, seconds: float, steps: list[dict]) -> dict:
+    """Print the latest registration decision and add it to `steps`."""
     report = json.loads((repo / "reports" / "registration.json").read_text())
+    steps.append({"step": step, "seconds": seconds,
+                  **{k: report[k] for k in ("version", "promote", "reason")}})
     verdict = "PROMOTED" if report["promote"] else "challenger only"
     print(f"{step:45s} v{report['version']}: {verdict} ({seconds:.0f} s)\n"
           f"    reason: {report['reason']}", flush=True)
@@ -44,19 +48,27 @@ def main() -> None:
                         help="params.yaml override in the copy (repeatable), e.g. "
                         "tune.n_trials=2")
     args = parser.parse_args()
+    with captured() as out:
+        figures = measure(args)
+    write_result("registry_flow", figures, out.getvalue())
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Walk the gate; print and return every decision and the champion."""
+    steps: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="registry-flow-") as tmp:
         repo = make_repo(Path(tmp) / "repo", parse_sets(args.set), commit=True)
         start = time.perf_counter()
         run(["dvc", "repro"], repo)
-        show("dvc repro (fresh clone)", repo, time.perf_counter() - start)
+        show("dvc repro (fresh clone)", repo, time.perf_counter() - start, steps)
         start = time.perf_counter()
         run(["dvc", "exp", "run", "-S", "train.epochs=1"], repo)
-        show("dvc exp run -S train.epochs=1", repo, time.perf_counter() - start)
+        show("dvc exp run -S train.epochs=1", repo, time.perf_counter() - start, steps)
         for candidate in CANDIDATES:
             start = time.perf_counter()
             run(["dvc", "exp", "run", *candidate], repo)
             report = show("dvc exp run " + " ".join(candidate[1::2]), repo,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, steps)
             if report["promote"]:
                 break
         client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
@@ -70,6 +82,8 @@ def main() -> None:
         print(f"models:/{name}@champion = v{champion.version}; tags: "
               f"decision={champion.tags['decision']}, {Tag.GIT_COMMIT}="
               f"{champion.tags[Tag.GIT_COMMIT][:10]}, {Tag.RUN_ID}={champion.tags[Tag.RUN_ID]}")
+    return {"sets": args.set, "steps": steps, "audit": report["audit"], "model": name,
+            "champion_version": champion.version}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ load is within --margin-mb of the RSS after warm-up (a few small requests).
         registered earlier (its shipped code is what is served)
     .venv/bin/python benchmarks/serving_load.py --env MALLOC_ARENA_MAX=2 --label arenas2
 
-Figures are printed and stored under their label in --out (other labels kept).
+Figures are printed and written to benchmarks/results/serving_load_<label>.json with the
+commit and the machine (benchmarks/_results.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import base64
 import io
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,10 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib
 
-from _workspace import commit
+from _results import write_result
 from attacks.serving import post, register_model, split, start_server, stop_server
 
-REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 
 
@@ -102,8 +101,7 @@ def main() -> None:
     parser.add_argument("--margin-mb", type=float, default=100.0)
     parser.add_argument("--store", type=Path, help="reuse a model registered under this root")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
-    parser.add_argument("--label", default="after")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/serving_load.json")
+    parser.add_argument("--label", default="after", help="results file serving_load_LABEL.json")
     args = parser.parse_args()
 
     root = args.store or Path(tempfile.mkdtemp(prefix="serving-load-"))
@@ -149,16 +147,10 @@ def main() -> None:
         "rss_peak_mb": round(max(sampler.samples, default=0) / MB),
         "rss_after_3s_mb": round(after / MB), "rss_after_13s_mb": round(idle / MB),
         "growth_mb": round((idle - warm) / MB), "flat": (idle - warm) / MB <= args.margin_mb,
-        "margin_mb": args.margin_mb, "commit": commit(),
-        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs "
-                   f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB {platform.system()}",
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "margin_mb": args.margin_mb,
     }
     print(json.dumps({args.label: figures}, indent=2))
-    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
-    stored[args.label] = figures
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
+    write_result(f"serving_load_{args.label}", figures)
 
 
 if __name__ == "__main__":

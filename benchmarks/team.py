@@ -11,6 +11,7 @@ Prints, for the default digits config (params.yaml as is, but --trials and --set
 
 Usage: python benchmarks/team.py [--trials 20] [--repeats 3] [--set train.epochs=10]
 (Needs PostgreSQL at PIPELINE_TEAM_DATABASE or postgresql://127.0.0.1:5432/postgres.)
+Writes benchmarks/results/team.json (figures, printed lines, commit and machine).
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._results import captured, write_result
 from benchmarks._workspace import default_params, parse_sets
 from pipeline.cli.team import DEFAULT_ADMIN_DB, drop_database, start_server, stop_server
 from pipeline.core.typed import deep_merge
 from pipeline.stages import augment, preprocess, train, tune
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import metric_log
 
 
 class Clock:
@@ -107,7 +109,7 @@ def workspace(root: Path, overrides: dict) -> Path:
 
 def train_share(root: Path, uri: str) -> tuple[float, float]:
     """(seconds in MLflow, seconds training) for one train stage run against `uri`, in a fresh
-    process as DVC runs it (a process's first export and model log are the costly ones)."""
+    process as DVC runs it (a process's first MLflow calls are the costly ones)."""
     out = subprocess.run([sys.executable, __file__, "--one-train-run", str(root), uri],
                          capture_output=True, text=True)
     if out.returncode != 0:
@@ -126,9 +128,7 @@ def one_train_run(root: Path, uri: str) -> None:
     import pipeline.stages.train as stage_mod
 
     stage_mod.fit_final = fit.wrap(stage_mod.fit_final)  # the fit (or cross-fit and refit)
-    # mlflow.pytorch is imported lazily: load it, or its functions are not there to wrap.
-    assert mlflow.pytorch.log_model
-    owners = [MlflowClient, mlflow, mlflow.pytorch, tracking.Background]
+    owners = [MlflowClient, mlflow, metric_log.Background]
     with contextlib.chdir(root), clock.patch(owners), contextlib.redirect_stdout(sys.stderr):
         train.main(["--best-params", "none.json", "--out", f"models-{uuid.uuid4().hex[:6]}"])
     print(f"  train run against {uri.split(':')[0]}: {clock.top()}")
@@ -190,6 +190,7 @@ def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
 
 
 def main() -> None:
+    """Measure the parts asked for; print them and write them to benchmarks/results/."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="tune.n_trials (default: as "
                         "params.yaml)")
@@ -203,8 +204,16 @@ def main() -> None:
     if args.one_train_run:
         one_train_run(Path(args.one_train_run[0]), args.one_train_run[1])
         return
+    with captured() as out:
+        figures = measure(args)
+    write_result("team", figures, out.getvalue())
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the services, measure, print and return the figures; drop the databases."""
     admin = os.environ.get("PIPELINE_TEAM_DATABASE", DEFAULT_ADMIN_DB)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
+    figures: dict[str, Any] = {"args": vars(args)}
     # The local defaults (params.yaml) but for the trial count; hosts run 1 thread each.
     overrides = deep_merge({"tune": {"n_trials": args.trials}}, parse_sets(args.set))
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,11 +228,15 @@ def main() -> None:
                 shares = [train_share(root, target) for _ in range(args.repeats)]
                 rows.append((target.split(":")[0], [m / f for m, f in shares],
                              statistics.median(f for _, f in shares)))
+            figures["tracking"] = [{"store": kind, "share": share, "fit_s_median": fit}
+                                   for kind, share, fit in rows]
             for kind, share, fit in rows:
                 print(f"tracking ({kind:6s}): median {statistics.median(share):.2%} of training "
                       f"(runs: {', '.join(f'{s:.2%}' for s in share)}; fit {fit:.1f} s)")
             shares = [storage_share(root, uri, optuna_url, args.trials)
                       for _ in range("storage" in parts)]
+            figures["storage"] = [{"optuna_s": spent, "trial_s": trial_seconds}
+                                  for spent, trial_seconds in shares]
             for spent, trial_seconds in shares:
                 print(f"optuna storage (PostgreSQL): {spent:.2f} s of {trial_seconds:.1f} s in "
                       f"trials = {spent / trial_seconds:.2%}")
@@ -232,6 +245,7 @@ def main() -> None:
             for i in range(args.repeats if "hosts" in parts else 0):
                 one.append(throughput(root, env, optuna_url, 1, 1000 + i))
                 two.append(throughput(root, env, optuna_url, 2, 2000 + i))
+            figures["hosts"] = {"per_min_1_host": one, "per_min_2_hosts": two}  # (trials, epochs)
             for k, unit in enumerate(("trials", "epochs") if one else ()):
                 ratios = [b[k] / a[k] for a, b in zip(one, two, strict=True)]
                 runs = ", ".join(f"{r:.2f}" for r in ratios)
@@ -242,6 +256,7 @@ def main() -> None:
             stop_server(server)
             for suffix in ("mlflow", "optuna", "auth"):
                 drop_database(admin, f"{prefix}_{suffix}")
+    return figures
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@
     .venv/bin/python benchmarks/transfer.py                 # ~10 min on 2 cores
     .venv/bin/python benchmarks/transfer.py --per-class 100 --epochs 3   # a quick try
 
-Runs in a temporary directory (MLflow in a SQLite file there); writes nothing in the repository
-unless --json is given.
+Runs in a temporary directory (MLflow in a SQLite file there); in the repository it writes only
+benchmarks/results/transfer.json (figures, printed table, commit and machine), and with --json
+the figures to that file as well.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from _results import captured, write_result
 from _textures import write_task
 
 from pipeline.core.config import ModelConfig, TrainConfig
@@ -107,6 +109,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="throughput repeats (median)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    with captured() as out:
+        report = measure(args)
+    write_result("transfer", report, out.getvalue())
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run everything, print the tables and return the figures."""
     print(f"load average before: {os.getloadavg()}")
     report: dict = {"per_class": args.per_class, "epochs": args.epochs, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
@@ -140,8 +151,7 @@ def main() -> None:
           f"{args.repeats}):")
     for arch, rate in report["samples_per_second"].items():
         print(f"  {arch:20} {rate:8.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

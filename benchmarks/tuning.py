@@ -7,7 +7,8 @@ and the Optuna journal file storage. Only these change per arm: ``tune.pruner``,
 (which also seeds the sampler), ``tune.n_trials`` and ``tune.n_workers``. Each arm gets a fresh
 journal file and study name in a temporary folder, and MLflow writes to a throw-away SQLite
 store there. Both data folders are copied there once at the start, so a ``dvc repro`` elsewhere
-cannot change the data between arms. Nothing is written inside the repository.
+cannot change the data between arms. The only file written inside the repository is
+benchmarks/results/tuning.json (every arm's figures, the printed tables, commit and machine).
 
 Figures, per pruner and seed (the seeds run one after the other, and the pruner order rotates
 from seed to seed):
@@ -79,13 +80,14 @@ from unittest import mock
 
 import optuna
 import torch
+from _results import captured, write_result
 
 import pipeline.tuning.tune as tune_mod
 from pipeline.core.config import Params, load_params
 from pipeline.core.tags import Tag
 from pipeline.evaluation.metrics import LOWER_IS_BETTER
 from pipeline.models.device import select_device
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import runs, store
 
 # Also runs in the spawned 2-worker processes (they import this module as __mp_main__).
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -305,13 +307,13 @@ def run_arm(params: Params, workdir: Path, args: argparse.Namespace, *, pruner: 
     clock = OptunaClock()
     # The parent run as pipeline.tuning.tune.parent_run tags it; spawned workers find the MLflow
     # store through MLFLOW_TRACKING_URI, which main() sets before any arm runs.
-    with Watch() as watch, tracking.start_run(EXPERIMENT, run_name=f"tune {name}", tags={
+    with Watch() as watch, runs.start_run(EXPERIMENT, run_name=f"tune {name}", tags={
             Tag.STUDY_PARENT: name, Tag.STUDY: name, Tag.STORAGE: storage,
             Tag.STAGE: "tune"}) as run_id:
         job = tune_mod.TuneJob(params=job_params, data_dir=args.data_dir,
                                train_dir=args.train_dir, storage=storage, study_name=name,
                                parent_run_id=run_id,
-                               experiment_id=tracking.experiment_id(EXPERIMENT))
+                               experiment_id=store.experiment_id(EXPERIMENT))
         with clock.installed() if n_workers == 1 else contextlib.nullcontext(clock):
             tick = time.perf_counter()
             study = tune_mod.run_study(job)
@@ -484,7 +486,14 @@ def report_workers(one: Arm, two: Arm) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print the figures."""
+    """Run the benchmark, print the figures and write them to benchmarks/results/."""
+    with captured() as out:
+        figures = measure(argv)
+    write_result("tuning", figures, out.getvalue())
+
+
+def measure(argv: list[str] | None) -> dict[str, Any]:
+    """Run the benchmark, print the figures and return every arm's."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -540,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copytree(getattr(args, name), copy)
             setattr(args, name, str(copy))
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-        tracking.configure()
+        store.configure()
         started = time.perf_counter()
         # Warm-up, not timed: MLflow store creation, imports, first-call allocations.
         warm = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=2))
@@ -560,6 +569,10 @@ def main(argv: list[str] | None = None) -> None:
 
         report_pruners(arms, pruners, args.seeds, metric)
         report_overhead(list(arms.values()))
+        figures: dict[str, Any] = {
+            "args": vars(args), "n_trials": n_trials, "metric": metric,
+            "default_pruner": params.tune.pruner,
+            "arms": [dataclasses.asdict(arm) for arm in arms.values()]}
 
         if not args.skip_workers:
             one = run_timed(params, workdir, args, pruner="none", seed=args.seeds[0],
@@ -567,7 +580,9 @@ def main(argv: list[str] | None = None) -> None:
             two = run_timed(params, workdir, args, pruner="none", seed=args.seeds[0],
                             n_trials=args.worker_trials, n_workers=2)
             report_workers(one, two)
+            figures["workers"] = [dataclasses.asdict(one), dataclasses.asdict(two)]
         print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at end: {load()}")
+    return figures
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ Needs Debian's Chromium (not a CI dependency):  apt-get install -y chromium
 The MLflow pages are driven over the DevTools protocol (benchmarks/_devtools.py, stdlib only):
 a study's trials show only once its parent row is clicked open, and no URL carries that.
 `--workspace DIR` keeps (or reuses) the copy in DIR instead of a temporary folder.
+The run times, column counts and PNG names go to benchmarks/results/ui_check.json with the
+printed lines, the commit and the machine (benchmarks/_results.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from _devtools import DevTools
+from _results import captured, write_result
 from _workspace import REPO, clean_env, make_repo, run
 from mlflow.tracking import MlflowClient
 
@@ -60,8 +63,9 @@ def chromium() -> str:
                      "  apt-get install -y chromium\n(it is not needed by the test suite)")
 
 
-def build(workspace: Path) -> Path:
-    """The copy with one `dvc repro` and two experiments done (reused when already there)."""
+def build(workspace: Path, seconds: dict[str, float]) -> Path:
+    """The copy with one `dvc repro` and the experiments done (reused when already there);
+    each command's wall time goes into `seconds`."""
     repo = workspace / "repo"
     if (repo / "mlflow.db").exists():
         return repo
@@ -74,12 +78,14 @@ def build(workspace: Path) -> Path:
             run(["git", "commit", "-qm", "baseline results"], repo)
         # As the README does: `dvc exp run -S` leaves its values in params.yaml.
         run(["git", "checkout", "params.yaml"], repo)
-        print(f"{' '.join(cmd):55s} {time.perf_counter() - start:5.0f} s", flush=True)
+        seconds[" ".join(cmd)] = time.perf_counter() - start
+        print(f"{' '.join(cmd):55s} {seconds[' '.join(cmd)]:5.0f} s", flush=True)
     return repo
 
 
-def exp_show_columns(repo: Path) -> None:
+def exp_show_columns(repo: Path) -> dict[str, dict[str, int]]:
     """Columns of `dvc exp show` with everything vs `make exps`, and its '…' cells at 160."""
+    counts: dict[str, dict[str, int]] = {}
     make = ["make", "-s", "-f", str(REPO / "Makefile"), "exps", f"VENV={REPO / '.venv'}"]
     for label, cmd in (("dvc exp show", ["dvc", "exp", "show", "--no-pager"]),
                        ("make exps", make)):
@@ -89,6 +95,8 @@ def exp_show_columns(repo: Path) -> None:
                                capture_output=True, text=True, check=True).stdout
         print(f"{label:13s} {len(header):4d} columns; at 160 characters {table.count('…'):3d} "
               f"cells read '…'; columns: {', '.join(header)[:110]}", flush=True)
+        counts[label] = {"columns": len(header), "cut_cells_at_160": table.count("…")}
+    return counts
 
 
 def free_port() -> int:
@@ -235,14 +243,18 @@ def main() -> None:
     args = parser.parse_args()
     browser = chromium()
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ui-check-") as tmp:
-        repo = build(args.workspace or Path(tmp))
-        exp_show_columns(repo)
+    seconds: dict[str, float] = {}
+    with captured() as out, tempfile.TemporaryDirectory(prefix="ui-check-") as tmp:
+        repo = build(args.workspace or Path(tmp), seconds)
+        columns = exp_show_columns(repo)
         mlflow_pages(repo, browser, args.out)
         plots_page(repo, browser, args.out)
         report_page(repo, browser, args.out)
         print(run(["make", "-s", "-f", str(REPO / "Makefile"), "exps", f"VENV={REPO / '.venv'}",
                    "ARGS=--csv"], repo), flush=True)
+    write_result("ui_check", {"seconds": seconds, "columns": columns, "out": str(args.out),
+                              "pngs": sorted(p.name for p in args.out.glob("*.png"))},
+                 out.getvalue())
 
 
 if __name__ == "__main__":

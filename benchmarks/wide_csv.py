@@ -14,7 +14,8 @@ encoding turned into 14,005 features at 20,000 rows); `mixed` adds a 6-value seg
     git worktree add /tmp/before HEAD && .venv/bin/python benchmarks/wide_csv.py \\
         --repo /tmp/before --label before --cases 20000:issue          # the code before the fix
 
-Results are merged into benchmarks/results/wide_csv.json under --label (default: after).
+Results go to benchmarks/results/wide_csv_<label>.json (default label: after) with the commit
+and the machine (benchmarks/_results.py); `code_commit` is the commit of the --repo measured.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import yaml
+from _results import write_result
 from _workspace import commit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,8 +128,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["20000:issue", "200000:mixed"],
                         help="ROWS:LAYOUT (layout: issue or mixed)")
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose code runs")
-    parser.add_argument("--label", default="after")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/wide_csv.json")
+    parser.add_argument("--label", default="after", help="results file wide_csv_LABEL.json")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,14 +137,7 @@ def main() -> None:
             results.append(measure(args.repo.resolve(), int(rows), layout or "issue",
                                    Path(tmp)))
             print(json.dumps(results[-1]), flush=True)
-    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
-    stored[args.label] = {
-        "cases": results, "commit": commit(args.repo),
-        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs "
-                   f"{psutil.virtual_memory().total / GIB:.0f} GiB {platform.system()}",
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
+    write_result(f"wide_csv_{args.label}", {"cases": results, "code_commit": commit(args.repo)})
 
 
 if __name__ == "__main__":

@@ -1,95 +1,28 @@
-"""Shared fixtures: tiny generated ImageFolder and CSV data, and params files pointing at them."""
+"""Shared fixtures (helpers they use, and tests import, are in tests/helpers.py): tiny data and
+params files, MLflow stores, tuning storage, the team's server, and one tiny trained pipeline."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
-import yaml
-from PIL import Image
 
-from pipeline.core.typed import deep_merge as merge
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Fast settings shared by every tiny run; tests override what they exercise.
-TINY: dict[str, Any] = {
-    "seed": 0,
-    "augment": {"copies": 1},
-    "model": {"type": "mlp", "hidden_sizes": [16], "conv_channels": [4, 8]},
-    # Holdout validation: tiny sets would otherwise be cross-validated (train.cv_folds: auto);
-    # tests/test_crossval.py turns folds on where it tests them.
-    "train": {"epochs": 3, "batch_size": 16, "patience": 0, "cv_folds": 0},
-    "tune": {"enabled": False, "n_trials": 3},
-}
-
-
-def write_params(path: Path, overrides: dict) -> Path:
-    """Write a params.yaml made of TINY plus overrides."""
-    path.write_text(yaml.safe_dump(merge(TINY, overrides), sort_keys=False))
-    return path
-
-
-def _blob(rng: np.random.Generator, size: tuple[int, int], bright: bool) -> np.ndarray:
-    """A class-dependent pattern so tiny models have something to learn."""
-    h, w = size
-    img = rng.integers(0, 60, (h, w), dtype=np.uint8)
-    if bright:
-        img[h // 4: 3 * h // 4, w // 4: 3 * w // 4] += 150
-    return img
-
-
-def make_imagefolder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
-    """Two classes of images in every supported format, mode and several sizes."""
-    rng = np.random.default_rng(seed)
-    formats = [("png", "L"), ("png", "RGBA"), ("jpg", "RGB"), ("bmp", "RGB"), ("gif", "P"),
-               ("tiff", "RGB"), ("png", "P"), ("jpeg", "L")]
-    sizes = [(12, 12), (20, 16), (9, 14), (32, 32)]
-    for c, cls in enumerate(["cat", "dog"]):
-        folder = root / cls
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            ext, mode = formats[i % len(formats)]
-            gray = _blob(rng, sizes[i % len(sizes)], bright=bool(c))
-            img = Image.fromarray(gray, mode="L")
-            if mode == "RGBA":
-                img = img.convert("RGBA")
-            elif mode == "P":
-                img = img.convert("RGB").convert("P")
-            elif mode == "RGB":
-                img = img.convert("RGB")
-            img.save(folder / f"{cls}_{i:03d}.{ext}")
-    return root
-
-
-def make_csv(path: Path, rows: int = 60, seed: int = 0) -> Path:
-    """Numeric + categorical columns with NaNs and string labels."""
-    rng = np.random.default_rng(seed)
-    y = np.array(["spam", "ham"] * (rows // 2))
-    x1 = rng.normal(size=rows) + (y == "spam") * 2.0
-    x2 = rng.normal(size=rows)
-    x1[[3, 10]] = np.nan
-    colour = rng.choice(["red", "green", "blue"], size=rows).astype(object)
-    colour[[5, 7]] = None
-    frame = pd.DataFrame({"x1": x1, "x2": x2, "colour": colour,
-                          "flag": rng.integers(0, 2, rows).astype(bool), "label": y})
-    frame.to_csv(path, index=False)
-    return path
+from tests.helpers import (
+    TeamServer,
+    empty_store,
+    make_csv,
+    make_imagefolder,
+    module_store,
+    register_args,
+    run_stages,
+    store_at,
+    team_server,
+    write_params,
+)
 
 
 @pytest.fixture
@@ -135,110 +68,61 @@ def _isolated_tracking_uri() -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-@contextlib.contextmanager
-def module_store(root: Path) -> Iterator[str]:
-    """For module-scoped fixtures: a real MLflow SQLite store under `root`, cwd in `root`."""
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)  # dvc.lock / git lookups see an empty workspace
-        yield uri
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow SQLite store that the store fixtures copy."""
+    return empty_store(tmp_path_factory.mktemp("store-template") / "mlflow.db")
 
 
 @pytest.fixture
-def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_template: Path) -> str:
     """A real MLflow SQLite store under tmp_path for this test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_at(tmp_path, store_template)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # dvc.lock / git lookups see an empty workspace
     return uri
 
 
-def stage_paths(root: Path) -> dict[str, str]:
-    """Where run_stages puts each output under `root`."""
-    return {"processed": str(root / "processed"), "augmented": str(root / "augmented"),
-            "models": str(root / "models"), "reports": str(root / "reports")}
+@pytest.fixture
+def tune_env(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path with its own MLflow store and an Optuna journal (OPTUNA_STORAGE) in it."""
+    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
+    return tmp_path
 
 
-def run_stages(params: Path, root: Path, upto: str = "evaluate") -> dict[str, str]:
-    """Call the stage mains in order, in-process, the way dvc.yaml wires them."""
-    from pipeline.stages import augment, evaluate, preprocess, train
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory,
+                   store_template: Path) -> dict[str, Any]:
+    """The tiny trained pipeline of tiny_pipeline, built once per session; MLFLOW_TRACKING_URI
+    and cwd are left alone (a test of a store of its own reads the shared outputs with it)."""
+    root = tmp_path_factory.mktemp("tiny-pipeline")
+    with module_store(root, store_template) as uri:
+        images = make_imagefolder(root / "images", per_class=16)
+        params = write_params(root / "params.yaml", {"data": {
+            "source": "imagefolder", "path": str(images), "positive_class": "dog",
+            "image_size": 8, "channels": 1, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+        paths = run_stages(params, root)
+        from pipeline.stages import register
 
-    p = stage_paths(root)
-    common = ["--params", str(params)]
-    preprocess.main([*common, "--out", p["processed"]])
-    augment.main([*common, "--data-dir", p["processed"], "--out", p["augmented"]])
-    if upto == "augment":
-        return p
-    train.main([*common, "--data-dir", p["processed"], "--train-dir", p["augmented"],
-                "--best-params", str(root / "models" / "best_params.json"),
-                "--out", p["models"], "--reports", p["reports"]])
-    if upto == "train":
-        return p
-    evaluate.main([*common, "--data-dir", p["processed"], "--model-dir", p["models"],
-                   "--reports", p["reports"]])
-    return p
+        register.main(register_args(params, paths, root / "registration.json"))
+    return {"root": root, "uri": uri, "paths": paths, "params": params, "images": images}
 
 
-def csv_checkout(root: Path, csv: str, rows: int, overrides: dict) -> Path:
-    """A checkout as `git clone && dvc pull` leaves it: a CSV at `csv` (relative to root),
-    params.yaml (TINY + a half/quarter/quarter CSV split + overrides), processed and augmented
-    data under root/data."""
-    (root / csv).parent.mkdir(parents=True, exist_ok=True)
-    make_csv(root / csv, rows=rows)
-    write_params(root / "params.yaml", merge({"data": {
-        "source": "csv", "path": csv, "target": "label", "positive_class": "spam",
-        "split": {"train": 0.5, "val": 0.25, "test": 0.25}}}, overrides))
-    with contextlib.chdir(root):  # params and data paths are relative, as in a checkout
-        run_stages(Path("params.yaml"), Path("data"), upto="augment")
-    return root
+@pytest.fixture
+def tiny_pipeline(tiny_trained: dict[str, Any],
+                  monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A tiny trained pipeline, shared by the whole session: the tiny ImageFolder (16 images a
+    class) preprocessed, augmented, trained (TINY: a 3-epoch MLP), evaluated and registered
+    (champion v1 of `images-dog`) in one MLflow store; MLFLOW_TRACKING_URI and cwd point at it
+    during the test. Keys: root, uri, paths (run_stages'), params, images. Read it; a test
+    that changes its files or records into its store must work on a copy or a store of its
+    own, since every later test sees what it leaves."""
+    import mlflow
 
-
-# This machine kind (and CI) runs PostgreSQL on loopback with trust auth: tests that need it fail,
-# never skip, when it is missing.
-PG_ADMIN = os.environ.get("PIPELINE_TEST_POSTGRES_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class TeamServer:
-    """A real `mlflow server` on PostgreSQL (started by pipeline.cli.team) and its exports."""
-
-    url: str
-    optuna: str
-    prefix: str
-    state: Path
-    log: Path
-
-
-@contextlib.contextmanager
-def team_server(root: Path, auth: bool = False) -> Iterator[TeamServer]:
-    """Start the team's server with uniquely named databases; stop it and drop them after."""
-    from pipeline.cli.team import drop_database, start_server, stop_server
-
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    root.mkdir(parents=True, exist_ok=True)
-    log = root / "mlflow-server.log"
-    with pytest.MonkeyPatch.context() as mp:
-        if auth:
-            mp.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-" + uuid.uuid4().hex)
-        process = None
-        try:
-            process, exports = start_server(PG_ADMIN, prefix, root / "state", port=free_port(),
-                                            auth=auth, workers=1, log=log)
-            yield TeamServer(exports["MLFLOW_TRACKING_URI"], exports["OPTUNA_STORAGE"], prefix,
-                             root / "state", log)
-        finally:
-            if process is not None:
-                stop_server(process)
-            for suffix in ("mlflow", "optuna", "auth"):
-                drop_database(PG_ADMIN, f"{prefix}_{suffix}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_trained["uri"])
+    monkeypatch.chdir(tiny_trained["root"])  # predict reads the model name from params.yaml
+    mlflow.set_tracking_uri(tiny_trained["uri"])
+    return tiny_trained
 
 
 @pytest.fixture(scope="module")
@@ -246,38 +130,3 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServ
     """One tracking server on PostgreSQL for a test module (no auth, loopback)."""
     with team_server(tmp_path_factory.mktemp("team")) as server:
         yield server
-
-
-@contextlib.contextmanager
-def served_model(model_uri: str, cwd: Path, env: dict[str, str],
-                 wait_s: float = 180) -> Iterator[int]:
-    """`mlflow models serve -m model_uri` on a free loopback port; yield it once /ping answers."""
-    port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stdout.read().decode()[-3000:]) from None
-                time.sleep(0.5)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def invoke_images(port: int, files: list[Path]) -> list[dict]:
-    """POST these image files (base64) to a served model's /invocations; its predictions."""
-    body = {"dataframe_split": {"columns": ["image"], "data": [
-        [base64.b64encode(f.read_bytes()).decode()] for f in files]}}
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]

@@ -103,6 +103,20 @@ def test_table_jitter_numeric_only_and_oversample() -> None:
     assert not np.allclose(out.X[18:, :2], out.X[:18, :2])
 
 
+def test_streamed_images_have_the_layout_save_splits_writes(tmp_path: Path) -> None:
+    # Images are augmented chunk by chunk into their .npy file, tables through save_splits:
+    # one layout either way.
+    source, out = tmp_path / "processed", tmp_path / "augmented"
+    save_splits(source, {"train": image_split(12)}, IMAGES)
+    write_augmented(load_splits(source, ("train",))[0]["train"], IMAGES, AugmentConfig(), 0, out)
+    splits, meta = load_splits(out, ("train",))
+    save_splits(tmp_path / "resaved", splits, meta)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "resaved").iterdir())
+    for name in files:
+        assert (out / name).read_bytes() == (tmp_path / "resaved" / name).read_bytes(), name
+
+
 def test_stages_on_imagefolder_and_csv(tmp_path: Path, image_params: Path,
                                        csv_params: Path) -> None:
     for params in (image_params, csv_params):

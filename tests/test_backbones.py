@@ -8,19 +8,11 @@ import torch
 
 from pipeline.core.config import ModelConfig, TrainConfig
 from pipeline.core.errors import ConfigError
-from pipeline.data.dataset import Split
 from pipeline.models.backbones import MIN_SIZE
 from pipeline.models.device import seed_everything
 from pipeline.models.networks import build_model
 from pipeline.training.engine import fit
-
-
-def tiny_images(n: int, channels: int, size: int = 32, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8)
-    y = (np.arange(n) % 2).astype(np.float32)
-    x[y == 1, :, 8:24, 8:24] = 255  # something to learn
-    return Split(x, y, [str(i) for i in range(n)])
+from tests.helpers import image_split
 
 
 @pytest.mark.parametrize("arch", sorted(MIN_SIZE))
@@ -32,7 +24,7 @@ def test_builds_without_weights_and_trains_a_step(arch: str, channels: int) -> N
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(4, channels, 32, 32)
     assert model(x).shape == (4,)  # one logit per sample
-    train, val = tiny_images(8, channels), tiny_images(4, channels, seed=1)
+    train, val = image_split(8, channels), image_split(4, channels, seed=1)
     result = fit(model, train, val, TrainConfig(epochs=1, batch_size=4, patience=0),
                  seed=0, device=torch.device("cpu"))
     after = result.model.state_dict()

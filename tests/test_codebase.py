@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 MODULES = sorted((REPO / "pipeline").rglob("*.py"))
 # The glue between our code and MLflow; everything else stays importable without it.
-MLFLOW_GLUE = {"tracking/runs.py", "tracking/records.py", "tracking/views.py",
+MLFLOW_GLUE = {"tracking/store.py", "tracking/runs.py", "tracking/metric_log.py",
+               "tracking/records.py", "tracking/views.py",
                "tuning/trial_runs.py", "registry/register.py", "registry/gate.py",
-               "registry/serving.py", "registry/pyfunc_model.py", "registry/batch.py",
-               "cli/predict.py"}
+               "registry/serving.py", "registry/signature.py", "registry/pyfunc_model.py",
+               "registry/batch.py", "cli/predict.py"}
 
 
 def rel(path: Path) -> str:
@@ -131,7 +132,7 @@ def test_e2e_repos_ignore_what_a_user_did_in_the_checkout(tmp_path: Path) -> Non
     import yaml
 
     from pipeline.core.config import Params, parse_params
-    from tests.test_dvc_pipeline import make_repo, sh
+    from tests.helpers import make_repo, sh
 
     checkout = tmp_path / "checkout"
     sh(tmp_path, "git", "clone", "-q", str(REPO), str(checkout))
@@ -143,3 +144,63 @@ def test_e2e_repos_ignore_what_a_user_did_in_the_checkout(tmp_path: Path) -> Non
     built = parse_params(yaml.safe_load((repo / "params.yaml").read_text()))
     assert built.train.lr == Params().train.lr and built.seed == 7
     assert not (repo / "pipeline" / "scratch.py").exists()
+
+
+def test_pipeline_tag_names_live_in_the_tag_class() -> None:
+    # A "pipeline.…" string is a tag name unless it names one of our modules (a logger's or an
+    # import's name): those stay where they are used, every tag name in pipeline/core/tags.py.
+    modules = {module_name(m) for m in MODULES}
+    strays = [f"{rel(path)}:{node.lineno} {node.value!r}" for path in MODULES
+              if rel(path) != "core/tags.py" for node in ast.walk(tree(path))
+              if isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and node.value.startswith("pipeline.") and node.value not in modules]
+    assert not strays, "tag names outside pipeline/core/tags.py's Tag"
+
+
+TEST_MODULES = sorted((REPO / "tests").glob("test_*.py"))
+
+
+def test_test_modules_import_no_other_test_module() -> None:
+    # Shared helpers live in tests/helpers.py (fixtures in conftest.py): importing a test module
+    # runs its module-level code and, under pytest, collects its tests twice.
+    bad = [f"{path.name}:{node.lineno} {node.module}" for path in TEST_MODULES
+           for node in ast.walk(tree(path)) if isinstance(node, ast.ImportFrom)
+           and (node.module or "").startswith(("tests.test_", "test_"))]
+    bad += [f"{path.name}:{node.lineno} {alias.name}" for path in TEST_MODULES
+            for node in ast.walk(tree(path)) if isinstance(node, ast.Import)
+            for alias in node.names if alias.name.startswith(("tests.test_", "test_"))]
+    assert not bad
+
+
+# Names a test uses only with PostgreSQL up: the team's server and database URLs.
+SERVICE_NAMES = {"PG_ADMIN", "PG_URL", "team_server", "shared_server"}
+
+
+def marks(decorators: list[ast.expr]) -> set[str]:
+    """The pytest.mark.<name> marks among these decorators or in a pytestmark value."""
+    return {node.attr for d in decorators for node in ast.walk(d)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "mark"}
+
+
+@pytest.mark.parametrize("path", TEST_MODULES, ids=lambda p: p.name)
+def test_tests_that_need_postgresql_are_marked_services(path: Path) -> None:
+    # `make test-fast` (-m "not slow and not services") must run where PostgreSQL is absent.
+    module = tree(path)
+    module_marks = marks([n.value for n in module.body if isinstance(n, ast.Assign)
+                          and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)])
+    functions = {n.name: n for n in module.body if isinstance(n, ast.FunctionDef)}
+    fixtures = {name for name, f in functions.items() if "fixture" in ast.dump(ast.Module(
+        body=[ast.Expr(d) for d in f.decorator_list], type_ignores=[]))}
+
+    def uses(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        """Whether function `name`, or a fixture of this module it requests, names a service."""
+        f = functions[name]
+        names = {n.id for n in ast.walk(f) if isinstance(n, ast.Name)}
+        names |= {a.arg for a in f.args.args}
+        return bool(names & SERVICE_NAMES) or any(
+            uses(a, seen | {name}) for a in names & fixtures - seen - {name})
+
+    unmarked = [name for name, f in functions.items() if name.startswith("test_")
+                and uses(name) and "services" not in module_marks | marks(f.decorator_list)]
+    assert not unmarked, "add @pytest.mark.services"

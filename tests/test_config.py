@@ -16,7 +16,7 @@ import yaml
 from pipeline.core.config import Params, load_params, parse_params
 from pipeline.core.errors import ConfigError
 from pipeline.stages import preprocess, validate
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def stated_params(tmp_path: Path) -> Path:

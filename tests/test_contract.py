@@ -9,7 +9,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from pipeline.core.errors import ConfigError
 from pipeline.data.dataset import DatasetMeta, ImageSpec
-from pipeline.registry import serving
+from pipeline.registry import signature
 from pipeline.registry.contract import IMAGE_INPUTS, MAX_NAME, Contract, model_name, refusal
 from pipeline.registry.gate import schema_contract
 
@@ -99,12 +99,13 @@ def image_meta(size: int, channels: int) -> DatasetMeta:
 def test_image_contracts_ignore_geometry_and_the_logged_pixel_type() -> None:
     """Image size and channels are not part of the contract, nor what a signature typed pixels
     as (`array` before commit ddf4dc0, `any` since): the pyfunc takes any image it is sent."""
-    small, large = (schema_contract("image", ("even", "odd"), serving.input_schema(image_meta(*g)))
+    small, large = (schema_contract("image", ("even", "odd"),
+                                    signature.input_schema(image_meta(*g)))
                     for g in ((8, 1), (224, 3)))
     legacy = schema_contract("image", ("even", "odd"), Schema([
         ColSpec(DataType.binary, "image", required=False),
         ColSpec(Array(DataType.double), "pixels", required=False)]))
-    assert [(c.name, str(c.to_dict()["type"])) for c in serving.input_schema(
+    assert [(c.name, str(c.to_dict()["type"])) for c in signature.input_schema(
         image_meta(8, 1)).inputs] == list(IMAGE_INPUTS)  # the fixed inputs are what it serves
     for other in (large, legacy, Contract.from_tag(legacy.to_tag())):
         assert small.matches(other) and other.matches(small)

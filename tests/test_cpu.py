@@ -14,7 +14,7 @@ import pytest
 from pipeline.core import cpu
 from pipeline.core.tags import Tag
 from pipeline.stages import preprocess
-from tests.conftest import REPO, make_imagefolder, write_params
+from tests.helpers import REPO, make_imagefolder, write_params
 
 AVX2_CPU = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: sse2 avx fma avx2 avx512f\n\n"
 # What another CPU, or a stray export, would make the libraries pick instead of the pin:

@@ -18,7 +18,7 @@ from pipeline.data.dataset import Split, load_splits
 from pipeline.evaluation.metrics import choose_threshold
 from pipeline.stages import tune as tune_stage
 from pipeline.training.crossval import make_pool, resolve_folds
-from tests.conftest import csv_checkout, run_stages
+from tests.helpers import csv_checkout, run_stages
 
 
 def test_folds_are_stratified_disjoint_and_keep_copies_with_their_original() -> None:

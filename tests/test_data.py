@@ -13,14 +13,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.cli import predict
+from pipeline.core import fingerprints
 from pipeline.core.config import DataConfig, SplitConfig
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.data.dataset import DatasetMeta, load_splits
+from pipeline.data.dataset import META_FILE, DatasetMeta, load_splits, save_splits
 from pipeline.data.images import auto_size, decode_image
 from pipeline.data.sources import preprocess
 from pipeline.data.tables import transform_table
 from pipeline.stages import preprocess as preprocess_stage
-from tests.conftest import make_csv, make_imagefolder
+from tests.helpers import make_csv, make_imagefolder
 
 HALF = SplitConfig(train=0.5, val=0.25, test=0.25)
 
@@ -342,6 +344,26 @@ def test_builtin_digits_is_an_imagefolder(tmp_path: Path) -> None:
     assert meta.input_shape == (1, 16, 16)
     loaded_twice = prep(cfg, seed=0)[0]["test"].X
     assert np.array_equal(loaded_twice, splits["test"].X)
+
+
+@pytest.mark.parametrize("skip_corrupt", [False, True])
+def test_streamed_image_folder_has_the_layout_save_splits_writes(imagefolder: Path,
+                                                                 skip_corrupt: bool) -> None:
+    # Images are decoded straight into their .npy rows, tables go through save_splits: one
+    # layout either way, so every reader (load_splits, the gate, DVC) sees the same folder.
+    cfg = image_cfg(imagefolder, skip_corrupt=skip_corrupt)
+    streamed = Path(tempfile.mkdtemp(dir=imagefolder.parent)) / "processed"
+    written = preprocess(cfg, 0, streamed)
+    splits, meta = load_splits(streamed)
+    assert meta == written
+    resaved = streamed.with_name("resaved")
+    assert save_splits(resaved, splits, meta, fingerprints.read(streamed)) == meta
+    assert digest(resaved) == digest(streamed)
+
+
+def test_predict_reads_the_meta_file_preprocess_writes() -> None:
+    # The predict CLI spells the path itself (it must answer --help before numpy loads).
+    assert predict.META.name == META_FILE and predict.META.parent == Path("data/processed")
 
 
 def test_load_splits_missing_names_stage(tmp_path: Path) -> None:

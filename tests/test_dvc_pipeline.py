@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,56 +12,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.core.config import Params
 from pipeline.core.tags import Tag
-from tests.conftest import REPO, merge
+from tests.helpers import E2E, make_repo, sh
 
 pytestmark = pytest.mark.slow
-
-# Small but complete: built-in digits at 8x8, a small CNN, a short study.
-E2E = {
-    "seed": 7,
-    "data": {"image_size": 8},
-    "augment": {"copies": 1},
-    "model": {"type": "cnn", "conv_channels": [4, 8]},
-    "train": {"epochs": 3, "patience": 0},
-    "tune": {"enabled": True, "n_trials": 2},
-}
-
-
-def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with the test interpreter's bin dir first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("OPTUNA_STORAGE", None)
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def make_repo(dest: Path, overrides: dict, source: Path = REPO) -> Path:
-    """A fresh git + DVC repo of the tracked pipeline files, with default params + overrides."""
-    dest.mkdir()
-    # Tracked code only, and params from the code's defaults: whatever a user did in their
-    # checkout (untracked files, an edited params.yaml, their own data and its `dvc add`ed .dvc
-    # files under data/) cannot change what the tests run. The READMEs make the data folders.
-    tracked = sh(source, "git", "ls-files", "pipeline", "dvc.yaml", ".gitignore", ".dvcignore",
-                 "data/raw/README.md", "data/weights/README.md").stdout.split()
-    for name in tracked:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / name, dest / name)
-    defaults = json.loads(json.dumps(dataclasses.asdict(Params())))  # tuples → lists
-    (dest / "params.yaml").write_text(yaml.safe_dump(merge(defaults, overrides), sort_keys=False))
-    sh(dest, "git", "init", "-q")
-    sh(dest, "git", "config", "user.email", "ci@example.com")
-    sh(dest, "git", "config", "user.name", "ci")
-    sh(dest, "dvc", "init", "-q")
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "init")
-    return dest
-
 
 def lock_outs(repo: Path, stage: str) -> dict[str, str]:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -123,6 +75,26 @@ def test_any_bad_params_edit_fails_every_repro(two_clones: tuple[Path, Path]) ->
     # DVC removed the check's output before the failed run: it is redone (0.5 s), nothing else.
     assert ran(sh(repo, "dvc", "repro").stdout) == {"validate"}
     assert "Data and pipelines are up to date" in sh(repo, "dvc", "repro").stdout
+
+
+@pytest.mark.parametrize(("module", "affected"), [
+    ("pipeline/training/engine.py", {"tune", "train"}),
+    ("pipeline/data/images.py", {"builtin", "preprocess", "register"}),
+])
+def test_editing_a_module_stales_only_the_stages_that_import_it(
+        two_clones: tuple[Path, Path], module: str, affected: set[str]) -> None:
+    # dvc.yaml lists each stage's run-time imports, no more: a training-loop edit must not
+    # re-decode every image. (Stages downstream rerun only if their inputs' bytes change.)
+    repo = two_clones[0]
+    path = repo / module
+    original = path.read_text()
+    path.write_text(original + "# edited\n")
+    try:
+        stale = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    finally:
+        path.write_text(original)
+    assert stale == affected
+    assert not set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
 
 
 def ran(out: str) -> set[str]:

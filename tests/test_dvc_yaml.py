@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.core.config import Params, load_params
 from pipeline.registry.packaging import module_file, shipped_modules
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -67,6 +67,13 @@ def test_code_deps_equal_import_closure(name: str) -> None:
     wanted = code_closure(name)
     assert listed == wanted, (f"{name}: missing {sorted(wanted - listed)}, "
                               f"extra {sorted(listed - wanted)}")
+
+
+@pytest.mark.parametrize("name", ["builtin", "preprocess", "augment"])
+def test_data_stages_run_no_model_training_or_tracking_code(name: str) -> None:
+    # Editing the training loop, the study or the registry must not re-decode every image.
+    layers = {Path(f).parts[1] for f in code_closure(name) if len(Path(f).parts) > 2}
+    assert layers <= {"core", "data", "stages"}, f"{name} runs {sorted(layers)}"
 
 
 def test_closure_follows_from_imports_and_nested_imports(tmp_path: Path) -> None:
@@ -135,7 +142,7 @@ def run_traced(params_path: Path, root: Path, names: list[str], reads: dict[str,
 @pytest.fixture(scope="module")
 def stage_reads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """Leaf keys each stage read over two runs that together take every code path."""
-    from tests.conftest import make_csv, make_imagefolder, write_params
+    from tests.helpers import make_csv, make_imagefolder, write_params
 
     root = tmp_path_factory.mktemp("reads")
     reads: dict[str, set[str]] = {}

@@ -87,6 +87,28 @@ def test_early_stopping_restores_best_epoch() -> None:
     assert restored < losses[-1]
 
 
+class StopAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.stop = epoch >= self.epoch
+
+
+def test_a_callback_ends_the_fit_and_a_refit_keeps_the_last_weights() -> None:
+    train, val = images(24, 0), images(8, 1)
+    cfg = TrainConfig(epochs=10, batch_size=8, lr=0.05, patience=0, scheduler="none")
+    result = build_and_fit(ModelConfig(type="logreg"), cfg, train, val, seed=0, device=CPU,
+                           callbacks=[StopAt(3)], restore_best=False)
+    assert len(result.history) == 3 and not result.stopped_early
+    assert result.samples_seen == 3 * len(train.y)
+    # restore_best=False: the model is the last epoch's, whichever epoch scored best.
+    with torch.no_grad():
+        loss = F.binary_cross_entropy_with_logits(result.model(torch.from_numpy(val.X)),
+                                                  torch.from_numpy(val.y))
+    assert float(loss) == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+
+
 def fit_and_save(folder: Path, model_type: str, seed: int = 3) -> str:
     cfg = TrainConfig(epochs=3, batch_size=8, patience=0)
     model_cfg = ModelConfig(type=model_type, conv_channels=(4, 8), hidden_sizes=(8,))

@@ -23,7 +23,7 @@ from pipeline.core.errors import DataError, StoreError
 from pipeline.core.files import TMP_MARK, atomic_update, disk_full_error, read_json, write_json
 from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
 from pipeline.tracking.sqlite_store import check_sqlite
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_a_damaged_store_is_refused_before_anything_runs(tmp_path: Path, damage:
 
 
 def test_a_store_full_mid_run_is_one_line_with_the_drivers_complaint() -> None:
-    from pipeline.tracking.runs import store_error
+    from pipeline.tracking.store import store_error
 
     class Failure(Exception):
         # What MLflow wraps when SQLite's disk fills: SQLAlchemy's remark first.

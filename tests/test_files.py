@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.files import atomic_dir, atomic_path
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def dead_pid() -> int:

@@ -23,7 +23,7 @@ from pipeline.registry.contract import IMAGE_INPUTS, Contract, ContractError
 from pipeline.registry.gate import check_contract, comparison, decide, enough, score
 from pipeline.registry.register import contract_of
 from pipeline.stages import register
-from tests.conftest import make_csv, run_stages, write_params
+from tests.helpers import make_csv, run_stages, write_params
 
 NAME = "spam-filter"  # one explicit register.model_name: the runs below share it
 

@@ -174,7 +174,7 @@ def odd_folder(root: Path) -> Path:
 def test_preprocess_batch_predict_and_serving_decode_alike(tmp_path: Path,
                                                            channels: int) -> None:
     from pipeline.registry.batch import collect_images, image_frame
-    from pipeline.registry.serving import frame_to_features
+    from pipeline.registry.features import frame_to_features
 
     root = odd_folder(tmp_path / "imgs")
     cfg = DataConfig(source="imagefolder", path=str(root), positive_class="dog", image_size=12,

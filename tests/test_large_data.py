@@ -16,7 +16,7 @@ from pipeline.data.dataset import load_splits
 from pipeline.data.sources import preprocess as run_preprocess
 from pipeline.models.feed import Feed, preload, preload_budget
 from pipeline.stages import preprocess, train
-from tests.conftest import make_imagefolder, run_stages, write_params
+from tests.helpers import make_imagefolder, run_stages, write_params
 
 
 def digests(folder: Path) -> dict[str, str]:

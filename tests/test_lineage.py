@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.lineage import dvc_hash
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def dvc(cwd: Path, *args: str) -> None:

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from pipeline.core.config import Params
+from pipeline.core.errors import ConfigError
+from pipeline.core.metric_names import GATE_METRICS, MONITOR_METRICS
+from pipeline.core.typed import build
 from pipeline.data.dataset import Split
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.metrics import (
@@ -14,7 +18,9 @@ from pipeline.evaluation.metrics import (
     curves,
     direction,
     improvement,
+    monitor_scores,
 )
+from pipeline.tracking import views
 
 
 @pytest.fixture
@@ -85,3 +91,27 @@ def test_curves_and_direction(predictions) -> None:
     assert improvement("roc_auc", 0.9, 0.8) == pytest.approx(0.1)
     assert improvement("brier", 0.3, 0.2) < 0 and direction("brier") == "minimize"
     assert direction("f1") == "maximize"
+
+
+@pytest.mark.parametrize("name", GATE_METRICS)
+def test_every_metric_name_is_scored_per_epoch_and_reported(predictions, name: str) -> None:
+    y, p = predictions
+    # The per-epoch score labels at 0.5, the report at its threshold: the same at 0.5.
+    assert monitor_scores(y, p, name)[name] == pytest.approx(binary_metrics(y, p, 0.5)[name])
+
+
+def test_config_accepts_exactly_the_metric_names() -> None:
+    for name in MONITOR_METRICS:
+        assert build(Params, {"tune": {"metric": name}}).tune.metric == name
+    for name in GATE_METRICS:
+        assert build(Params, {"register": {"metric": name}}).register.metric == name
+    assert set(MONITOR_METRICS) < set(GATE_METRICS)
+    with pytest.raises(ConfigError, match=r"^tune.metric = 'brier': must be one of"):
+        build(Params, {"tune": {"metric": "brier"}})  # a test-set score, no per-epoch monitor
+    with pytest.raises(ConfigError, match=r"^register.metric = 'auc': must be one of"):
+        build(Params, {"register": {"metric": "auc"}})
+
+
+def test_runs_table_shows_metrics_the_pipeline_logs() -> None:
+    shown = [c.removeprefix("test_") for c in views.COLUMNS if c.startswith("test_")]
+    assert shown and set(shown) <= set(GATE_METRICS)

@@ -18,7 +18,7 @@ import pytest
 from pipeline.core import lineage
 from pipeline.core.config import BACKBONES
 from pipeline.registry import packaging
-from tests.conftest import REPO, make_imagefolder, run_stages, write_params
+from tests.helpers import REPO, make_imagefolder, run_stages, write_params
 
 # The default image model. A backbone's runtime imports are the slow test's (a fresh venv
 # from its requirements): torchvision alone takes seconds to import.
@@ -90,7 +90,8 @@ for top, file in files.items():
 (work / "out.json").write_text(json.dumps({
     "imports": {k: {t: sorted(v) for t, v in found.items()} for k, found in imports.items()},
     "owners": owners, "probability": probability,
-    "modules": {n: m.__file__ for n, m in sys.modules.items() if n.split(".")[0] == "pipeline"}}))
+    "modules": {n: m.__file__ for n, m in sys.modules.items() if n.split(".")[0] == "pipeline"},
+    "packages": sorted({n.split(".")[0] for n in sys.modules})}))
 """
 
 
@@ -122,9 +123,20 @@ def test_shipped_code_is_exactly_what_the_pyfunc_loads(standalone: dict) -> None
                     .removesuffix(".__init__") for p in code.rglob("*.py"))
     assert copied == shipped
     assert {"pipeline", "pipeline.core.cpu", "pipeline.registry.pyfunc_model",
-            "pipeline.registry.serving", "pipeline.models.backbones"} <= set(shipped)
-    assert not {"pipeline.tracking.runs", "pipeline.registry.register", "pipeline.tuning.tune",
-                "pipeline.training.engine", "sklearn"} & set(shipped)
+            "pipeline.registry.serving", "pipeline.registry.features",
+            "pipeline.registry.signature", "pipeline.models.backbones"} <= set(shipped)
+    assert not {"pipeline.tracking.runs", "pipeline.registry.register",
+                "pipeline.registry.examples", "pipeline.tuning.tune"} & set(shipped)
+
+
+def test_the_pyfunc_runs_no_training_loop_and_no_scikit_learn(standalone: dict) -> None:
+    # What serves is saved preprocessing + a network: neither the code nor the process that
+    # loaded the pyfunc and predicted holds the training loop, the metrics or their imports.
+    for modules in (packaging.shipped_modules(), sorted(standalone["modules"])):
+        assert not [m for m in modules if m.split(".")[1:2] in (
+            ["training"], ["evaluation"], ["tuning"], ["tracking"])], modules
+    assert "mlflow" in standalone["packages"]  # (which imports scipy when it is installed)
+    assert not {"sklearn", "optuna", "dvc"} & set(standalone["packages"])
 
 
 def test_shipped_code_predicts_standalone(standalone: dict) -> None:
@@ -263,7 +275,7 @@ def test_registered_model_scores_identically_in_a_fresh_venv(tmp_path: Path,
     import torch
 
     from pipeline.stages import register
-    from tests.test_registry import register_args
+    from tests.helpers import register_args
 
     started = time.monotonic()
     images = make_imagefolder(tmp_path / "images", per_class=8)

@@ -14,7 +14,7 @@ from pipeline.core.config import SEED_MAX, load_params
 from pipeline.core.errors import ConfigError, StoreError
 from pipeline.core.services import check_database, mask
 from pipeline.stages import validate
-from tests.conftest import PG_ADMIN, REPO
+from tests.helpers import PG_ADMIN, REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -185,14 +185,19 @@ def test_errors_logs_and_study_tags_hold_no_password(
     with caplog.at_level(logging.WARNING):
         lock_for("mysql://h/db?user=u&password=hunter2", "x")
     assert "password=***" in caplog.text and SECRET not in caplog.text
+
+
+@pytest.mark.services
+def test_study_tags_hold_no_password(mlflow_uri: str) -> None:
+    # The storage URL is real (the study's parent run is created under a lock in it).
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.config import Params
     from pipeline.core.tags import Tag
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking import store
     from pipeline.tuning import tune
 
-    tracking.configure()
+    store.configure()
     storage = PG_ADMIN + ("&" if "?" in PG_ADMIN else "?") + "password=hunter2"  # trust auth
     run = MlflowClient().get_run(tune.parent_run_id(Params(), "masked-study", storage))
     assert SECRET not in str(run.data.tags) and "password=***" in run.data.tags[Tag.STORAGE]

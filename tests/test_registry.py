@@ -10,7 +10,6 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -26,13 +25,12 @@ from pipeline.core.tags import Tag
 from pipeline.registry.contract import Contract
 from pipeline.registry.gate import decide, download, score
 from pipeline.registry.register import audit_trail
-from pipeline.stages import register
-from tests.conftest import (
+from pipeline.stages import evaluate, register, train
+from tests.helpers import (
     REPO,
     invoke_images,
     make_csv,
-    make_imagefolder,
-    module_store,
+    register_args,
     run_stages,
     served_model,
     write_params,
@@ -42,33 +40,11 @@ NAME = "images-dog"  # register.model_name: auto for the "images" folder, positi
 CSV_NAME = "t-spam"  # ... and for t.csv, positive class spam
 
 
-def register_args(params: Path, paths: dict[str, str], out: Path) -> list[str]:
-    return ["--params", str(params), "--data-dir", paths["processed"], "--train-dir",
-            paths["augmented"], "--model-dir", paths["models"], "--metrics",
-            str(Path(paths["reports"]) / "metrics.json"), "--out", str(out)]
-
-
-@pytest.fixture(scope="module")
-def image_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """One registered image model (champion v1) in a module-wide MLflow store."""
-    root = tmp_path_factory.mktemp("registry")
-    with module_store(root) as uri:
-        images = make_imagefolder(root / "images", per_class=16)
-        params = write_params(root / "params.yaml", {"data": {
-            "source": "imagefolder", "path": str(images), "positive_class": "dog",
-            "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
-            "train": {"epochs": 4}})
-        paths = run_stages(params, root)
-        register.main(register_args(params, paths, root / "registration.json"))
-        mlflow.set_tracking_uri(uri)
-        yield {"root": root, "uri": uri, "paths": paths, "params": params, "images": images}
-
-
-def test_first_version_is_champion_with_lineage_tags(image_model: dict) -> None:
-    report = json.loads((image_model["root"] / "registration.json").read_text())
+def test_first_version_is_champion_with_lineage_tags(tiny_pipeline: dict) -> None:
+    report = json.loads((tiny_pipeline["root"] / "registration.json").read_text())
     assert report["version"] == "1" and report["promote"] is True
     assert report["reason"] == "first version: no champion yet"
-    client = MlflowClient(image_model["uri"])
+    client = MlflowClient(tiny_pipeline["uri"])
     version = client.get_model_version_by_alias(NAME, "champion")
     assert str(version.version) == "1"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
@@ -86,40 +62,39 @@ def test_first_version_is_champion_with_lineage_tags(image_model: dict) -> None:
     # register.model_name: auto named it after the data folder and the positive class.
     assert report["model_name"] == NAME and run.data.tags[Tag.REGISTERED_MODEL] == NAME
     # The version names its data and its input contract (machine-readable and in words).
-    assert tags[Tag.DATA_SOURCE] == str(image_model["images"])
+    assert tags[Tag.DATA_SOURCE] == str(tiny_pipeline["images"])
     contract = Contract.from_tag(tags[Tag.CONTRACT])
     assert (contract.kind, contract.classes) == ("image", ("cat", "dog"))
     assert tags[Tag.CONTRACT_SUMMARY] == contract.describe() == "images → 'dog' vs 'cat'"
 
 
-def test_decisions_are_readable_in_the_registry_and_the_run(image_model: dict) -> None:
-    mlflow.set_tracking_uri(image_model["uri"])  # other tests may point MLflow elsewhere
-    client = MlflowClient(image_model["uri"])
+def test_decisions_are_readable_in_the_registry_and_the_run(tiny_pipeline: dict) -> None:
+    client = MlflowClient(tiny_pipeline["uri"])
     version = client.get_model_version(NAME, "1")
     # The version's description says the decision in sentences, with what it rests on.
     text = version.description
     assert text.startswith(f"Promoted to champion of {NAME}: its first version.")
     assert "The gate's reason: first version: no champion yet." in text
-    for fact in ("images → 'dog' vs 'cat'", str(image_model["images"]), version.run_id,
+    for fact in ("images → 'dog' vs 'cat'", str(tiny_pipeline["images"]), version.run_id,
                  "register.metric = log_loss"):
         assert fact in text, fact
     # The model's description: its task, who serves, the trail as a table; no store address.
     model = client.get_registered_model(NAME).description
     assert "**images → 'dog' vs 'cat'**" in model and "`@champion` is v1" in model
     assert "| v1 |" in model and "| promoted |" in model
-    assert image_model["uri"] not in model + text
+    assert tiny_pipeline["uri"] not in model + text
     # The registering run keeps the same in audit.md; the JSON tags stay.
     audit_md = mlflow.artifacts.load_text(f"runs:/{version.run_id}/audit.md")
     assert audit_md.startswith(f"# Gate decision on `{NAME}` v1") and text in audit_md
     assert json.loads(client.get_registered_model(NAME).tags["audit.00001"])["version"] == "1"
 
 
-def test_champion_is_scored_on_its_signature_columns_only(image_model: dict, capfd) -> None:
-    mlflow.set_tracking_uri(image_model["uri"])  # other tests may point MLflow elsewhere
+def test_champion_is_scored_on_its_signature_columns_only(tiny_pipeline: dict, tmp_path: Path,
+                                                          capfd) -> None:
     # MLflow warns about every column a signature lacks ("extra inputs ... ignored"); the
     # model ignores them anyway, so the gate passes only the declared ones: no such warning.
-    folder = download(NAME, "1", image_model["root"] / "scored")
-    files = sorted((image_model["images"] / "cat").glob("*.png"))[:2]
+    folder = download(NAME, "1", tmp_path / "scored")
+    files = sorted((tiny_pipeline["images"] / "cat").glob("*.png"))[:2]
     frame = pd.DataFrame({"image": [f.read_bytes() for f in files], "x1": [1.0, 2.0]})
     capfd.readouterr()
     scored = score(folder, frame)
@@ -127,9 +102,9 @@ def test_champion_is_scored_on_its_signature_columns_only(image_model: dict, cap
     assert "extra inputs" not in "".join(capfd.readouterr())
 
 
-def test_pyfunc_on_png_jpeg_bytes_and_arrays(image_model: dict) -> None:
+def test_pyfunc_on_png_jpeg_bytes_and_arrays(tiny_pipeline: dict) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    files = sorted((image_model["images"] / "dog").glob("*.png"))[:3]
+    files = sorted((tiny_pipeline["images"] / "dog").glob("*.png"))[:3]
     raw = [f.read_bytes() for f in files]
     by_bytes = model.predict(pd.DataFrame({"image": raw}))
     assert list(by_bytes.columns) == ["probability", "label"]
@@ -150,11 +125,12 @@ def test_pyfunc_on_png_jpeg_bytes_and_arrays(image_model: dict) -> None:
         model.predict(pd.DataFrame({"image": [b"definitely not an image"]}))
 
 
-def test_predict_cli_reproduces_evaluate_test_predictions(image_model: dict) -> None:
-    paths, root = image_model["paths"], image_model["root"]
+def test_predict_cli_reproduces_evaluate_test_predictions(tiny_pipeline: dict,
+                                                          tmp_path: Path) -> None:
+    paths = tiny_pipeline["paths"]
     ids = json.loads((Path(paths["processed"]) / "ids.json").read_text())["test"]
-    files = [str(image_model["images"] / i) for i in ids]
-    out = root / "predictions.csv"
+    files = [str(tiny_pipeline["images"] / i) for i in ids]
+    out = tmp_path / "predictions.csv"
     predict_cli.main(["--input", *files, "--output", str(out)])
     got = pd.read_csv(out)
     expected = pd.read_csv(Path(paths["reports"]) / "test_predictions.csv")
@@ -163,11 +139,12 @@ def test_predict_cli_reproduces_evaluate_test_predictions(image_model: dict) -> 
     assert got["label"].tolist() == expected["predicted"].tolist()
 
 
-def test_predict_cli_bad_image_fails_without_output(image_model: dict, capsys) -> None:
-    root = image_model["root"]
+def test_predict_cli_bad_image_fails_without_output(tiny_pipeline: dict, tmp_path: Path,
+                                                   capsys) -> None:
+    root = tmp_path
     folder = root / "incoming"
-    folder.mkdir(exist_ok=True)
-    good = next((image_model["images"] / "cat").glob("*.png"))
+    folder.mkdir()
+    good = next((tiny_pipeline["images"] / "cat").glob("*.png"))
     (folder / "a.png").write_bytes(good.read_bytes())
     (folder / "broken.png").write_bytes(good.read_bytes()[:20])
     out = root / "bad.csv"
@@ -204,12 +181,12 @@ def post(port: int, body: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_matches_cli(image_model: dict) -> None:
-    root = image_model["root"]
-    files = sorted((image_model["images"] / "dog").glob("*"))[:4]
-    out = root / "cli.csv"
+def test_mlflow_models_serve_matches_cli(tiny_pipeline: dict, tmp_path: Path) -> None:
+    root = tiny_pipeline["root"]
+    files = sorted((tiny_pipeline["images"] / "dog").glob("*"))[:4]
+    out = tmp_path / "cli.csv"
     predict_cli.main(["--input", *map(str, files), "--output", str(out)])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": image_model["uri"],
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tiny_pipeline["uri"],
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with served_model(f"models:/{NAME}@champion", root, env, wait_s=120) as port:
         answer = {"predictions": invoke_images(port, files)}
@@ -346,12 +323,20 @@ def test_decide_directions() -> None:
 
 
 def test_register_killed_after_creating_the_version_is_completed_on_rerun(
-        image_model: dict) -> None:
-    root, paths = image_model["root"], image_model["paths"]
+        tiny_trained: dict, tmp_path: Path, mlflow_uri: str) -> None:
+    # Its own store (the shared one stays as the pipeline left it): the shared pipeline's data,
+    # trained and evaluated again into it.
+    root = tmp_path
     params = root / "idem.yaml"
-    params.write_text(image_model["params"].read_text() + "register: {model_name: idem}\n")
-    mlflow.set_tracking_uri(image_model["uri"])  # earlier tests pointed MLflow elsewhere
-    client = MlflowClient(image_model["uri"])
+    params.write_text(tiny_trained["params"].read_text() + "register: {model_name: idem}\n")
+    paths = {**tiny_trained["paths"], "models": str(root / "models"),
+             "reports": str(root / "reports")}
+    train.main(["--params", str(params), "--data-dir", paths["processed"], "--train-dir",
+                paths["augmented"], "--best-params", str(root / "none.json"),
+                "--out", paths["models"], "--reports", paths["reports"]])
+    evaluate.main(["--params", str(params), "--data-dir", paths["processed"],
+                   "--model-dir", paths["models"], "--reports", paths["reports"]])
+    client = MlflowClient(mlflow_uri)
     register.main(register_args(params, paths, root / "idem0.json"))
     # What a register killed right after `create_model_version` leaves: the version with its
     # lineage tags, but no decision, no alias and no audit entry.

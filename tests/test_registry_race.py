@@ -25,7 +25,7 @@ from pipeline.core.locks import DatabaseLock, team_lock
 from pipeline.core.tags import Tag
 from pipeline.evaluation.metrics import direction
 from pipeline.registry.register import earlier_decision
-from tests.conftest import REPO, TeamServer, make_csv, module_store, stage_paths, write_params
+from tests.helpers import REPO, TeamServer, make_csv, module_store, stage_paths, write_params
 
 # Four trainings, then four register processes per test: ~40-60 s each on 2 cores.
 pytestmark = pytest.mark.slow
@@ -35,12 +35,12 @@ RECIPES = ((1, 1e-4), (2, 0.01), (6, 0.05), (15, 0.1))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> dict:
     """One preprocessed CSV and len(RECIPES) models trained and evaluated on it."""
     from pipeline.stages import augment, evaluate, preprocess, train
 
     root = tmp_path_factory.mktemp("race")
-    with module_store(root):
+    with module_store(root, store_template):
         csv = make_csv(root / "table.csv", rows=160)
         data = {"source": "csv", "path": str(csv), "target": "label", "positive_class": "spam",
                 "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
@@ -208,6 +208,7 @@ def server_env(shared_server: TeamServer, monkeypatch: pytest.MonkeyPatch) -> It
     yield env
 
 
+@pytest.mark.services
 def test_concurrent_registrations_on_a_server_lock_in_postgresql(
         trained: dict, tmp_path: Path, server_env: dict) -> None:
     lock = team_lock(f"registry:{NAME}", server_env["MLFLOW_TRACKING_URI"])

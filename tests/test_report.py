@@ -23,8 +23,7 @@ from pipeline.report.compare import (
     lock_hashes,
 )
 from pipeline.report.render import Link, Report, Row, table_json
-from tests.conftest import TINY, merge
-from tests.test_dvc_pipeline import make_repo, sh
+from tests.helpers import TINY, make_repo, merge, sh
 
 # The smallest complete pipeline: built-in digits at 8x8, logistic regression, no study.
 SMALL = merge(TINY, {"data": {"image_size": 8}, "model": {"type": "logreg"}})
@@ -233,10 +232,9 @@ def test_a_tracking_server_gets_links_without_credentials() -> None:
 def test_mlflow_facts_copied_into_the_report_match_their_source() -> None:
     # The report must not import mlflow, so it keeps copies of what these glue modules know.
     from pipeline.report import runs as report_runs
-    from pipeline.tracking import runs as tracking
-    from pipeline.tracking import views
+    from pipeline.tracking import store, views
 
-    assert report_runs.DEFAULT_TRACKING_URI == tracking.DEFAULT_TRACKING_URI
+    assert report_runs.DEFAULT_TRACKING_URI == store.DEFAULT_TRACKING_URI
     assert report_runs.LOCAL_UI == views.LOCAL_UI and report_runs.ML_MODE == views.ML_MODE
     assert report_runs.RUN_ROUTE.format(experiment="7", run="r1") == views.run_url("7", "r1")
 

@@ -204,7 +204,9 @@ def test_meta_without_the_new_table_fields_still_reads() -> None:
 
 def test_serving_and_batch_read_the_training_csv_as_preprocess_did(tmp_path: Path) -> None:
     from pipeline.registry.batch import table_frame
-    from pipeline.registry.serving import contract, frame_to_features, raw_inputs
+    from pipeline.registry.examples import raw_inputs
+    from pipeline.registry.features import frame_to_features
+    from pipeline.registry.signature import contract
 
     frame = base().assign(id=[f"r{i}" for i in range(N)])
     path = tmp_path / "t.csv"
@@ -239,7 +241,7 @@ def test_leading_zero_is_never_digit_grouping(tmp_path: Path, text: str, kw: dic
 
 def test_semicolon_dot_grouping_is_decided_once_and_applied_by_batch(tmp_path: Path) -> None:
     from pipeline.registry.batch import table_frame
-    from pipeline.registry.serving import contract
+    from pipeline.registry.signature import contract
 
     dots = "x;label\n" + "1.500;spam\n2.000;ham\n" * 10
     with pytest.raises(DataError, match=r"column 'x' row 0 holds '1.500': '.' may group"):
@@ -278,7 +280,7 @@ def test_shuffled_ranks_and_years_are_features_blank_ids_are_not(tmp_path: Path)
 
 def test_batch_reads_markers_and_text_columns_as_training_did(tmp_path: Path) -> None:
     from pipeline.registry.batch import table_frame
-    from pipeline.registry.serving import contract
+    from pipeline.registry.signature import contract
 
     frame = base().assign(code=["1", "2"] * (N // 2), id=[f"r{i}" for i in range(N)])
     _, meta, _ = prep(write(tmp_path, frame.assign(code=["a", "b"] * (N // 2))))

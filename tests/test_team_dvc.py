@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TeamServer, invoke_images, served_model
-from tests.test_dvc_pipeline import E2E, make_repo
+from tests.helpers import E2E, TeamServer, invoke_images, make_repo, served_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 NAME = "digits-odd"  # register.model_name: auto on the default data
 
 

@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli.team import start_server
 from pipeline.core.errors import PipelineError, StoreError
 from pipeline.core.services import check_server, mask
-from tests.conftest import PG_ADMIN, TeamServer, csv_checkout, team_server
+from tests.helpers import PG_ADMIN, TeamServer, csv_checkout, team_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,10 @@ def test_auth_server_refuses_anonymous_and_works_with_credentials(
         (run,) = client.search_runs([exp.experiment_id])
         assert run.info.status == "FINISHED"
         # Artifacts went through the server's proxy into its artifact store.
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "network")]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")]
     recorded = json.dumps([run.data.params, run.data.tags])
     assert password not in recorded and "MLFLOW_TRACKING_PASSWORD" not in recorded
-    assert any((server.state / "artifacts").rglob("MLmodel"))
+    assert any((server.state / "artifacts").rglob("model.safetensors"))
 
 
 def test_wrong_credentials_and_wrong_path_fail_fast(workspace: Path,

@@ -24,9 +24,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import TeamServer, csv_checkout
+from tests.helpers import TeamServer, csv_checkout
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 N_TRIALS = 8
 
 

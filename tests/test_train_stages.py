@@ -6,22 +6,17 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.dataset import load_splits
 from pipeline.evaluation.metrics import choose_threshold
-from pipeline.models.feed import as_inputs
 from pipeline.models.inference import predict_proba
-from pipeline.models.networks import load_model
+from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, load_model
 from pipeline.stages import train
-from tests.conftest import make_imagefolder, module_store, run_stages, write_params
+from tests.helpers import run_stages, write_params
 
 
 def only_run(client: MlflowClient, name: str = "binary-classification"):
@@ -31,21 +26,9 @@ def only_run(client: MlflowClient, name: str = "binary-classification"):
     return runs[0]
 
 
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """train + evaluate once on the tiny ImageFolder, in a module-wide MLflow store."""
-    root = tmp_path_factory.mktemp("stages")
-    with module_store(root) as uri:
-        params = write_params(root / "params.yaml", {"data": {
-            "source": "imagefolder", "path": str(make_imagefolder(root / "images")),
-            "positive_class": "dog", "image_size": 8, "channels": 1,
-            "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
-        yield {"root": root, "uri": uri, "paths": run_stages(params, root)}
-
-
-def test_train_and_evaluate_land_in_one_mlflow_run(image_run: dict) -> None:
-    paths, tmp_path = image_run["paths"], image_run["root"]
-    client = MlflowClient(image_run["uri"])
+def test_train_and_evaluate_land_in_one_mlflow_run(tiny_pipeline: dict, tmp_path: Path) -> None:
+    paths, root = tiny_pipeline["paths"], tiny_pipeline["root"]
+    client = MlflowClient(tiny_pipeline["uri"])
     run = only_run(client)
     assert run.info.status == "FINISHED"
     # Full flattened config as params.
@@ -68,34 +51,32 @@ def test_train_and_evaluate_land_in_one_mlflow_run(image_run: dict) -> None:
     # DVC's folder hash, as dvc.lock writes it: md5 + ".dir".
     assert len(tags["pipeline.dvc.data/processed"]) == 36
     assert tags["pipeline.dvc.data/processed"].endswith(".dir")
-    # Artifacts: plots, metrics, history, the network.
+    # Artifacts: plots, metrics, history, the trained model's files.
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"plots", "metrics.json", "train_history.json", "test_predictions.csv"} <= names
+    assert {"plots", "model", "metrics.json", "train_history.json",
+            "test_predictions.csv"} <= names
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"roc.png", "precision_recall.png", "calibration.png", "confusion_matrix.png",
             "training_curves.png"} <= plots
-    models = client.search_logged_models([run.info.experiment_id])
-    assert [m.name for m in models] == ["network"]
-    # The network takes what the loop feeds it: float32 in [0, 1], not the stored uint8.
-    signature = mlflow.models.get_model_info(models[0].model_uri).signature
-    assert signature.inputs.inputs[0].type == np.dtype("float32")
-    # It loads back (MLflow's own reload check is off: it doubled the export's cost) and
-    # computes what the trained model does, at a batch size other than the example's.
-    network = mlflow.pytorch.load_model(models[0].model_uri)
-    trained, _ = load_model(paths["models"])
-    x = as_inputs(torch.from_numpy(load_splits(paths["processed"])[0]["test"].X[:5]))
-    with torch.no_grad():
-        assert torch.allclose(network(x.contiguous()), trained.eval()(x), atol=1e-6)
+    # The run keeps the weights and config as plain files, byte for byte what models/ holds;
+    # the one MLflow logged model is the registered pyfunc (register's), none per train run.
+    (tmp_path / "run-model").mkdir()
+    copy = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "run-model")))
+    assert {p.name for p in copy.iterdir()} == {CONFIG_FILE, WEIGHTS_FILE}
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        assert (copy / name).read_bytes() == (Path(paths["models"]) / name).read_bytes()
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert logged.model_id == client.get_model_version_by_alias("images-dog", "champion").model_id
     # Datasets with the DVC hash as digest.
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}
     assert inputs["test"].dataset.digest == tags["pipeline.dvc.data/processed"][:36]
     # Artifacts live beside the DB, never in ./mlruns.
-    assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+    assert (root / "mlartifacts").is_dir() and not (root / "mlruns").exists()
 
 
-def test_threshold_is_chosen_on_validation(image_run: dict) -> None:
-    paths = image_run["paths"]
+def test_threshold_is_chosen_on_validation(tiny_pipeline: dict) -> None:
+    paths = tiny_pipeline["paths"]
     splits, _ = load_splits(paths["processed"])
     model, _ = load_model(paths["models"])
     expected = choose_threshold(splits["val"].y, predict_proba(model, splits["val"].X), "f1")
@@ -188,19 +169,19 @@ def test_unusable_tracking_store_is_one_line(tmp_path: Path, image_params: Path,
 def test_copied_store_does_not_write_into_the_original(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.core.errors import StoreError
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking import store
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
-    tracking.configure()
-    tracking.experiment_id("exp")
+    store.configure()
+    store.experiment_id("exp")
     shutil.copy(tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}")
-    tracking.configure()
+    store.configure()
     with pytest.raises(StoreError, match=r"experiment 'exp' keeps its artifacts in .*/a/mlartifacts"
                                          r", not beside this store \(.*/b/mlartifacts\)"):
-        tracking.experiment_id("exp")
-    other = MlflowClient().get_experiment(tracking.experiment_id("other"))
+        store.experiment_id("exp")
+    other = MlflowClient().get_experiment(store.experiment_id("other"))
     assert other.artifact_location.endswith("/b/mlartifacts")  # new experiments follow the store
     assert not (tmp_path / "a" / "mlartifacts").exists()

@@ -25,7 +25,8 @@ from pipeline.stages import evaluate, register
 from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
 from pipeline.training.engine import fit
-from tests.conftest import (
+from tests.helpers import (
+    image_split,
     invoke_images,
     make_imagefolder,
     run_stages,
@@ -33,7 +34,6 @@ from tests.conftest import (
     stage_paths,
     write_params,
 )
-from tests.test_backbones import tiny_images
 
 CPU = torch.device("cpu")
 
@@ -52,7 +52,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """resnet18 trained on task A (RGB, bright square), its whole state dict saved as .pth."""
     seed_everything(0, 1)
     model = build_model(ModelConfig(type="resnet18"), (3, 32, 32), [0.5] * 3, [0.25] * 3)
-    result = fit(model, tiny_images(16, 3), tiny_images(8, 3, seed=1),
+    result = fit(model, image_split(16, 3), image_split(8, 3, seed=1),
                  TrainConfig(epochs=1, batch_size=8, patience=0), seed=0, device=CPU)
     path = tmp_path_factory.mktemp("weights") / "task_a.pth"
     torch.save(result.model.state_dict(), path)

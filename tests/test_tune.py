@@ -23,7 +23,15 @@ from pipeline.core.config import load_params, parse_params
 from pipeline.core.errors import ConfigError
 from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
-from tests.conftest import csv_checkout, make_csv, run_stages, stage_paths, write_params
+from tests.helpers import (
+    csv_checkout,
+    csv_tune_params,
+    load_study,
+    run_stages,
+    stage_paths,
+    tune_args,
+    write_params,
+)
 
 
 @pytest.mark.parametrize(("space", "needle"), [
@@ -51,40 +59,10 @@ def test_search_space_rejections(space: dict, needle: str) -> None:
     assert needle in str(info.value)
 
 
-@pytest.fixture
-def tune_env(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))
-    return tmp_path
-
-
 def tiny_images(folder: Path) -> dict:
     """The data section for the tiny ImageFolder at 8 px, half/quarter/quarter split."""
     return {"source": "imagefolder", "path": str(folder), "positive_class": "dog",
             "image_size": 8, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
-
-
-def csv_tune_params(root: Path, rows: int = 80, **tune: object) -> Path:
-    path = make_csv(root / "table.csv", rows=rows)
-    return write_params(root / "params.yaml", {
-        "data": {"source": "csv", "path": str(path), "target": "label",
-                 "positive_class": "spam", "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
-        "train": {"epochs": 6, "batch_size": 16},
-        "tune": {"enabled": True, "n_trials": 6, "pruner": "successive_halving",
-                 "search_space": {"train.lr": {"low": 1e-5, "high": 0.5, "log": True},
-                                  "train.batch_size": {"choices": [8, 16]}}, **tune}})
-
-
-def tune_args(params: Path, root: Path, out: str = "best_params.json") -> list[str]:
-    p = stage_paths(root)
-    return ["--params", str(params), "--data-dir", p["processed"], "--train-dir",
-            p["augmented"], "--out", str(root / out)]
-
-
-def load_study(root: Path, name: str = "optuna.journal") -> optuna.Study:
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(root / name)))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
 def child_runs(client: MlflowClient) -> list:
@@ -160,14 +138,14 @@ def test_a_pruned_trial_is_named_after_the_steps_it_counts(
         tmp_path: Path, mlflow_uri: str, folds: int, unit: str) -> None:
     """Cross-validating trials report folds, others epochs: the run's name and tags say which."""
     from pipeline.data.dataset import load_splits
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking import store
     from pipeline.tuning.objective import TuneJob, run_trial
 
     root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 60, {
         "train": {"epochs": 3}, "tune": {"enabled": True, "pruner": "median"}})
     params = load_params(root / "params.yaml")
-    tracking.configure()
-    exp = tracking.experiment_id(params.mlflow.experiment)
+    store.configure()
+    exp = store.experiment_id(params.mlflow.experiment)
     parent = MlflowClient().create_run(exp).info.run_id
     job = TuneJob(params, str(root / "data" / "processed"), str(root / "data" / "augmented"),
                   "unused", "s", parent, exp, folds=folds)
@@ -334,6 +312,7 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_result(tune_env: Path,
 PG_URL = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 
 
+@pytest.mark.services
 def test_postgres_storage_with_heartbeat(tune_env: Path, monkeypatch) -> None:
     """Teams point OPTUNA_STORAGE at PostgreSQL; the stage runs there with heartbeats."""
     import sqlalchemy
@@ -425,11 +404,11 @@ def test_reporting_only_the_epochs_the_pruner_reads_changes_no_decision(
 
 def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow_uri: str
                                                                           ) -> None:
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking import store
     from pipeline.tuning import trial_runs
 
-    tracking.configure()
-    exp = tracking.experiment_id("e")
+    store.configure()
+    exp = store.experiment_id("e")
     parent = MlflowClient().create_run(exp).info.run_id
     # Trial 0 closed its run and then its worker died before telling Optuna; trial 1 died
     # mid-way; trial 2 raised (FAILED by its own hand); trial 3 completed and was told.
@@ -452,11 +431,11 @@ def test_dead_trials_runs_end_killed_even_when_closed_before_optuna_heard(mlflow
 def test_sweep_ends_the_runs_of_trials_failed_by_anyone_once(mlflow_uri: str) -> None:
     # Optuna's own stale-trial check (at the start of another worker's trial) fails a dead
     # worker's trial without telling the pipeline: the next sweep still ends its run.
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking import store
     from pipeline.tuning import trial_runs
 
-    tracking.configure()
-    exp = tracking.experiment_id("e")
+    store.configure()
+    exp = store.experiment_id("e")
     study = optuna.create_study()
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     study.tell(study.ask(), 0.5)

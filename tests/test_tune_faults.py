@@ -19,8 +19,7 @@ from optuna.trial import TrialState
 from pipeline.core.errors import StoreError
 from pipeline.stages import tune as tune_stage
 from pipeline.tuning.study import SuccessiveHalving, make_storage
-from tests.conftest import REPO, run_stages
-from tests.test_tune import csv_tune_params, load_study, tune_args, tune_env  # noqa: F401
+from tests.helpers import REPO, csv_tune_params, load_study, run_stages, tune_args
 
 
 def quick_study(path: Path, n_trials: int) -> optuna.Study:
@@ -98,7 +97,7 @@ def test_a_file_that_is_no_journal_is_refused_and_left_alone(tmp_path: Path,
     assert path.read_bytes() == content
 
 
-def test_the_stage_resumes_a_journal_truncated_mid_line(tune_env: Path,  # noqa: F811
+def test_the_stage_resumes_a_journal_truncated_mid_line(tune_env: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     params = csv_tune_params(tune_env, n_trials=3, pruner="none")
     run_stages(params, tune_env, upto="augment")
@@ -143,7 +142,7 @@ def trials(root: Path, journal: str) -> list[tuple]:
 
 @pytest.mark.slow
 def test_resume_after_ctrl_c_or_kill_is_the_uninterrupted_study_trial_for_trial(
-        tune_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tune_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = csv_tune_params(tune_env, rows=120, n_trials=8, pruner="successive_halving")
     Path(params).write_text(Path(params).read_text().replace("epochs: 6", "epochs: 7"))
     run_stages(params, tune_env, upto="augment")
@@ -203,7 +202,7 @@ def wait_for(what: str, check, timeout: float = 240) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["process group", "parent only"])
 def test_ctrl_c_stops_parallel_workers_with_one_line_and_nothing_running(
-        tune_env: Path, to: str) -> None:  # noqa: F811
+        tune_env: Path, to: str) -> None:
     params = csv_tune_params(tune_env, rows=300, n_trials=40, n_workers=2, pruner="none")
     Path(params).write_text(Path(params).read_text().replace("epochs: 6", "epochs: 200"))
     run_stages(params, tune_env, upto="augment")

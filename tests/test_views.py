@@ -1,4 +1,5 @@
-"""What the team sees in MLflow: run names, the shared runs-table view, adopted test metrics."""
+"""What the team sees in MLflow: run names, the shared runs-table view, adopted test metrics,
+and finding runs by their tags."""
 
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.lineage import pipeline_run_name
 from pipeline.stages import evaluate, train
-from pipeline.tracking.views import COLUMNS, VIEW_KEY, VIEW_TAG_PREFIX, run_link
-from tests.conftest import make_imagefolder, module_store, run_stages, write_params
+from pipeline.tracking import runs, store
+from pipeline.tracking.views import COLUMNS, VIEW_KEY, run_link
+from tests.helpers import make_imagefolder, module_store, run_stages, write_params
 
 USER_NOTE = "Our team's notes about this experiment."
 
 
 @pytest.fixture(scope="module")
-def three_experiments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def three_experiments(tmp_path_factory: pytest.TempPathFactory,
+                      store_template: Path) -> Iterator[dict]:
     """`dvc exp run` as DVC runs stages: train + evaluate under one experiment name; train
     alone under another, reproducing the same weights (DVC then skips evaluate); evaluate alone
     under a third (only evaluate.threshold changed)."""
     root = tmp_path_factory.mktemp("views")
-    with module_store(root) as uri, pytest.MonkeyPatch.context() as mp:
+    with module_store(root, store_template) as uri, pytest.MonkeyPatch.context() as mp:
         client = MlflowClient(uri)
         # A description someone already wrote must survive the pipeline's own.
         exp_id = client.create_experiment("binary-classification",
@@ -102,7 +105,7 @@ def test_retrain_with_identical_weights_adopts_the_test_metrics(three_experiment
 def test_experiment_carries_a_saved_runs_table_view(three_experiments: dict) -> None:
     tags = three_experiments["client"].get_experiment(three_experiments["exp_id"]).tags
     # The envelope MLflow's UI lists under "Views" (name, createdAt, state as a JSON string).
-    envelope = json.loads(tags[VIEW_TAG_PREFIX + VIEW_KEY])
+    envelope = json.loads(tags["mlflow.sharedViewState." + VIEW_KEY])
     assert envelope["name"] and isinstance(envelope["createdAt"], int)
     columns = json.loads(envelope["state"])["selectedColumns"]
     # A study's parent run has its best trial's score (tune.metric: roc_auc) in a column.
@@ -134,3 +137,31 @@ def test_outside_an_experiment_the_run_is_named_after_the_commit(
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True, cwd=tmp_path).stdout.strip()
     assert pipeline_run_name() == f"repro@{head[:7]}"
+
+
+def test_runs_are_found_by_tag_values_of_any_text_newest_first(
+        mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.configure()
+    exp = store.experiment_id("lookup")
+    client = MlflowClient()
+    # Data paths are the user's: quotes and backslashes are matched as they are, not parsed.
+    values = ["plain", "it's", 'say "hi"', "C:\\data\\", "%_"]
+    made = {v: client.create_run(exp, start_time=1_000 * i, tags={
+        "pipeline.data_source": v}).info.run_id for i, v in enumerate(values, 1)}
+    for value, run_id in made.items():
+        assert runs.find_run(exp, {"pipeline.data_source": value}) == run_id
+    with pytest.raises(ValueError, match="both quote characters"):
+        runs.find_runs(exp, {"pipeline.data_source": "it's \"both\""})
+    # Every match, page after page, newest first; or the newest few; or by status too.
+    monkeypatch.setattr(runs, "PAGE", 2)
+    for run_id in made.values():
+        client.set_tag(run_id, "pipeline.stage", "train")
+    newest_first = [made[v] for v in reversed(values)]
+    assert [r.info.run_id for r in runs.find_runs(exp, {"pipeline.stage": "train"})] == \
+        newest_first
+    assert [r.info.run_id for r in runs.find_runs(exp, {"pipeline.stage": "train"}, limit=3)] \
+        == newest_first[:3]
+    client.set_terminated(made["plain"])
+    assert {r.info.run_id for r in runs.find_runs(exp, {}, status="RUNNING")} == \
+        set(made.values()) - {made["plain"]}
+    assert runs.find_run(exp, {"pipeline.stage": "evaluate"}) is None

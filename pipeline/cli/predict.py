@@ -12,13 +12,16 @@ from typing import NoReturn
 # Only light imports here: --help and argument errors must answer before MLflow, torch and
 # pandas load (seconds); the work lives in pipeline.registry.batch, imported once the arguments
 # are good.
+from pipeline.core import layout
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import DataError, PipelineError
 from pipeline.registry.contract import AUTO, model_name
 
 log = logging.getLogger("pipeline.cli.predict")
-REGISTRATION = Path("reports/registration.json")  # the register stage's output (dvc.yaml)
-META = Path("data/processed/meta.json")  # preprocess's metadata, which register reads
+REGISTRATION = Path(layout.in_reports(layout.REGISTRATION))  # the register stage's output
+# preprocess's metadata, which register reads (pipeline.data.dataset.META_FILE: spelled here
+# because that module loads numpy; tests/test_data.py checks they agree).
+META = Path("data/processed/meta.json")
 
 
 def default_model_uri(params_path: str, meta_path: Path = META) -> str:
@@ -67,17 +70,17 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow
 
     from pipeline.registry.batch import predict
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking.store import configure, tracking_uri
 
     try:
-        check_store_exists(uri, tracking.tracking_uri())
-        tracking.configure()
+        check_store_exists(uri, tracking_uri())
+        configure()
         n = predict(uri, args.input, args.output, args.skip_bad)
     except PipelineError as err:
         fail(str(err))
     except mlflow.exceptions.MlflowException as err:
         missing = err.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in err.message
-        hint = store_hint(uri, tracking.tracking_uri()) if missing else ""
+        hint = store_hint(uri, tracking_uri()) if missing else ""
         fail(f"--model {uri}: {err.message}{hint}")
     log.info("wrote %d predictions to %s", n, args.output)
 

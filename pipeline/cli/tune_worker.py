@@ -34,7 +34,7 @@ def join(params: Params, data_dir: str, train_dir: str, storage: str, worker: in
          n_workers: int) -> optuna.Study:
     """Work on the current study from another host until it holds tune.n_trials trials."""
     # Loaded here, so --help and argument errors answer without loading torch and MLflow.
-    from pipeline.tracking import runs as tracking
+    from pipeline.tracking.store import experiment_id
     from pipeline.tuning import tune
     from pipeline.tuning.study import is_database
 
@@ -47,7 +47,7 @@ def join(params: Params, data_dir: str, train_dir: str, storage: str, worker: in
     run_id = tune.parent_run_id(params, name, storage)
     params = replace(params, tune=replace(params.tune, n_workers=n_workers))
     job = tune.TuneJob(params, data_dir, train_dir, storage, name, run_id,
-                       tracking.experiment_id(params.mlflow.experiment), worker)
+                       experiment_id(params.mlflow.experiment), worker)
     return tune.run_study(job)
 
 

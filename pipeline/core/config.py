@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.metric_names import GateMetric, MonitorMetric
 from pipeline.core.space import SearchParam, check_space
 from pipeline.core.typed import build, in_range, require
 from pipeline.core.yamlfile import read_yaml, refuse_renamed
@@ -212,7 +213,7 @@ class TuneConfig:
     """Complete + pruned trials the study stops at, across restarts; failed ones are retried."""
     timeout: float | None = None
     """Optional wall-clock budget in seconds for this invocation."""
-    metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss"] = "roc_auc"
+    metric: MonitorMetric = "roc_auc"
     """Validation metric to optimise and early-stop on (trials and train); log_loss minimised."""
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"
     """Stops unpromising trials early from per-epoch validation reports."""
@@ -252,8 +253,7 @@ class RegisterConfig:
 
     model_name: str = "auto"
     """Registered model name (one input contract each); auto: <data.path name>-<positive class>."""
-    metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "log_loss", "brier"] = (
-        "log_loss")
+    metric: GateMetric = "log_loss"
     """Test metric compared between challenger and champion (log_loss/brier: lower is better)."""
     min_improvement: float = 0.0
     """Challenger must beat the champion by at least this much (and by more than 0)."""

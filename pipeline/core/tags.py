@@ -1,4 +1,5 @@
-"""Every tag name the pipeline writes, on MLflow runs and model versions: one fact, one name."""
+"""Every tag name the pipeline writes, on MLflow runs, experiments, logged models, registered
+models and versions: one fact, one name."""
 
 
 class Tag:
@@ -15,6 +16,9 @@ class Tag:
     LOCK_SHA = "pipeline.lock_sha256"  # requirements.lock the environment was installed from
     RUN_ID = "pipeline.run_id"
     TUNED_KEYS = "pipeline.tuned_keys"
+    # What computed a run: library versions, the device and torch's thread count.
+    TORCH, MLFLOW, PYTHON = "pipeline.torch", "pipeline.mlflow", "pipeline.python"
+    DEVICE, THREADS = "pipeline.device", "pipeline.threads"
     INPUT_SHAPE = "pipeline.input_shape"  # what the model took, e.g. 1x16x16 (image_size: auto)
     # CPU kernel dispatch that computed a run (pipeline/core/cpu.py): the kernels mode, ATen's
     # effective capability, the CPU model, and "pipeline.cpu.env.<VAR>" per pinned variable.
@@ -56,3 +60,20 @@ class Tag:
     TRIAL_NUMBER = "optuna.trial_number"
     TRIAL_STATE = "optuna.trial_state"
     PARENT_RUN = "mlflow.parentRunId"
+    RUN_NAME = "mlflow.runName"
+    # On a study's parent run: "best.<key>" per param of the best trial so far.
+    BEST_PARAM = "best."
+    # On an experiment: the MLflow UI's saved runs-table views ("mlflow.sharedViewState.<key>"),
+    # the kind of experiment the UI opens it as, and its description.
+    SHARED_VIEW = "mlflow.sharedViewState."
+    EXPERIMENT_KIND = "mlflow.experimentKind"
+    NOTE = "mlflow.note.content"
+    # On a logged model: the versions registered from it, as JSON (the MLflow UI's link).
+    MODEL_VERSIONS = "mlflow.modelVersions"
+    # On a version: the gate's decision on it and what it compared (pipeline/registry/gate.py).
+    DECISION, DECISION_REASON, GATE_METRIC = "decision", "decision_reason", "gate_metric"
+    CHALLENGER_SCORE, CHAMPION_SCORE = "challenger_score", "champion_score"
+    COMPARED_ROWS, EXCLUDED_ROWS = "compared_rows", "excluded_rows"
+    CHAMPION_OVERLAP, COMPARED_TO_VERSION = "champion_overlap", "compared_to_version"
+    # On a registered model: "audit.<5-digit number>" per gate decision, as JSON (the trail).
+    AUDIT = "audit."

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.config import AugmentConfig
-from pipeline.core.files import atomic_dir, write_json
+from pipeline.core.files import atomic_dir
 from pipeline.core.progress import Progress
 from pipeline.data import arrays
 from pipeline.data.arrays import Rows
-from pipeline.data.dataset import META_FILE, DatasetMeta, Split, save_splits
+from pipeline.data.dataset import DatasetMeta, Split, features_file, save_splits, write_split_files
 
 CHUNK = 1024  # images augmented at a time: bounds memory; the random draws follow it
 
@@ -132,8 +132,8 @@ def write_augmented(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: i
     progress = Progress(max(1, (1 + copies) * -(-n // CHUNK)), "augment")
     tick = time.perf_counter()
     with atomic_dir(out) as tmp, Rows(train.X.filename) as source:
-        arrays.create(tmp / "X_train.npy", (len(y), *source.row_shape), np.uint8)
-        with Rows(tmp / "X_train.npy", writable=True) as rows:
+        arrays.create(features_file(tmp, "train"), (len(y), *source.row_shape), np.uint8)
+        with Rows(features_file(tmp, "train"), writable=True) as rows:
             for copy in range(1 + copies):
                 for start, chunk in source.chunks(CHUNK):
                     if copy:
@@ -145,7 +145,5 @@ def write_augmented(train: Split, meta: DatasetMeta, cfg: AugmentConfig, seed: i
                     rows.write(copy * n + start, chunk)
                     done = copy * n + start + len(chunk)
                     progress.update(images=done, per_s=done / (time.perf_counter() - tick))
-        np.save(tmp / "y_train.npy", y)
-        write_json(tmp / "ids.json", {"train": ids})
-        meta.with_labels({"train": y}).write(tmp / META_FILE)
+        write_split_files(tmp, {"train": y}, {"train": ids}, meta)
     progress.close()

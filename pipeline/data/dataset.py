@@ -13,8 +13,11 @@ from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_dir, read_json, write_json
 from pipeline.core.fingerprints import write as write_fingerprints
 
+# A dataset folder (data/processed, data/augmented): per split X_<split>.npy and y_<split>.npy,
+# plus ids.json, meta.json and (preprocess) fingerprints.json. Only this module spells it.
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
+IDS_FILE = "ids.json"
 INFREQUENT = "<infrequent>"  # the one-hot value a capped categorical's other values share
 
 
@@ -175,18 +178,42 @@ class DatasetMeta:
                             f"({type(err).__name__}: {err}); rerun preprocess") from None
 
 
+def features_file(folder: str | Path, split: str) -> Path:
+    """Where a dataset folder holds a split's features (writers that stream rows fill it)."""
+    return Path(folder) / f"X_{split}.npy"
+
+
+def labels_file(folder: str | Path, split: str) -> Path:
+    """Where a dataset folder holds a split's 0/1 labels."""
+    return Path(folder) / f"y_{split}.npy"
+
+
 def save_splits(out: str | Path, splits: dict[str, Split], meta: DatasetMeta,
-                fingerprints: dict[str, list[str]] | None = None) -> None:
+                fingerprints: dict[str, list[str]] | None = None) -> DatasetMeta:
     """Write .npy arrays (deterministic bytes, unlike .npz) plus ids, the raw examples'
-    fingerprints (pipeline/core/fingerprints.py) when given, and meta, atomically."""
+    fingerprints (pipeline/core/fingerprints.py) when given, and meta, atomically; return
+    the meta written (with counts)."""
     with atomic_dir(out) as tmp:
-        if fingerprints is not None:
-            write_fingerprints(tmp, fingerprints)
         for name, s in splits.items():
-            np.save(tmp / f"X_{name}.npy", np.ascontiguousarray(s.X, dtype=feature_dtype(s.X)))
-            np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(s.y, dtype=np.float32))
-        write_json(tmp / "ids.json", {name: s.ids for name, s in splits.items()})
-        meta.with_counts(splits).write(tmp / META_FILE)
+            np.save(features_file(tmp, name),
+                    np.ascontiguousarray(s.X, dtype=feature_dtype(s.X)))
+        return write_split_files(tmp, {name: s.y for name, s in splits.items()},
+                                 {name: s.ids for name, s in splits.items()}, meta, fingerprints)
+
+
+def write_split_files(folder: Path, labels: dict[str, np.ndarray], ids: dict[str, list[str]],
+                      meta: DatasetMeta, fingerprints: dict[str, list[str]] | None = None
+                      ) -> DatasetMeta:
+    """Complete a folder being built whose features are already at `features_file`: labels,
+    ids, fingerprints when given, and meta with its counts (returned)."""
+    if fingerprints is not None:
+        write_fingerprints(folder, fingerprints)
+    for name, y in labels.items():
+        np.save(labels_file(folder, name), np.ascontiguousarray(y, dtype=np.float32))
+    write_json(folder / IDS_FILE, ids)
+    meta = meta.with_labels(labels)
+    meta.write(folder / META_FILE)
+    return meta
 
 
 def load_splits(folder: str | Path, names: tuple[str, ...] = SPLITS
@@ -196,11 +223,11 @@ def load_splits(folder: str | Path, names: tuple[str, ...] = SPLITS
     if not (folder / META_FILE).is_file():
         raise DataError(f"{folder}: no {META_FILE}; run the stage that writes it first "
                         f"(dvc repro)")
-    ids = read_json(folder / "ids.json")
+    ids = read_json(folder / IDS_FILE)
     # Features are memory-mapped: the training loop preloads or streams them
     # (pipeline/models/feed.py).
-    splits = {name: Split(load_array(folder / f"X_{name}.npy", mmap_mode="r"),
-                          load_array(folder / f"y_{name}.npy"), ids[name]) for name in names}
+    splits = {name: Split(load_array(features_file(folder, name), mmap_mode="r"),
+                          load_array(labels_file(folder, name)), ids[name]) for name in names}
     return splits, DatasetMeta.read(folder / META_FILE)
 
 

@@ -15,10 +15,17 @@ from PIL import Image
 from pipeline.core import fingerprints
 from pipeline.core.config import DataConfig, SplitConfig
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.core.files import atomic_dir, atomic_path, write_json
+from pipeline.core.files import atomic_dir, atomic_path
 from pipeline.data import arrays
 from pipeline.data.arrays import Rows
-from pipeline.data.dataset import META_FILE, DatasetMeta, ImageSpec, Split, save_splits
+from pipeline.data.dataset import (
+    DatasetMeta,
+    ImageSpec,
+    Split,
+    features_file,
+    save_splits,
+    write_split_files,
+)
 from pipeline.data.folders import list_imagefolder
 from pipeline.data.images import auto_size, conversion_notes, decode_files, histogram
 from pipeline.data.tables import fit_table_spec, read_table, transform_table
@@ -171,8 +178,8 @@ def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
                           [ids[i] for i in idx]) for name, idx in parts.items()}
     # A row is what the model sees: an id column must not make duplicates look new.
     rows = fingerprints.of_rows(frame.drop(columns=list(spec.dropped)))
-    save_splits(out, splits, meta, {name: [rows[i] for i in idx] for name, idx in parts.items()})
-    return meta.with_counts(splits)
+    return save_splits(out, splits, meta,
+                       {name: [rows[i] for i in idx] for name, idx in parts.items()})
 
 
 def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
@@ -198,7 +205,7 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
             raise DataError(f"{Path(cfg.path) / cls}: no readable image in class folder")
     y, classes = encode_labels([labels[i] for i in keep], cfg.positive_class, cfg.path)
     parts = stratified_split(y, cfg.split, seed, classes)
-    outs = {name: tmp / f"X_{name}.npy" for name in parts}
+    outs = {name: features_file(tmp, name) for name in parts}
     if cfg.skip_corrupt:
         with Rows(scratch) as decoded:
             counts = {outs[name]: _copy_rows(decoded, keep[idx], outs[name])
@@ -218,16 +225,11 @@ def _preprocess_images(cfg: DataConfig, seed: int, tmp: Path) -> DatasetMeta:
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
                        skipped=skipped, notes=tuple(notes),
                        image=ImageSpec(size, cfg.channels, mean, std))
-    for name, idx in parts.items():
-        np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y[idx], dtype=np.float32))
-    write_json(tmp / "ids.json", {name: [ids[keep[i]] for i in idx]
-                                  for name, idx in parts.items()})
-    # What the gate needs to know which test images a model learned from (file bytes).
-    fingerprints.write(tmp, {name: [fingerprints.of_file(files[keep[i]]) for i in idx]
-                             for name, idx in parts.items()})
-    meta = meta.with_labels({name: y[idx] for name, idx in parts.items()})
-    meta.write(tmp / META_FILE)
-    return meta
+    # Fingerprints: what the gate needs to know which test images a model learned from.
+    return write_split_files(
+        tmp, {name: y[idx] for name, idx in parts.items()},
+        {name: [ids[keep[i]] for i in idx] for name, idx in parts.items()}, meta,
+        {name: [fingerprints.of_file(files[keep[i]]) for i in idx] for name, idx in parts.items()})
 
 
 def _copy_rows(source: Rows, index: np.ndarray, out: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_path, write_json
 from pipeline.data.dataset import DatasetMeta, Split
@@ -39,19 +40,19 @@ def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta,
                   history: list[dict[str, float]], model_config: dict[str, Any]) -> list[Path]:
     """metrics.json, DVC plot data, per-sample predictions and PNG figures; return the PNGs."""
     metrics, test, classes = result.metrics, result.test, meta.classes
-    write_json(reports / "metrics.json", metrics)
+    write_json(reports / layout.METRICS, metrics)
     for name, rows in result.curves.items():
-        write_json(reports / "plots" / f"{name}.json", rows)
+        write_json(reports / layout.PLOTS / f"{name}.json", rows)
     predicted = result.p_test >= metrics["threshold"]
-    write_json(reports / "plots" / "confusion.json",
+    write_json(reports / layout.PLOTS / "confusion.json",
                [{"actual": classes[int(a)], "predicted": classes[int(b)]}
                 for a, b in zip(test.y, predicted, strict=True)])
-    with atomic_path(reports / "test_predictions.csv") as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(reports / layout.TEST_PREDICTIONS) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "label", "probability", "predicted"])
         for i, label, prob, pred in zip(test.ids, test.y, result.p_test, predicted, strict=True):
             writer.writerow([i, classes[int(label)], f"{prob:.9f}", classes[int(pred)]])
-    return save_figures(reports / "figures", result.curves, metrics, history, list(classes),
+    return save_figures(reports / layout.FIGURES, result.curves, metrics, history, list(classes),
                         y=test.y, p=result.p_test, best_epoch=model_config.get("best_epoch"),
                         cv_folds=model_config.get("cv_folds", 0))
 

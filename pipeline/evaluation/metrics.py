@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from sklearn import metrics as skm
 
-# Metrics where a smaller value is better; everything else is maximised.
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "loss"})
+from pipeline.core.metric_names import GATE_METRICS, LOWER_IS_BETTER
+
+Score = Callable[[np.ndarray, np.ndarray], float]
+# Every score params.yaml may name (pipeline/core/metric_names.py), from 0/1 labels and
+# positive-class probabilities. accuracy and f1 here label at 0.5: the per-epoch monitor has
+# no threshold yet (binary_metrics reports them at the chosen one).
+SCORES: dict[str, Score] = {
+    "roc_auc": lambda y, p: float(skm.roc_auc_score(y, p)),
+    "average_precision": lambda y, p: float(skm.average_precision_score(y, p)),
+    "log_loss": lambda y, p: float(skm.log_loss(y, p, labels=[0, 1])),
+    "brier": lambda y, p: float(skm.brier_score_loss(y, p)),
+    "accuracy": lambda y, p: float(skm.accuracy_score(y, p >= 0.5)),
+    "f1": lambda y, p: float(skm.f1_score(y, p >= 0.5, zero_division=0)),
+}
+assert set(SCORES) == set(GATE_METRICS), (
+    f"metric names without a score, or scores without a name: {set(SCORES) ^ set(GATE_METRICS)}")
+RANKING = ("roc_auc", "average_precision", "log_loss", "brier")  # need no threshold
 
 
 def direction(metric: str) -> Literal["minimize", "maximize"]:
@@ -25,12 +40,7 @@ def improvement(metric: str, candidate: float, incumbent: float) -> float:
 def ranking_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Threshold-free metrics of positive-class probabilities `p` against 0/1 labels `y`."""
     p = np.clip(p.astype(np.float64), 0.0, 1.0)
-    return {
-        "roc_auc": float(skm.roc_auc_score(y, p)),
-        "average_precision": float(skm.average_precision_score(y, p)),
-        "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
-        "brier": float(skm.brier_score_loss(y, p)),
-    }
+    return {name: SCORES[name](y, p) for name in RANKING}
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -55,18 +65,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
 def monitor_scores(y: np.ndarray, p: np.ndarray, monitor: str = "roc_auc") -> dict[str, float]:
     """Per-epoch validation scores: ROC AUC plus the monitored metric (kept cheap: every epoch)."""
     p = np.clip(p, 0.0, 1.0)
-    scores = {"roc_auc": float(skm.roc_auc_score(y, p))}
-    if monitor == "average_precision":
-        scores[monitor] = float(skm.average_precision_score(y, p))
-    elif monitor == "log_loss":
-        scores[monitor] = float(skm.log_loss(y, p, labels=[0, 1]))
-    elif monitor == "accuracy":
-        scores[monitor] = float(skm.accuracy_score(y, p >= 0.5))
-    elif monitor == "f1":
-        scores[monitor] = float(skm.f1_score(y, p >= 0.5, zero_division=0))
-    elif monitor == "brier":
-        scores[monitor] = float(skm.brier_score_loss(y, p))
-    return scores
+    return {name: SCORES[name](y, p) for name in dict.fromkeys(("roc_auc", monitor))}
 
 
 def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: float | str) -> float:

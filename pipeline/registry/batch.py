@@ -19,7 +19,7 @@ from pipeline.data.csvfiles import read_csv
 from pipeline.data.folders import FolderScan
 from pipeline.data.images import check_suffix, decode_image
 from pipeline.data.tables import check_columns
-from pipeline.registry import serving
+from pipeline.registry.features import conform_table
 
 log = logging.getLogger("pipeline.cli.predict")
 CHUNK = 512
@@ -86,7 +86,7 @@ def table_frame(path: Path, meta: dict, target: str | None) -> tuple[pd.DataFram
     dropped = table.get("dropped", {})  # ignored by the model: may be left out
     check_columns(frame, expected, str(path), optional=dropped)
     present = [c for c in expected if c in frame.columns]
-    return (serving.conform_table(frame[present], meta["table"]["dtypes"], str(path)),
+    return (conform_table(frame[present], meta["table"]["dtypes"], str(path)),
             [str(i) for i in frame.index])
 
 

@@ -18,7 +18,7 @@ from pipeline.core.errors import ConfigError, PipelineError
 AUTO = "auto"  # register.model_name: derive the name from the data (see model_name)
 MAX_NAME = 200  # characters; MLflow stores up to 256, and the lock file name adds a prefix
 SHOWN = 3  # column names the short form lists before "…"
-# What every image model takes (pipeline/registry/serving.py input_schema; a test keeps the two
+# What every image model takes (pipeline/registry/signature.py input_schema; a test keeps the two
 # equal).
 IMAGE_INPUTS = (("image", "binary"), ("pixels", "any"))
 # Past this many characters a contract's tag keeps the hash of its columns, not their list

@@ -27,14 +27,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from pipeline.core import fingerprints
+from pipeline.core import fingerprints, layout
 from pipeline.core.config import RegisterConfig
 from pipeline.core.locks import team_lock
+from pipeline.core.metric_names import GATE_METRICS
 from pipeline.core.services import mask
 from pipeline.core.tags import Tag
-from pipeline.data.dataset import DatasetMeta, Split
+from pipeline.data.dataset import META_FILE, DatasetMeta, Split
 from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE
-from pipeline.registry import audit, packaging, serving
+from pipeline.registry import audit, examples, packaging, signature
 from pipeline.registry.contract import AUTO, Contract, model_name
 from pipeline.registry.gate import (
     CHALLENGER,
@@ -47,14 +48,10 @@ from pipeline.registry.gate import (
     schema_contract,
     score,
 )
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import metric_log, runs, store
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The logged-model tag through which the MLflow UI links a logged model to its versions.
-MODEL_VERSIONS_TAG = "mlflow.modelVersions"
-# Test metrics copied onto each version as tags, for the registry UI.
-VERSION_METRICS = ("accuracy", "f1", "roc_auc", "average_precision", "log_loss", "brier")
 
 
 @dataclass(frozen=True)
@@ -96,17 +93,20 @@ def package(model_dir: str | Path, meta_path: str | Path, meta: DatasetMeta, thr
 def log_raw_model(files: Package, meta: DatasetMeta, threshold: float,
                   example: pd.DataFrame) -> ModelInfo:
     """Log the pyfunc (models-from-code) from its files, with signature and contract."""
+    # MLflow runs pyfunc_model.py in this process (and the gate loads the model back), so the
+    # register stage runs serving.py and what it imports (models/inference.py, models/device.py)
+    # without importing them itself: dvc.yaml lists them as this stage's deps.
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
         code_paths=[str(files.code)], artifacts=files.artifacts,
-        signature=serving.signature(meta), input_example=example,
+        signature=signature.model_signature(meta), input_example=example,
         pip_requirements=files.requirements,
-        metadata={"pipeline": serving.contract(meta, threshold)})
+        metadata={"pipeline": signature.contract(meta, threshold)})
 
 
 def contract_of(meta: DatasetMeta) -> Contract:
     """This model's input contract: what its signature accepts, and the labels it answers."""
-    return schema_contract(meta.kind, meta.classes, serving.input_schema(meta))
+    return schema_contract(meta.kind, meta.classes, signature.input_schema(meta))
 
 
 def resolve(cfg: RegisterConfig, meta: DatasetMeta) -> RegisterConfig:
@@ -132,15 +132,17 @@ def rule_text(cfg: RegisterConfig) -> str:
 def record(client: MlflowClient, name: str, version: str, decision: Decision,
            rule: str, notes: audit.Notes) -> dict[str, Any]:
     """Tag the version with the decision, move aliases, append to and describe the trail."""
-    tags = {"decision": "promoted" if decision.promote else "rejected", Tag.REGISTER_PARAMS: rule,
-            "decision_reason": decision.reason, "gate_metric": decision.metric,
-            "challenger_score": "none" if decision.challenger_score is None
+    tags = {Tag.DECISION: "promoted" if decision.promote else "rejected",
+            Tag.REGISTER_PARAMS: rule, Tag.DECISION_REASON: decision.reason,
+            Tag.GATE_METRIC: decision.metric,
+            Tag.CHALLENGER_SCORE: "none" if decision.challenger_score is None
             else f"{decision.challenger_score:.6f}",
-            "compared_rows": str(decision.compared_rows).lower(), "excluded_rows":
-            str(decision.excluded_rows).lower(), "champion_overlap": decision.overlap,
-            "champion_score": "none" if decision.champion_score is None
+            Tag.COMPARED_ROWS: str(decision.compared_rows).lower(),
+            Tag.EXCLUDED_ROWS: str(decision.excluded_rows).lower(),
+            Tag.CHAMPION_OVERLAP: decision.overlap,
+            Tag.CHAMPION_SCORE: "none" if decision.champion_score is None
             else f"{decision.champion_score:.6f}",
-            "compared_to_version": decision.champion_version or "none"}
+            Tag.COMPARED_TO_VERSION: decision.champion_version or "none"}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value[:5000])
     latest = aliased(client, name, CHALLENGER)
@@ -149,12 +151,12 @@ def record(client: MlflowClient, name: str, version: str, decision: Decision,
         client.set_registered_model_alias(name, CHALLENGER, version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    n = sum(1 for key in client.get_registered_model(name).tags if key.startswith("audit."))
+    n = sum(1 for key in client.get_registered_model(name).tags if key.startswith(Tag.AUDIT))
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "version": version,
              "run_id": notes.run_id, "champion_before": decision.champion_version,
              "champion_after": version if decision.promote else decision.champion_version,
              **asdict(decision)}
-    client.set_registered_model_tag(name, f"audit.{n + 1:05d}", json.dumps(entry))
+    client.set_registered_model_tag(name, f"{Tag.AUDIT}{n + 1:05d}", json.dumps(entry))
     # The same decision for people: in the registry UI's version and model pages.
     client.update_model_version(name, version, audit.version_description(entry, notes))
     client.update_registered_model(name, audit.model_description(
@@ -165,12 +167,12 @@ def record(client: MlflowClient, name: str, version: str, decision: Decision,
 def audit_trail(client: MlflowClient, name: str) -> list[dict]:
     """Every gate decision for `name`, oldest first (from registered-model tags)."""
     tags = client.get_registered_model(name).tags
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("audit."))]
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(Tag.AUDIT))]
 
 
 def earlier_decision(client: MlflowClient, name: str, version: str) -> Decision | None:
     """The audit trail's decision on `version`, if a concurrent register already gated it."""
-    if "decision" not in client.get_model_version(name, version).tags:
+    if Tag.DECISION not in client.get_model_version(name, version).tags:
         return None
     entry = next((e for e in audit_trail(client, name) if e["version"] == version), None)
     return None if entry is None else Decision(**{f.name: entry[f.name] for f in fields(Decision)
@@ -198,9 +200,9 @@ def register(client: MlflowClient, info: ModelInfo, name: str, tags: dict[str, s
         time.sleep(1)
         created = client.get_model_version(name, version)
     # A tracking server links the logged model to the version itself; a database store doesn't.
-    links = json.loads(client.get_logged_model(info.model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
+    links = json.loads(client.get_logged_model(info.model_id).tags.get(Tag.MODEL_VERSIONS, "[]"))
     if (link := {"name": name, "version": int(version)}) not in links:
-        client.set_logged_model_tags(info.model_id, {MODEL_VERSIONS_TAG: json.dumps(
+        client.set_logged_model_tags(info.model_id, {Tag.MODEL_VERSIONS: json.dumps(
             [*links, link])})
     log.info("%s v%s registered from run %s", name, version, info.run_id)
     return version
@@ -228,26 +230,27 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
     # A rerun reuses the version holding these exact files; it is gated again only under new
     # register params (and never against itself when it is the champion).
     client, name, rule = MlflowClient(), cfg.model_name, params_sha(cfg)
-    frame, mine = serving.raw_inputs(meta, test.ids), contract_of(meta)
+    frame, mine = examples.raw_inputs(meta, test.ids), contract_of(meta)
     run_id = mlflow.active_run().info.run_id
-    notes = audit.Notes(name, mine.describe(), tracking.data_source(meta), run_id,
+    notes = audit.Notes(name, mine.describe(), runs.data_source(meta), run_id,
                         rule_text(cfg))
     seen = fingerprints.read(data_dir)
     # Train and validation rows (augmented copies derive from train rows; folds pool both).
     learned = set(seen["train"]) | set(seen["val"])
     lock = f"registry:{name}"
     with tempfile.TemporaryDirectory() as tmp:
-        files = package(model_dir, Path(data_dir) / "meta.json", meta, metrics["threshold"],
+        files = package(model_dir, Path(data_dir) / META_FILE, meta, metrics["threshold"],
                         learned, Path(tmp))
         sha = files.sha256()
         # Look up and create under the lock: two clones registering at once make one version.
-        with team_lock(lock, tracking.tracking_uri()):
+        with team_lock(lock, store.tracking_uri()):
             # Checked again under the lock: another task may have taken the name meanwhile.
             check_contract(client, name, mine, auto_name(meta), warn=False)  # said once
             existing = same_version(client, name, sha)
             if existing is None:
                 info = log_raw_model(files, meta, metrics["threshold"], frame.head(3))
-                tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in VERSION_METRICS},
+                # Every score a gate may compare, for the registry UI.
+                tags = {**{f"test_{k}": f"{metrics[k]:.6f}" for k in GATE_METRICS},
                         **lineage, Tag.PYFUNC_SHA: sha, Tag.RUN_ID: run_id,
                         Tag.LEARNED_ROWS: str(len(learned)), Tag.CONTRACT: mine.to_tag(),
                         Tag.CONTRACT_SUMMARY: notes.contract, Tag.DATA_SOURCE: notes.data_source}
@@ -257,7 +260,7 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
                 log.info("%s v%s holds exactly these model files: no new version", name, version)
         # The challenger's own answers depend on no other registration: computed unlocked.
         challenger = score(download(name, version, Path(tmp) / "challenger"), frame)
-        with team_lock(lock, tracking.tracking_uri()):
+        with team_lock(lock, store.tracking_uri()):
             # Everything that reads or moves the champion, the aliases or the trail is here.
             earlier, champion = earlier_decision(client, name, version), aliased(client, name)
             holder = None if champion is None else str(champion.version)
@@ -274,19 +277,19 @@ def register_and_gate(cfg: RegisterConfig, model_dir: str, data_dir: str, meta: 
             trail, champion = audit_trail(client, name), aliased(client, name)
     outcome = "reused" if done else (
         "promoted" if decision.promote else "rejected")
-    tracking.log_tags({Tag.REGISTERED_MODEL: name, Tag.REGISTERED_VERSION: version,
-                       Tag.GATE_DECISION: outcome})
+    metric_log.log_tags({Tag.REGISTERED_MODEL: name, Tag.REGISTERED_VERSION: version,
+                         Tag.GATE_DECISION: outcome})
     if not done:
         mlflow.log_text(audit.audit_markdown(entry, notes, trail), "audit.md")
     log.info("%s v%s: %s — %s", name, version,
              "champion" if decision.promote else "challenger only", decision.reason)
     report = {"model_name": name, "version": version, "model_uri": uri,
-              "tracking_uri": mask(tracking.tracking_uri()), "run_id": run_id,
+              "tracking_uri": mask(store.tracking_uri()), "run_id": run_id,
               "experiment_id": mlflow.active_run().info.experiment_id,
               "outcome": outcome, **asdict(decision),
               "champion_version": None if champion is None else str(champion.version),
               "audit": trail}
-    tracking.log_dict(report, "registration.json")
+    metric_log.log_dict(report, layout.REGISTRATION)
     return report
 
 

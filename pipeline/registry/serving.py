@@ -1,4 +1,5 @@
-"""The registered raw-input model: saved preprocessing + network + the chosen threshold."""
+"""The registered raw-input model (saved preprocessing + network + the chosen threshold) and
+how it behaves inside `mlflow models serve`: one-line refusals, no tracebacks, flat memory."""
 
 from __future__ import annotations
 
@@ -14,29 +15,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import (
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     REQUEST_LIMIT_EXCEEDED,
 )
-from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 from pipeline.core.errors import DataError
-from pipeline.data.csvfiles import MISSING_MARKERS, is_numeric, read_csv
 from pipeline.data.dataset import DatasetMeta
-from pipeline.data.model_inputs import (
-    IMAGE_COLUMNS,
-    Budget,
-    BudgetError,
-    check_rows,
-    image_rows,
-    request_budget,
-)
-from pipeline.data.tables import check_numeric_column, transform_table
+from pipeline.data.model_inputs import Budget, BudgetError, request_budget
 from pipeline.models.device import model_precision
 from pipeline.models.inference import predict_proba
 from pipeline.models.networks import load_model
+from pipeline.registry.features import frame_to_features
+from pipeline.registry.signature import input_schema
 
 log = logging.getLogger(__name__)
 SCORING_SERVER = "mlflow.pyfunc.scoring_server"  # imported only by the process serving us
@@ -120,20 +112,6 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
-def frame_to_features(frame: pd.DataFrame, meta: DatasetMeta,
-                      budget: Budget | None = None) -> np.ndarray:
-    """Raw rows (CSV columns, or image bytes/pixels) → model inputs with the saved preprocessing."""
-    check_rows(len(frame), budget)
-    if meta.table is not None:
-        return transform_table(frame, meta.table, where="model input")
-    assert meta.image is not None
-    extra = [str(c) for c in frame.columns if c not in IMAGE_COLUMNS]
-    if extra:
-        raise DataError(f"model input: unexpected columns {extra}; image models take "
-                        f"{list(IMAGE_COLUMNS)}")
-    return image_rows(frame, meta.image.size, meta.image.channels, budget)
-
-
 class RawInputClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc: raw rows → positive-class probability and predicted class name."""
 
@@ -152,7 +130,7 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
         # Served (the scoring server imports itself before loading us): bound each request
         # and keep tracebacks out of error bodies; in-process callers are not bounded.
         self.served = SCORING_SERVER in sys.modules
-        self.budget = None
+        self.budget: Budget | None = None
         if self.served:
             self.budget = request_budget()
             quiet_scoring_server()
@@ -186,65 +164,3 @@ class RawInputClassifier(mlflow.pyfunc.PythonModel):
                 release_memory()
         labels = [self.classes[int(p >= self.threshold)] for p in probs]
         return pd.DataFrame({"probability": probs, "label": labels})
-
-
-def input_schema(meta: DatasetMeta) -> Schema:
-    """The raw-input signature: original CSV columns (all optional), or image bytes/pixels."""
-    if meta.image is not None:
-        # Any: integer 0-255 and float 0-1 pixel arrays are both accepted (pixels_to_array);
-        # a double array type would make MLflow refuse JSON integers.
-        return Schema([ColSpec(DataType.binary, "image", required=False),
-                       ColSpec(AnyType(), "pixels", required=False)])
-    assert meta.table is not None
-    types = {"bool": DataType.boolean, "string": DataType.string}
-    return Schema([ColSpec(types.get(meta.table.dtypes.get(c, "float"), DataType.double), c,
-                           required=False) for c in meta.table.columns])
-
-
-def signature(meta: DatasetMeta) -> ModelSignature:
-    """Input schema from the training metadata; output probability + label."""
-    return ModelSignature(inputs=input_schema(meta), outputs=Schema([
-        ColSpec(DataType.double, "probability"), ColSpec(DataType.string, "label")]))
-
-
-def raw_inputs(meta: DatasetMeta, ids: list[str]) -> pd.DataFrame:
-    """The raw rows behind processed sample ids, typed as the signature wants them."""
-    source = Path(meta.path)
-    if meta.table is None:
-        return pd.DataFrame({"image": [(source / i).read_bytes() for i in ids]})
-    text = [c for c, kind in meta.table.dtypes.items() if kind == "string"]
-    frame = read_csv(source, sep=meta.table.sep, decimal=meta.table.decimal, text=text)
-    rows = frame.loc[[int(i) for i in ids]].drop(columns=[meta.table.target])
-    return conform_table(rows, meta.table.dtypes)
-
-
-def contract(meta: DatasetMeta, threshold: float) -> dict[str, Any]:
-    """What a caller needs to build inputs: kind, classes, image geometry or CSV columns."""
-    out: dict[str, Any] = {"kind": meta.kind, "classes": list(meta.classes),
-                           "threshold": threshold}
-    if meta.image is not None:
-        out["image"] = {"size": meta.image.size, "channels": meta.image.channels}
-    if meta.table is not None:
-        out["table"] = {"columns": list(meta.table.columns), "dtypes": meta.table.dtypes,
-                        "target": meta.table.target, "dropped": meta.table.dropped,
-                        "sep": meta.table.sep, "decimal": meta.table.decimal}
-    return out
-
-
-def conform_table(frame: pd.DataFrame, kinds: dict[str, str], where: str = "input"
-                  ) -> pd.DataFrame:
-    """Cast CSV columns to the signature's types (ints → float, categories → str) so MLflow
-    accepts them; missing markers ('?') are missing, other text in a numeric column is refused."""
-    out = frame.copy()
-    for col in out.columns:
-        if kinds.get(col) in ("float", "int"):
-            column = out[col]
-            if not is_numeric(column):
-                column = column.where(~column.astype("string").str.strip().isin(MISSING_MARKERS))
-            check_numeric_column(where, column, share=0.0)
-            out[col] = pd.to_numeric(column, errors="coerce").astype("float64")
-        elif kinds.get(col) == "string":
-            # An all-blank column reads as float64, which MLflow cannot cast to a string.
-            column = out[col].astype(object)
-            out[col] = column.where(column.isna(), column.astype(str)).where(column.notna(), None)
-    return out

@@ -24,6 +24,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_dir
 from pipeline.report.compare import (
@@ -42,7 +43,7 @@ from pipeline.report.runs import tracking_uri
 
 # Read through DVC: git-tracked files from the commit, DVC-cached ones from the local cache.
 FILES = (LOCK, PARAMS, METRICS, TRAIN_METRICS, BEST_PARAMS, REGISTRATION)
-FIGURES = "reports/figures"
+FIGURES = layout.in_reports(layout.FIGURES)
 # Not a DVC output and git-ignored (see README "Experiment report"): a view, rewritten each time.
 DEFAULT_OUT = "reports/compare"
 # What a report folder holds: an --out holding anything else is not ours to replace.

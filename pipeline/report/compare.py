@@ -12,6 +12,7 @@ import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline.core import layout
 from pipeline.core.typed import flatten
 from pipeline.evaluation.metrics import improvement
 from pipeline.report.render import Report, Row, Section, fmt, fmt_change
@@ -19,8 +20,10 @@ from pipeline.report.runs import run_rows
 
 WORKSPACE = "workspace"
 # The files the report reads, as dvc.yaml declares them.
-METRICS, TRAIN_METRICS = "reports/metrics.json", "reports/train_metrics.json"
-BEST_PARAMS, REGISTRATION = "models/best_params.json", "reports/registration.json"
+METRICS = layout.in_reports(layout.METRICS)
+TRAIN_METRICS = layout.in_reports(layout.TRAIN_METRICS)
+BEST_PARAMS = layout.in_models(layout.BEST_PARAMS)
+REGISTRATION = layout.in_reports(layout.REGISTRATION)
 PARAMS, LOCK = "params.yaml", "dvc.lock"
 # What a result was computed from: the content hashes dvc.lock records for these outputs.
 PROCESSED = "data/processed"  # the validation and test splits: another hash, other splits
@@ -241,13 +244,13 @@ def build_report(base: Side, new: Side, tracking_uri: str) -> Report:
     runs, runs_note = run_rows(
         {posixpath.basename(REGISTRATION): (base.get(REGISTRATION), new.get(REGISTRATION))},
         (base.get(REGISTRATION), new.get(REGISTRATION)), tracking_uri)
-    titles = {"metrics": "Test metrics (reports/metrics.json)",
-              "training": "Training (reports/train_metrics.json)",
-              "params": "Params that differ (params.yaml)",
-              "tuned": "Tuned params used by train (models/best_params.json)",
-              "trained": "Trained with, where params.yaml does not say it "
-                         "(reports/train_metrics.json: trained)",
-              "gate": "Gate decision (reports/registration.json)",
+    titles = {"metrics": f"Test metrics ({METRICS})",
+              "training": f"Training ({TRAIN_METRICS})",
+              "params": f"Params that differ ({PARAMS})",
+              "tuned": f"Tuned params used by train ({BEST_PARAMS})",
+              "trained": f"Trained with, where params.yaml does not say it "
+                         f"({TRAIN_METRICS}: {TRAINED})",
+              "gate": f"Gate decision ({REGISTRATION})",
               "lineage": "Data lineage (dvc.lock)"}
     split, folds = splits_differ(base, new), folds_differ(base, new)
     notes = {"tuned": tuned_note(base, new),

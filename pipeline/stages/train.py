@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.core import layout
 from pipeline.core.config import Params
 from pipeline.core.files import atomic_update
 from pipeline.data.dataset import load_splits
 from pipeline.models.device import select_device
 from pipeline.stages._common import stage_main
-from pipeline.tracking import records, views
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import records, store, views
+from pipeline.tracking.metric_log import EpochLogger
 from pipeline.training.callbacks import EpochProgress
 from pipeline.training.final import fit_final, save_training
 from pipeline.training.fit import load_tuned
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
-         "best_params": "models/best_params.json", "out": "models", "reports": "reports"}
+         "best_params": layout.in_models(layout.BEST_PARAMS), "out": layout.MODELS,
+         "reports": layout.REPORTS}
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     """Train with params.yaml + best_params.json in a new MLflow run (small data: k folds)."""
-    tracking.configure()  # checked (or created, on a fresh clone) before any work
+    store.configure()  # checked (or created, on a fresh clone) before any work
     processed, meta = load_splits(args.data_dir, names=("val",))
     train, val = load_splits(args.train_dir, names=("train",))[0]["train"], processed["val"]
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
@@ -34,11 +36,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
             sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
                           device=device, monitor=monitor,
-                          callbacks=[tracking.EpochLogger(run_id), EpochProgress("train", monitor)])
+                          callbacks=[EpochLogger(run_id), EpochProgress("train", monitor)])
         background.close()
         # Into temp folders: they replace the old outputs only once the run has recorded them.
         weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
-        records.log_training_result(final, weights, val.X[:4], val_hash)
+        records.log_training_result(final, weights, val_hash)
 
 
 main = stage_main(__doc__, PATHS, run)

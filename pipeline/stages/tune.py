@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.core import layout
 from pipeline.core.config import Params
 from pipeline.core.files import write_json
 from pipeline.core.interrupts import INTERRUPTED_EXIT, Interrupted
@@ -13,7 +14,7 @@ from pipeline.tuning.study import storage_url
 from pipeline.tuning.tune import tune
 
 PATHS = {"data_dir": "data/processed", "train_dir": "data/augmented",
-         "out": "models/best_params.json"}
+         "out": layout.in_models(layout.BEST_PARAMS)}
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

@@ -18,17 +18,17 @@ from pipeline.core.lineage import pipeline_run_name
 from pipeline.core.services import is_http, mask
 from pipeline.core.tags import Tag
 from pipeline.data.dataset import DatasetMeta
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import metric_log, runs
 from pipeline.tracking.sqlite_store import sqlite_file
+from pipeline.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
-# MLflow's UI (3.x) lists experiment tags with this prefix under "Views" and opens one with
-# `?viewStateShareKey=<key>`; its runs table otherwise shows no metric column by default.
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+# MLflow's UI (3.x) lists experiment tags Tag.SHARED_VIEW + <key> under "Views" and opens one
+# with `?viewStateShareKey=<key>`; its runs table otherwise shows no metric column by default.
 VIEW_KEY = "pipeline"
 # Without it a 3.x UI may open the experiment as a GenAI one (traces) instead of its runs.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = "custom_model_development"
 # Test metrics of pipeline runs (and the register gate's default), a trial's validation score.
 COLUMNS = ("test_roc_auc", "test_log_loss", "test_accuracy", "test_f1", "objective")
 # Every link into the UI carries it: without it MLflow 3 may open its GenAI pages (traces).
@@ -49,7 +49,7 @@ def run_url(experiment_id: str, run_id: str) -> str:
 
 def run_link(experiment_id: str, run_id: str) -> str:
     """Where to open a run: its page on the server, or how to serve this store and the page."""
-    uri, page = tracking.tracking_uri(), run_url(experiment_id, run_id)
+    uri, page = tracking_uri(), run_url(experiment_id, run_id)
     if is_http(uri):
         return f"{mask(uri).rstrip('/')}/{page}"
     db = sqlite_file(uri)  # absolute: the command works from any folder
@@ -74,15 +74,14 @@ def share_table_view(experiment_id: str, metric: str) -> None:
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     now = int(time.time() * 1000)
-    if VIEW_TAG_PREFIX + VIEW_KEY not in tags:
+    if Tag.SHARED_VIEW + VIEW_KEY not in tags:
         envelope = {"name": "Pipeline: test metrics", "createdAt": now, "updatedAt": now,
                     "state": json.dumps(table_view(metric))}
-        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(envelope))
-    for key, value in EXPERIMENT_KIND.items():
-        if key not in tags:
-            client.set_experiment_tag(experiment_id, key, value)
-    if "mlflow.note.content" not in tags:  # never overwrite a description someone wrote
-        client.set_experiment_tag(experiment_id, "mlflow.note.content", (
+        client.set_experiment_tag(experiment_id, Tag.SHARED_VIEW + VIEW_KEY, json.dumps(envelope))
+    if Tag.EXPERIMENT_KIND not in tags:
+        client.set_experiment_tag(experiment_id, Tag.EXPERIMENT_KIND, EXPERIMENT_KIND)
+    if Tag.NOTE not in tags:  # never overwrite a description someone wrote
+        client.set_experiment_tag(experiment_id, Tag.NOTE, (
             "Runs of the DVC pipeline, each named after its `dvc exp run` experiment (tag "
             f"`{Tag.DVC_EXP}`) or `repro@<commit>`; Optuna trials nest under their study's "
             f"run. Test metrics as columns: **Views → Pipeline: test metrics**, or "
@@ -92,8 +91,8 @@ def share_table_view(experiment_id: str, metric: str) -> None:
 @contextlib.contextmanager
 def pipeline_run(experiment: str, stage: str, meta: DatasetMeta, metric: str) -> Iterator[str]:
     """Start the pipeline's run, named and tagged after its experiment and data; log its link."""
-    tags = {**tracking.run_tags(stage), Tag.DATA_SOURCE: tracking.data_source(meta)}
-    with tracking.start_run(experiment, run_name=pipeline_run_name(), tags=tags) as run_id:
+    tags = {**runs.run_tags(stage), Tag.DATA_SOURCE: runs.data_source(meta)}
+    with runs.start_run(experiment, run_name=pipeline_run_name(), tags=tags) as run_id:
         info = mlflow.active_run().info
         share_table_view(info.experiment_id, metric)
         log.info("%s: MLflow run %s (%s): %s", stage, info.run_name, run_id,
@@ -106,18 +105,15 @@ def adopt_test_metrics(run_id: str, experiment_id: str, model_sha: str,
     """Copy test metrics from the latest earlier run of the same weights and test data."""
     # DVC skips evaluate when train reproduces its weights byte for byte (a tuned key changed,
     # a rerun): without this the new run, the one named after the experiment, would have none.
-    client = MlflowClient()
-    query = (f"tags.`{Tag.MODEL_SHA}` = '{model_sha}' and "
-             f"tags.`{Tag.PROCESSED}` = '{processed}'")
-    for earlier in client.search_runs([experiment_id], query, max_results=50,
-                                      order_by=["attributes.start_time DESC"]):
+    for earlier in runs.find_runs(experiment_id, {Tag.MODEL_SHA: model_sha,
+                                                  Tag.PROCESSED: processed}, limit=50):
         test = {k: v for k, v in earlier.data.metrics.items() if k.startswith("test_")}
         if earlier.info.run_id == run_id or not test:
             continue
-        tracking.log_metrics(test, run_id)
+        metric_log.log_metrics(test, run_id)
         source = earlier.data.tags.get(Tag.TEST_METRICS_FROM, earlier.info.run_id)
-        tracking.log_tags({Tag.TEST_METRICS_FROM: source,
-                           Tag.THRESHOLD_RULE: earlier.data.tags.get(Tag.THRESHOLD_RULE, "")},
-                          run_id)
+        metric_log.log_tags({Tag.TEST_METRICS_FROM: source,
+                             Tag.THRESHOLD_RULE: earlier.data.tags.get(Tag.THRESHOLD_RULE, "")},
+                            run_id)
         return source
     return None

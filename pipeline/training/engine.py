@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,9 +57,9 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
         model = model.to(memory_format=torch.channels_last)  # as_inputs makes batches NHWC
     train_feed, val_feed = Feed.of(train, device), Feed.of(val, device)
     try:
-        return _fit(model, train_feed, val_feed, train, val, cfg, seed=seed, device=device,
-                    monitor=monitor, callbacks=callbacks, batch_transform=batch_transform,
-                    restore_best=restore_best)
+        loop = prepare(model, cfg, train_feed, seed=seed, device=device, monitor=monitor,
+                       batch_transform=batch_transform)
+        return _fit(loop, train_feed, val_feed, callbacks, restore_best)
     finally:
         train_feed.close()
         val_feed.close()
@@ -79,87 +80,139 @@ def require_batch_norm_batches(model: nn.Module, n: int, batch_size: int) -> Non
                         "training batch (use more data, a batch size >= 2, or logreg/mlp)")
 
 
-def _fit(model: nn.Module, train_feed: Feed, val_feed: Feed, train: Split, val: Split,
-         cfg: TrainConfig, *, seed: int, device: torch.device, monitor: str,
-         callbacks: Sequence[Callback],
-         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None,
-         restore_best: bool = True) -> FitResult:
-    """The loop of `fit`, over feeds that hold or stream the splits."""
-    y_val = val_feed.y
-    assert y_val is not None
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if (w := pos_weight(train.y, cfg.class_weight))
-                                   is None else w.to(device))
+@dataclass(frozen=True)
+class Loop:
+    """What one fit trains with, resolved before its first epoch."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    device: torch.device
+    monitor: str  # the validation metric that chooses the best epoch
+    precision: str  # resolve_precision's answer: what every forward pass runs in
+    loss_fn: nn.BCEWithLogitsLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    order: torch.Generator  # batch order, independent of the init draws
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+@dataclass
+class Best:
+    """The best epoch so far; early stopping counts the epochs since it."""
+
+    monitor: str
+    keep_weights: bool  # False: the last epoch's weights are returned (a refit)
+    score: float | None = None
+    loss: float = float("inf")
+    epoch: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+
+    def update(self, model: nn.Module, logs: dict[str, float]) -> None:
+        """Keep this epoch if its monitored score is better (or equal with a lower loss)."""
+        score, loss = logs[f"val_{self.monitor}"], logs["val_loss"]
+        gain = None if self.score is None else improvement(self.monitor, score, self.score)
+        # A tie is broken by the validation loss: on small or easy data a ranking metric
+        # saturates (ROC AUC 1.0 after an epoch or two) while the probabilities still improve.
+        if gain is None or gain > 0 or (gain == 0 and loss < self.loss):
+            self.score, self.loss, self.epoch, self.stale = score, loss, int(logs["epoch"]), 0
+            if self.keep_weights:
+                self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+
+def labels(feed: Feed) -> np.ndarray:
+    """A training or validation feed's 0/1 labels on the host (the metrics run on the CPU)."""
+    assert feed.y is not None  # only prediction feeds have none
+    return feed.y.cpu().numpy()
+
+
+def prepare(model: nn.Module, cfg: TrainConfig, train: Feed, *, seed: int,
+            device: torch.device, monitor: str,
+            batch_transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Loop:
+    """Loss, optimizer, schedule, batch order and precision of a fit of `model` on `train`."""
+    weight = pos_weight(labels(train), cfg.class_weight)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if weight is None else weight.to(device))
     optimizer = make_optimizer(model, cfg)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.scheduler == "cosine" else None)
-    require_batch_norm_batches(model, train_feed.n, cfg.batch_size)
-    order_gen = torch.Generator().manual_seed(seed)  # batch order, independent of init draws
+    require_batch_norm_batches(model, train.n, cfg.batch_size)
+    order = torch.Generator().manual_seed(seed)
     precision = resolve_precision(cfg.precision, device)  # bf16 off CUDA fails here
-    best_score, best_loss, best_epoch, best_state = None, float("inf"), 0, None
+    return Loop(model, cfg, device, monitor, precision, loss_fn, optimizer, scheduler, order,
+                batch_transform)
+
+
+def train_epoch(loop: Loop, feed: Feed) -> tuple[torch.Tensor, float]:
+    """One pass over `feed` in a seeded order, then the schedule's step: the summed loss (a
+    device tensor) and the learning rate the epoch ran at."""
+    model, cfg = loop.model, loop.cfg
+    model.train()
+    perm = torch.randperm(feed.n, generator=loop.order)
+    total = torch.zeros((), device=loop.device)
+    for xb, yb in feed.batches(cfg.batch_size, perm, training=True):
+        xb = as_inputs(xb)  # uint8 → [0, 1] on the device, per batch
+        if loop.batch_transform is not None:
+            xb = loop.batch_transform(xb)
+        with autocast(loop.precision, loop.device):  # auto: fp32 on CPU, for exact reruns
+            loss = loop.loss_fn(model(xb).float(), yb)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loop.optimizer.step()
+        total += loss.detach() * len(xb)  # accumulate on device: no sync per step
+    lr = loop.optimizer.param_groups[0]["lr"]
+    if loop.scheduler is not None:
+        loop.scheduler.step()
+    return total, lr
+
+
+def validate(loop: Loop, feed: Feed, y: np.ndarray, epoch: int) -> tuple[float, dict[str, float]]:
+    """The validation loss and the `val_` scores of one pass over `feed` (labels `y`)."""
+    with autocast(loop.precision, loop.device):
+        logits = predict_logits(loop.model, feed)
+    if not bool(torch.isfinite(logits).all()):
+        raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
+                               f"outputs); lower train.lr = {loop.cfg.lr}")
+    assert feed.y is not None
+    scores = monitor_scores(y, torch.sigmoid(logits).cpu().double().numpy(), loop.monitor)
+    return float(loop.loss_fn(logits, feed.y)), {f"val_{k}": v for k, v in scores.items()}
+
+
+def _fit(loop: Loop, train: Feed, val: Feed, callbacks: Sequence[Callback],
+         restore_best: bool) -> FitResult:
+    """The loop of `fit`: per epoch a training pass, a validation pass and the callbacks."""
+    y_val, best = labels(val), Best(loop.monitor, keep_weights=restore_best)
     history: list[dict[str, float]] = []
-    stale, stopped_early, samples = 0, False, 0
+    stopped_early = False
     for cb in callbacks:
-        cb.on_fit_start(cfg, device)
+        cb.on_fit_start(loop.cfg, loop.device)
     start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, loop.cfg.epochs + 1):
         tick = time.perf_counter()
-        model.train()
-        perm = torch.randperm(train_feed.n, generator=order_gen)
-        total = torch.zeros((), device=device)
-        for xb, yb in train_feed.batches(cfg.batch_size, perm, training=True):
-            xb = as_inputs(xb)  # uint8 → [0, 1] on the device, per batch
-            if batch_transform is not None:
-                xb = batch_transform(xb)
-            with autocast(precision, device):  # auto: fp32 on CPU, for exact reruns
-                loss = loss_fn(model(xb).float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            total += loss.detach() * len(xb)  # accumulate on device: no sync per step
-        samples += len(perm)
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
+        total, lr = train_epoch(loop, train)
         # Validation once per epoch; one host sync for the whole epoch.
-        with autocast(precision, device):
-            val_logits = predict_logits(model, val_feed)
-        if not bool(torch.isfinite(val_logits).all()):
-            raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
-                                   f"outputs); lower train.lr = {cfg.lr}")
-        val_loss = float(loss_fn(val_logits, y_val))
-        scores = monitor_scores(val.y, torch.sigmoid(val_logits).cpu().double().numpy(), monitor)
-        logs = {"epoch": epoch, "train_loss": float(total) / len(perm), "val_loss": val_loss,
-                "lr": lr, "epoch_seconds": time.perf_counter() - tick,
-                **{f"val_{k}": v for k, v in scores.items()}}
-        history.append(logs)
-        score = logs[f"val_{monitor}"]
-        gain = None if best_score is None else improvement(monitor, score, best_score)
-        # A tie is broken by the validation loss: on small or easy data a ranking metric
-        # saturates (ROC AUC 1.0 after an epoch or two) while the probabilities still improve.
-        if gain is None or gain > 0 or (gain == 0 and val_loss < best_loss):
-            best_score, best_loss, best_epoch, stale = score, val_loss, epoch, 0
-            if restore_best:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
+        val_loss, scores = validate(loop, val, y_val, epoch)
+        history.append({"epoch": epoch, "train_loss": float(total) / train.n,
+                        "val_loss": val_loss, "lr": lr,
+                        "epoch_seconds": time.perf_counter() - tick, **scores})
+        best.update(loop.model, history[-1])
         for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        if cfg.patience and stale >= cfg.patience:
-            stopped_early = True
+            cb.on_epoch_end(epoch, history[-1])
+        stopped_early = bool(loop.cfg.patience) and best.stale >= loop.cfg.patience
+        if stopped_early or any(cb.stop for cb in callbacks):
             break
-        if any(cb.stop for cb in callbacks):
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    result = FitResult(model=model, history=history, best_epoch=best_epoch,
-                       best_score=float(best_score if best_score is not None else np.nan),
-                       monitor=monitor,
-                       stopped_early=stopped_early, samples_seen=samples,
-                       train_seconds=time.perf_counter() - start, device=str(device),
-                       precision=precision)
+    if best.weights is not None:
+        loop.model.load_state_dict(best.weights)
+    loop.model.eval()
+    result = FitResult(model=loop.model, history=history, best_epoch=best.epoch,
+                       best_score=float(best.score if best.score is not None else np.nan),
+                       monitor=loop.monitor, stopped_early=stopped_early,
+                       samples_seen=train.n * len(history),
+                       train_seconds=time.perf_counter() - start, device=str(loop.device),
+                       precision=loop.precision)
     for cb in callbacks:
         cb.on_fit_end(result)
     return result

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.core import layout
 from pipeline.core.config import AugmentConfig, ModelConfig, Params, TrainConfig
 from pipeline.core.files import write_json
 from pipeline.core.lineage import file_sha256
@@ -94,14 +95,14 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
         config["weights_sha256"] = file_sha256(model_cfg.weights)
     save_model(result.model, out, config)
     history = history_rows(result)
-    write_json(Path(reports) / "train_metrics.json", {
+    write_json(Path(reports) / layout.TRAIN_METRICS, {
         "best_epoch": result.best_epoch, "epochs_run": len(history),
         f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early,
         **final.summary(),
         # `dvc exp show` columns trained.train.lr etc. beside the params column train.lr: the
         # tuned values are what the model learned with, not params.yaml's.
         "trained": trained_with(params, train_cfg, model_cfg, tuned, result)})
-    write_json(Path(reports) / "train_history.json", history)
-    write_threshold_basis(Path(reports) / "threshold_predictions.csv", final.ids, final.y, final.p,
-                          final.fold)
+    write_json(Path(reports) / layout.TRAIN_HISTORY, history)
+    write_threshold_basis(Path(reports) / layout.THRESHOLD_PREDICTIONS, final.ids, final.y,
+                          final.p, final.fold)
     return Path(out) / WEIGHTS_FILE

@@ -10,7 +10,7 @@ from pipeline.core.config import Params
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.data.dataset import DatasetMeta, Split
 from pipeline.models.device import select_device
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import metric_log, runs
 from pipeline.training.callbacks import Callback, FitResult
 from pipeline.training.crossval import cross_fit, make_pool
 from pipeline.training.fit import apply_tuned, fit_model
@@ -57,8 +57,8 @@ class ReportToOptuna(Callback):
         """After fold `fold` (0-based): its score into the trial's run, the mean to Optuna."""
         self.step, self.unit = fold + 1, "fold"  # pruned@fold2: after 2 folds
         self.trained += len(result.history)
-        tracking.log_metrics({f"fold_val_{self.metric}": result.best_score,
-                              "fold_best_epoch": result.best_epoch}, self.run_id, step=fold)
+        metric_log.log_metrics({f"fold_val_{self.metric}": result.best_score,
+                                "fold_best_epoch": result.best_epoch}, self.run_id, step=fold)
         self.trial.report(sum(scores) / len(scores), fold + 1)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after fold {fold + 1}")
@@ -88,8 +88,8 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     train_cfg = replace(train_cfg, num_threads=threads)
     trial.set_user_attr(THREADS_ATTR, threads)
     with trial_runs.trial_run(job.experiment_id, job.parent_run_id, job.study_name, trial.number,
-                              {**values, "worker": job.worker}, tracking.data_source(meta)) as run:
-        logger = tracking.EpochLogger(run.run_id)
+                              {**values, "worker": job.worker}, runs.data_source(meta)) as run:
+        logger = metric_log.EpochLogger(run.run_id)
         reporter = ReportToOptuna(trial, params.tune.metric, run.run_id,
                                   report_epochs(params.tune.pruner, train_cfg.epochs))
         try:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.core.config import Params
@@ -18,16 +17,16 @@ from pipeline.core.interrupts import Interrupted
 from pipeline.core.locks import lock_for
 from pipeline.core.services import mask
 from pipeline.core.tags import Tag
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import metric_log, runs, store
 
 
 def parent_run_id(params: Params, name: str, storage: str) -> str:
     """The study's one parent run: found by its tag, or created under a lock all hosts see."""
-    experiment = params.mlflow.experiment
     with lock_for(storage, f"parent-{name}"):
-        found = tracking.find_run(experiment, {Tag.STUDY_PARENT: name})
+        exp_id = store.experiment_id(params.mlflow.experiment)
+        found = runs.find_run(exp_id, {Tag.STUDY_PARENT: name})
         return found or MlflowClient().create_run(
-            tracking.experiment_id(experiment), run_name=f"tune {name}",
+            exp_id, run_name=f"tune {name}",
             tags={Tag.STUDY_PARENT: name, Tag.STUDY: name, Tag.STORAGE: mask(storage),
                   Tag.STAGE: "tune"}).info.run_id
 
@@ -53,11 +52,11 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
     """Child run of the study's parent run; its status mirrors the trial's final state."""
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
-        Tag.PARENT_RUN: parent_run_id, **tracking.owner_tags(), Tag.STUDY: study,
+        Tag.PARENT_RUN: parent_run_id, **runs.owner_tags(), Tag.STUDY: study,
         Tag.TRIAL_NUMBER: str(number), Tag.TRIAL_STATE: "RUNNING", Tag.STAGE: "tune",
         Tag.DATA_SOURCE: data_source})
     trial = TrialRun(run.info.run_id)
-    tracking.log_params(params, run_id=trial.run_id)
+    metric_log.log_params(params, run_id=trial.run_id)
     tick = time.perf_counter()
     status = None
     try:
@@ -73,9 +72,9 @@ def trial_run(experiment_id: str, parent_run_id: str, study: str, number: int,
             # KILLED shows red in the UI: the name and tag columns say it was the pruner,
             # after how many epochs or folds (`pruned@fold2`).
             tags |= {Tag.PRUNED_AT: str(trial.pruned_at), Tag.PRUNED_STEP: trial.unit,
-                     MLFLOW_RUN_NAME: f"trial-{number} pruned@{trial.unit}{trial.pruned_at}"}
+                     Tag.RUN_NAME: f"trial-{number} pruned@{trial.unit}{trial.pruned_at}"}
         # Two requests per closing trial (short pruned trials are many, the server is shared).
-        tracking.log_batch(trial.run_id, {0: {
+        metric_log.log_batch(trial.run_id, {0: {
             **trial.metrics, "duration_seconds": time.perf_counter() - tick}}, tags)
         client.set_terminated(trial.run_id, status or _TRIAL_STATUS[trial.state])
 
@@ -85,12 +84,12 @@ def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> None:
     if not numbers:
         return
     client = MlflowClient()
-    wanted = {str(n) for n in numbers}  # tag filters have no IN
+    wanted = {str(n) for n in numbers}
     # Not only RUNNING ones: a worker killed between closing its run and telling Optuna
     # leaves a FINISHED run of a trial that Optuna fails and reruns.
-    for run in client.search_runs([experiment_id], f"tags.`{Tag.STUDY}` = '{study}' and "
-                                  f"tags.`{Tag.TRIAL_STATE}` != 'FAIL'", max_results=1000):
-        if run.data.tags.get(Tag.TRIAL_NUMBER) not in wanted:
+    for run in runs.find_runs(experiment_id, {Tag.STUDY: study}):
+        tags = run.data.tags
+        if tags.get(Tag.TRIAL_NUMBER) not in wanted or tags.get(Tag.TRIAL_STATE) == "FAIL":
             continue
         client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "FAIL")
         client.set_terminated(run.info.run_id, "KILLED")

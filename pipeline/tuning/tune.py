@@ -28,7 +28,7 @@ from pipeline.evaluation.metrics import direction
 from pipeline.evaluation.plots import save_study_figures
 from pipeline.models.backbones import check_checkpoint
 from pipeline.models.device import resolve_precision, select_device
-from pipeline.tracking import runs as tracking
+from pipeline.tracking import metric_log, runs, store
 from pipeline.training.crossval import folds_for
 from pipeline.tuning import trial_runs
 from pipeline.tuning.objective import THREADS_ATTR, TuneJob, run_trial, trial_threads
@@ -185,7 +185,7 @@ def progress_fields(study: optuna.Study) -> dict[str, Any]:
 def _spawned_worker(job: TuneJob) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{job.worker}: "
                         "%(message)s")
-    tracking.configure()  # a spawned process starts with MLflow unconfigured
+    store.configure()  # a spawned process starts with MLflow unconfigured
     with interruptible(always=True):  # started with Ctrl-C ignored (start_quietly)
         try:
             run_worker(job)
@@ -256,7 +256,7 @@ def open_services(params: Params, data_dir: str, train_dir: str, storage: str) -
     """Check the Optuna storage and the tracking store answer (fast); return the study name."""
     if is_database(storage):
         check_database(storage, "OPTUNA_STORAGE")
-    tracking.configure()
+    store.configure()
     return study_name(params, {p: dvc_hash(p) for p in (data_dir, train_dir)})
 
 
@@ -274,24 +274,24 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
              params.tune.n_workers)
     run_id = parent_run_id(params, name, storage)  # tune_worker joins it as tune.parent_run_id
     # Ctrl-C from here on leaves one line; a second one cannot cut the clean-up short.
-    with interruptible(), tracking.start_run(params.mlflow.experiment, run_id=run_id,
-                                             tags={Tag.DATA_SOURCE: tracking.data_source(meta)}):
+    with interruptible(), runs.start_run(params.mlflow.experiment, run_id=run_id,
+                                         tags={Tag.DATA_SOURCE: runs.data_source(meta)}):
         job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
-                      tracking.experiment_id(params.mlflow.experiment))
+                      store.experiment_id(params.mlflow.experiment))
         try:
             study = run_study(job)
         except Interrupted:  # a KeyboardInterrupt ends the parent run KILLED
             raise KeyboardInterrupt(interrupted(job)) from None
         best = study.best_trial
         # Tags, not params: a resumed study may find a better trial, and params are immutable.
-        tracking.log_tags({f"best.{k}": str(v) for k, v in best.params.items()})
+        metric_log.log_tags({Tag.BEST_PARAM + k: str(v) for k, v in best.params.items()})
         # Stepped by the study's size: an extended study (a later experiment) adds a point
         # to each curve instead of replacing what the earlier one recorded.
-        tracking.log_metrics({f"best_val_{params.tune.metric}": best.value,
-                              "best_trial": best.number,
-                              **{f"trials_{k.lower()}": v for k, v in count(study).items()}},
-                             step=len(study.trials))
-        tracking.log_artifacts(save_study_figures(study, f"val_{params.tune.metric}"), "optuna")
+        metric_log.log_metrics({f"best_val_{params.tune.metric}": best.value,
+                                "best_trial": best.number,
+                                **{f"trials_{k.lower()}": v for k, v in count(study).items()}},
+                               step=len(study.trials))
+        metric_log.log_artifacts(save_study_figures(study, f"val_{params.tune.metric}"), "optuna")
     log.info("best trial %d: val_%s=%.5f %s", best.number, params.tune.metric, best.value,
              best.params)
     # The threads the best trial trained with (trials from before the attribute: this host's

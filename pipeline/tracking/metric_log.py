@@ -1,0 +1,127 @@
+"""Logging into a run: params, metrics, tags and files in as few calls as the store allows, and
+per-epoch metrics sent in batches from a background thread while the network trains."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.training.callbacks import Callback, FitResult
+
+# MLflow's longest param value; a longer one is cut, not refused.
+PARAM_CHARS = 6000
+
+
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log many params in one call (MlflowClient.log_batch splits at the server's limits)."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    MlflowClient().log_batch(run_id, params=[Param(k, str(v)[:PARAM_CHARS])
+                                             for k, v in params.items()])
+
+
+def log_stage_params(params: dict[str, Any]) -> None:
+    """Params of a stage adding to a shared run (evaluate.*, register.*); held keys stay."""
+    # MLflow params are immutable: only a stage run twice in one invocation (in-process) can
+    # meet a held key with another value, and is warned.
+    run_id = mlflow.active_run().info.run_id
+    held = MlflowClient().get_run(run_id).data.params
+    for key in sorted(k for k, v in params.items()
+                      if k in held and held[k] != str(v)[:PARAM_CHARS]):
+        warnings.warn(f"run {run_id} already records {key}={held[key]!r}; not changed to "
+                      f"{params[key]!r}", stacklevel=2)
+    log_params({k: v for k, v in params.items() if k not in held})
+
+
+def log_metrics(metrics: dict[str, float], run_id: str | None = None, step: int = 0) -> None:
+    """Log scalar metrics (ints and floats; anything else is skipped) in one call."""
+    log_batch(run_id or mlflow.active_run().info.run_id, {step: metrics}, {})
+
+
+def log_batch(run_id: str, metrics_by_step: dict[int, dict[str, float]],
+              tags: dict[str, str]) -> None:
+    """Log scalar metrics at several steps (ints and floats; anything else is skipped) and
+    tags in one call: against a server each call is a round trip."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], metrics=[
+        Metric(k, float(v), now, step) for step, metrics in metrics_by_step.items()
+        for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)])
+
+
+def log_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    """Set tags on a run (the active one by default) in one call."""
+    log_batch(run_id or mlflow.active_run().info.run_id, {}, tags)
+
+
+def log_artifacts(paths: list[Path], folder: str | None = None,
+                  run_id: str | None = None) -> None:
+    """Upload files to a run (the active one by default)."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    for path in paths:
+        MlflowClient().log_artifact(run_id, str(path), folder)
+
+
+def log_dict(obj: Any, name: str, run_id: str | None = None) -> None:
+    """Store a JSON document as an artifact of a run (the active one by default)."""
+    MlflowClient().log_dict(run_id or mlflow.active_run().info.run_id, obj, name)
+
+
+class Background:
+    """Logging calls run one after another on a thread of their own, off the training thread
+    (against a server each is a round trip); `close` returns when all are stored, or raises
+    the first failure."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-log")
+        self.pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue fn(*args, **kwargs)."""
+        self.pending.append(self.pool.submit(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Block until everything queued is done (raise the first failure); stop the thread."""
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pool.shutdown()
+
+
+class EpochLogger(Callback):
+    """Sends per-epoch metrics in batches from a background thread; waits for them when the
+    fit ends, so a store failure still fails the stage."""
+
+    def __init__(self, run_id: str, flush_every: int = 10) -> None:
+        self.run_id, self.flush_every = run_id, flush_every
+        self.buffer: list[dict[str, float]] = []
+        self.background = Background()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.buffer.append(logs)
+        if len(self.buffer) >= self.flush_every:
+            self.flush()
+
+    def on_fit_end(self, result: FitResult) -> None:
+        self.flush()
+        self.wait()
+
+    def flush(self) -> None:
+        """Queue buffered rows now (also called when a trial is pruned)."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(row["epoch"]))
+                   for row in self.buffer for k, v in row.items() if k != "epoch"]
+        if metrics:
+            self.background.submit(MlflowClient().log_batch, self.run_id, metrics=metrics)
+        self.buffer = []
+
+    def wait(self) -> None:
+        """Block until every queued batch is stored; a store failure raises here."""
+        self.background.close()
