@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
+    REPO,
     TeamServer,
     empty_store,
     make_csv,
@@ -23,6 +24,8 @@ from tests.helpers import (
     team_server,
     write_params,
 )
+
+PACKAGE = REPO / "pipeline"
 
 
 @pytest.fixture
@@ -66,6 +69,19 @@ def _isolated_tracking_uri() -> Iterator[None]:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(autouse=True)
+def _isolated_imports() -> Iterator[None]:
+    """Undo what loading a logged pyfunc in-process does: MLflow puts the model's shipped copy
+    of `pipeline` first on sys.path, and later tests' subprocesses (tune workers) would import
+    that copy instead of this checkout."""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    for name in [n for n, m in sys.modules.items() if n.split(".")[0] == "pipeline"
+                 and not str(getattr(m, "__file__", "") or "").startswith(str(PACKAGE))]:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

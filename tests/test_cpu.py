@@ -113,6 +113,7 @@ SETTINGS = {"portable": clean_env(), "portable, env elsewhere": clean_env(**ELSE
 
 
 @needs_pin
+@pytest.mark.slow  # three stages in fresh processes
 def test_augment_bytes_follow_the_pin_not_the_environment(tiny: tuple[Path, Path],
                                                           tmp_path: Path) -> None:
     params, processed = tiny

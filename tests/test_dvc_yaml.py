@@ -180,6 +180,7 @@ def test_validate_stage_watches_the_whole_params_file() -> None:
     assert "reports/params_check.json" in STAGES["preprocess"]["deps"]
 
 
+@pytest.mark.slow  # its fixture runs every stage, twice, tuning and registering included
 @pytest.mark.parametrize("name", sorted(set(STAGES) - {"validate"}))
 def test_params_equal_the_keys_the_stage_reads(name: str,
                                                stage_reads: dict[str, set[str]]) -> None:

@@ -42,6 +42,7 @@ def learned_by(version: str, into: Path) -> set[str]:
     return fingerprints.read_learned(Path(folder) / "artifacts" / fingerprints.LEARNED_FILE)
 
 
+@pytest.mark.slow  # several pipelines and registrations
 def test_other_split_is_compared_on_rows_neither_model_learned_from(
         tmp_path: Path, mlflow_uri: str) -> None:
     csv = make_csv(tmp_path / "t.csv", rows=240)
@@ -86,6 +87,7 @@ def test_too_few_new_rows_or_one_class_keeps_the_champion_and_says_why() -> None
     assert (kept.compared_rows, kept.excluded_rows, kept.overlap) == (2, 3, "known")
 
 
+@pytest.mark.slow  # two pipelines, one a 60-epoch 256x256 MLP that memorises its rows
 def test_a_champion_trained_on_todays_test_rows_cannot_win_by_them(
         tmp_path: Path, mlflow_uri: str) -> None:
     """The champion saw most of today's test rows (its table held them, twice over, so its
@@ -152,6 +154,7 @@ def test_a_champion_without_a_record_is_compared_as_before_and_says_so() -> None
     assert (decision.compared_rows, decision.excluded_rows) == (3, 1)
 
 
+@pytest.mark.slow  # two pipelines and registrations
 def test_a_model_of_another_task_is_refused_and_the_champion_stays(
         tmp_path: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's breast-cancer example under the name the digits model serves, in small:

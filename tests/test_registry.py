@@ -209,6 +209,7 @@ def test_mlflow_models_serve_matches_cli(tiny_pipeline: dict, tmp_path: Path) ->
     assert served["label"].tolist() == cli["label"].tolist()
 
 
+@pytest.mark.slow  # three pipelines, four registrations
 def test_gate_promotes_refuses_and_records(tmp_path: Path, mlflow_uri: str) -> None:
     csv = make_csv(tmp_path / "t.csv", rows=120)
     base = {"data": {"source": "csv", "path": str(csv), "target": "label",
@@ -322,6 +323,7 @@ def test_decide_directions() -> None:
     assert decide(cfg, 0.5, None, "1", "KeyError: x").promote
 
 
+@pytest.mark.slow  # a pipeline of its own, three registrations
 def test_register_killed_after_creating_the_version_is_completed_on_rerun(
         tiny_trained: dict, tmp_path: Path, mlflow_uri: str) -> None:
     # Its own store (the shared one stays as the pipeline left it): the shared pipeline's data,

@@ -92,7 +92,7 @@ def test_auth_server_refuses_anonymous_and_works_with_credentials(
         (run,) = client.search_runs([exp.experiment_id])
         assert run.info.status == "FINISHED"
         # Artifacts went through the server's proxy into its artifact store.
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model_files")]
     recorded = json.dumps([run.data.params, run.data.tags])
     assert password not in recorded and "MLFLOW_TRACKING_PASSWORD" not in recorded
     assert any((server.state / "artifacts").rglob("model.safetensors"))

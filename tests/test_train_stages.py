@@ -53,7 +53,7 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tiny_pipeline: dict, tmp_path
     assert tags["pipeline.dvc.data/processed"].endswith(".dir")
     # Artifacts: plots, metrics, history, the trained model's files.
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"plots", "model", "metrics.json", "train_history.json",
+    assert {"plots", "model_files", "metrics.json", "train_history.json",
             "test_predictions.csv"} <= names
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"roc.png", "precision_recall.png", "calibration.png", "confusion_matrix.png",
@@ -61,12 +61,15 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tiny_pipeline: dict, tmp_path
     # The run keeps the weights and config as plain files, byte for byte what models/ holds;
     # the one MLflow logged model is the registered pyfunc (register's), none per train run.
     (tmp_path / "run-model").mkdir()
-    copy = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "run-model")))
+    copy = Path(client.download_artifacts(run.info.run_id, "model_files",
+                                          str(tmp_path / "run-model")))
     assert {p.name for p in copy.iterdir()} == {CONFIG_FILE, WEIGHTS_FILE}
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         assert (copy / name).read_bytes() == (Path(paths["models"]) / name).read_bytes()
     (logged,) = client.search_logged_models([run.info.experiment_id])
-    assert logged.model_id == client.get_model_version_by_alias("images-dog", "champion").model_id
+    champion = client.get_model_version_by_alias("images-dog", "champion")
+    assert champion.source == f"models:/{logged.model_id}"
+    assert logged.source_run_id == run.info.run_id
     # Datasets with the DVC hash as digest.
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}

@@ -179,6 +179,7 @@ def test_train_stage_exits_2_and_writes_nothing_for_a_bad_checkpoint(
     assert not models.exists() and not (tmp_path / "reports").exists()
 
 
+@pytest.mark.slow  # two resnet18 train stages
 def test_train_stage_records_the_checkpoint_and_reruns_byte_identically(
         checkpoint: Path, tmp_path: Path, imagefolder: Path, mlflow_uri: str) -> None:
     import mlflow

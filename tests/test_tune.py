@@ -163,6 +163,7 @@ def test_a_pruned_trial_is_named_after_the_steps_it_counts(
         "pruned_at": "2", "pruned_step": unit, "data_source": "data/raw/t.csv"}
 
 
+@pytest.mark.slow  # two studies
 def test_sequential_study_is_reproducible(tune_env: Path, monkeypatch) -> None:
     params = csv_tune_params(tune_env, n_trials=4, pruner="none")
     run_stages(params, tune_env, upto="augment")
@@ -343,7 +344,7 @@ def test_postgres_storage_with_heartbeat(tune_env: Path, monkeypatch) -> None:
     assert beats == 3
 
 
-@pytest.mark.parametrize("metric", ["roc_auc", "log_loss"])
+@pytest.mark.parametrize("metric", ["roc_auc", pytest.param("log_loss", marks=pytest.mark.slow)])
 def test_trials_train_exactly_like_the_train_stage(tune_env: Path, imagefolder: Path,
                                                    metric: str) -> None:
     """A trial with the train stage's params gets the train stage's score (early-stopped on
@@ -377,8 +378,8 @@ def test_trials_train_exactly_like_the_train_stage(tune_env: Path, imagefolder: 
         (Path(other["reports"]) / "train_history.json").read_text())] != trial_losses
 
 
-@pytest.mark.parametrize("pruner", ["successive_halving",
-                                    pytest.param("hyperband", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two 10-trial studies per pruner
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
 def test_reporting_only_the_epochs_the_pruner_reads_changes_no_decision(
         tune_env: Path, pruner: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.tuning.objective

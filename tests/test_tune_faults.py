@@ -97,6 +97,7 @@ def test_a_file_that_is_no_journal_is_refused_and_left_alone(tmp_path: Path,
     assert path.read_bytes() == content
 
 
+@pytest.mark.slow  # a study in a process of its own, then resumed
 def test_the_stage_resumes_a_journal_truncated_mid_line(tune_env: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     params = csv_tune_params(tune_env, n_trials=3, pruner="none")

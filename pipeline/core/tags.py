@@ -61,6 +61,7 @@ class Tag:
     TRIAL_STATE = "optuna.trial_state"
     PARENT_RUN = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
+    DATASET_CONTEXT = "mlflow.data.context"  # on a run's dataset input: training, testing...
     # On a study's parent run: "best.<key>" per param of the best trial so far.
     BEST_PARAM = "best."
     # On an experiment: the MLflow UI's saved runs-table views ("mlflow.sharedViewState.<key>"),

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import torch
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.tracking import MlflowClient
 
 from pipeline.core import cpu, layout
 from pipeline.core.lineage import dvc_hash, file_sha256, git_info, lock_state
@@ -37,31 +40,39 @@ def runtime_tags(device: str, threads: int) -> dict[str, str]:
             **{Tag.CPU_ENV + name: value for name, value in kernels.items()}}
 
 
-def dataset(features: Any, targets: Any, name: str, source: str, digest: str) -> Any:
-    """An MLflow dataset of numpy arrays with the DVC hash as its digest."""
+def log_datasets(run_id: str, inputs: list[tuple[Any, str, str, str, str]]) -> None:
+    """Record dataset inputs (split, name, source folder, DVC hash, context) on a run in one
+    request: numpy datasets with the DVC hash as their digest."""
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    return mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:36],
-                                  source=LocalArtifactDatasetSource(str(source)))
+    found = [mlflow.data.from_numpy(split.X, targets=split.y, name=name, digest=digest[:36],
+                                    source=LocalArtifactDatasetSource(str(source)))
+             for split, name, source, digest, _ in inputs]
+    MlflowClient().log_inputs(run_id, [
+        DatasetInput(DatasetEntity(**data.to_dict()), [InputTag(Tag.DATASET_CONTEXT, context)])
+        for data, (*_, context) in zip(found, inputs, strict=True)])
 
 
-def log_dataset(features: Any, targets: Any, name: str, source: str, digest: str,
-                context: str) -> None:
-    """Record a dataset input on the active run with the DVC hash as its digest."""
-    mlflow.log_input(dataset(features, targets, name, source, digest), context=context)
+def log_lineage_tags(run_id: str, tags: dict[str, str], device: str, threads: int,
+                     checkpoint: str | None) -> None:
+    """`tags` plus git, runtime and checkpoint tags (checking the environment against the
+    lock reads every installed package, ~0.3 s: call it off the training thread)."""
+    metric_log.log_tags({**git_info(), **runtime_tags(device, threads), **tags,
+                         **({Tag.CHECKPOINT_SHA: file_sha256(checkpoint)} if checkpoint else {})},
+                        run_id)
 
 
 # The run's copy of the trained model: the files models/ holds, as plain artifacts. The one
 # MLflow logged model is the registered pyfunc (pipeline/registry/register.py): it is what serves.
-MODEL_FOLDER = "model"
+MODEL_FOLDER = "model_files"
 
 
 def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
                         train: tuple[Any, str], val: tuple[Any, str],
                         device: str) -> tuple[Background, str]:
-    """Params, lineage tags and dataset inputs of the active train run; params and tags are
-    sent from the returned Background (they overlap training): close it before the run ends.
-    Also returns the validation data's hash."""
+    """Params, lineage tags and dataset inputs of the active train run, sent from the returned
+    Background (they overlap training): close it before the run ends. Also returns the
+    validation data's hash."""
     run_id = mlflow.active_run().info.run_id
     background = Background()
     background.submit(metric_log.log_params, flatten({
@@ -69,17 +80,14 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
         for name, section in sections.items()}), run_id)
     # DVC hashes once per folder (outside DVC they mean hashing every file).
     hashes = {folder: dvc_hash(folder) for _, folder in (train, val)}
-    weights = sections["model"].weights
-    background.submit(metric_log.log_tags, {
-        **git_info(), **runtime_tags(device, sections["train"].num_threads),
+    background.submit(log_lineage_tags, run_id, {
         Tag.TUNED_KEYS: ",".join(sorted(tuned)) or "none",
         Tag.INPUT_SHAPE: "x".join(map(str, train[0].X.shape[1:])),
-        Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]],
-        **({Tag.CHECKPOINT_SHA: file_sha256(weights)} if weights else {})}, run_id)
-    # One request for both datasets.
-    mlflow.log_inputs([dataset(split.X, split.y, name, folder, hashes[folder])
-                       for (split, folder), name in ((train, "train"), (val, "val"))],
-                      ["training", "validation"], [None, None])
+        Tag.AUGMENTED: hashes[train[1]], Tag.PROCESSED: hashes[val[1]]},
+        device, sections["train"].num_threads, sections["model"].weights)
+    background.submit(log_datasets, run_id, [
+        (split, name, folder, hashes[folder], context) for (split, folder), name, context
+        in ((train, "train", "training"), (val, "val", "validation"))])
     return background, hashes[val[1]]
 
 
@@ -106,6 +114,7 @@ def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: l
     metric_log.log_stage_params(flatten({k: dataclasses.asdict(v) for k, v in sections.items()}))
     metric_log.log_metrics({f"test_{k}": v for k, v in metrics.items()})
     metric_log.log_tags({Tag.THRESHOLD_RULE: metrics["threshold_rule"]})
-    log_dataset(test.X, test.y, "test", data_dir, dvc_hash(data_dir), "testing")
+    log_datasets(mlflow.active_run().info.run_id,
+                 [(test, "test", data_dir, dvc_hash(data_dir), "testing")])
     metric_log.log_artifacts(figures, "plots")
     metric_log.log_artifacts([reports / layout.METRICS, reports / layout.TEST_PREDICTIONS])

@@ -18,6 +18,7 @@ from pipeline.core.lineage import dvc_experiment_tags, file_sha256, pipeline_run
 from pipeline.core.procs import invocation_id, owner_gone
 from pipeline.core.tags import Tag
 from pipeline.data.dataset import DatasetMeta
+from pipeline.tracking.metric_log import Background
 from pipeline.tracking.store import STORE_ERRORS, experiment_id, store_error
 
 # The most runs one search request returns (MLflow's default page); more come page by page.
@@ -83,7 +84,6 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
     all_tags = {**owner_tags(), **(tags or {})}
     try:
         exp_id = experiment_id(experiment)
-        end_orphaned_runs(exp_id)
         # A resumed run keeps its name (MLflow would rename it to run_name).
         active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                                   run_name=run_name if run_id is None else None,
@@ -94,8 +94,12 @@ def start_run(experiment: str, run_name: str | None = None, run_id: str | None =
         with contextlib.suppress(*STORE_ERRORS):
             mlflow.end_run("FAILED")  # a run created before its tags failed
         raise store_error(err) from None
+    # Runs a killed process left RUNNING are ended while this one works: nothing here reads them.
+    repair = Background()
+    repair.submit(end_orphaned_runs, exp_id)
     try:
         yield active.info.run_id
+        repair.close()
     except BaseException as err:
         # Ending the run may fail too (a full disk, a broken store); then the next run's
         # end_orphaned_runs marks it KILLED.

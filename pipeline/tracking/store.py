@@ -51,7 +51,12 @@ def configure(must_exist: bool = False) -> MlflowClient:
         check_server(uri)
     else:
         check_database(uri, "MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
+    # MLflow reads MLFLOW_TRACKING_URI itself; setting the same URI again would only reset its
+    # tracing (~40 ms of imports a pipeline never uses).
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    if is_http(uri):  # check_server asked it for an experiment, as the check below would
+        return MlflowClient()
     # A new SQLite store is created by its first client; two at once (`dvc queue start -j 2`
     # on a fresh clone) race in MLflow's schema migration.
     with lock_for(uri, "init") if db is not None else contextlib.nullcontext():
