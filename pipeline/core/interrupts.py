@@ -10,15 +10,19 @@ import contextlib
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 # Exit status after Ctrl-C (128 + SIGINT, what shells report).
 INTERRUPTED_EXIT = 130
 # How long stopped workers get to fail their trials and exit before they are killed.
 STOP_SECONDS = 30.0
+# How soon a Ctrl-C that a finalizer swallowed is sent again (redeliver).
+REDELIVER_SECONDS = 0.05
 
 
 class Interrupted(BaseException):
@@ -33,6 +37,22 @@ def interrupt(signum: int = signal.SIGINT, frame: object = None) -> None:
     raise Interrupted
 
 
+def redeliver(unraisable: Any) -> None:
+    """sys.unraisablehook inside interruptible(): Interrupted raised in a finalizer or a weakref
+    callback (Python only prints it there, as a traceback) comes again as a fresh SIGINT, which
+    the handler raises in ordinary code; anything else goes to Python's own hook."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupt)
+    # Sent from a timer thread, not raised here: a handler run inside this hook would raise
+    # into the hook, which Python prints and drops all over again.
+    again = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
+    again.daemon = True
+    again.start()
+
+
 @contextlib.contextmanager
 def interruptible(always: bool = False) -> Iterator[None]:
     """Ctrl-C raises Interrupted inside (main thread; nested: no-op). A SIGINT ignored on entry
@@ -43,9 +63,13 @@ def interruptible(always: bool = False) -> Iterator[None]:
         yield
         return
     signal.signal(signal.SIGINT, interrupt)
+    # A Ctrl-C that lands while the garbage collector runs a finalizer (SQLAlchemy's weakref
+    # callbacks, seen in CI) would be printed and lost; redeliver raises it where code resumes.
+    hook, sys.unraisablehook = sys.unraisablehook, redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         signal.signal(signal.SIGINT, previous)
 
 
