@@ -42,7 +42,8 @@ TINY: dict[str, Any] = {
     "model": {"type": "mlp", "hidden_sizes": [16], "conv_channels": [4, 8]},
     # Holdout validation: tiny sets would otherwise be cross-validated (train.cv_folds: auto);
     # tests/test_crossval.py turns folds on where it tests them.
-    "train": {"epochs": 3, "batch_size": 16, "patience": 0, "cv_folds": 0},
+    # One thread: tiny batches spend more on syncing two threads than on work.
+    "train": {"epochs": 3, "batch_size": 16, "patience": 0, "cv_folds": 0, "num_threads": 1},
     "tune": {"enabled": False, "n_trials": 3},
 }
 

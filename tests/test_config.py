@@ -169,6 +169,7 @@ def test_validate_stage_refuses_checkpoints_dvc_cannot_track_or_find(
     assert not Path("c.json").exists()
 
 
+@pytest.mark.slow  # real `dvc exp run`
 def test_dvc_exp_run_set_changes_only_its_own_line(tmp_path: Path) -> None:
     # `dvc exp run -S` rewrites the whole params.yaml (ruamel round trip: flow lists become
     # block lists, null becomes empty); in that layout an experiment's diff is its own lines.

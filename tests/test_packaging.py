@@ -113,6 +113,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"code": code, **json.loads((root / "work" / "out.json").read_text())}
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_shipped_code_is_exactly_what_the_pyfunc_loads(standalone: dict) -> None:
     code: Path = standalone["code"]
     shipped = packaging.shipped_modules()
@@ -129,6 +130,7 @@ def test_shipped_code_is_exactly_what_the_pyfunc_loads(standalone: dict) -> None
                 "pipeline.registry.examples", "pipeline.tuning.tune"} & set(shipped)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_pyfunc_runs_no_training_loop_and_no_scikit_learn(standalone: dict) -> None:
     # What serves is saved preprocessing + a network: neither the code nor the process that
     # loaded the pyfunc and predicted holds the training loop, the metrics or their imports.
@@ -139,12 +141,14 @@ def test_the_pyfunc_runs_no_training_loop_and_no_scikit_learn(standalone: dict) 
     assert not {"sklearn", "optuna", "dvc"} & set(standalone["packages"])
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_shipped_code_predicts_standalone(standalone: dict) -> None:
     for kind in KINDS:
         probs = standalone["probability"][kind]
         assert len(probs) == 3 and all(0.0 <= p <= 1.0 for p in probs), kind
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.parametrize("kind", KINDS)
 def test_requirements_pin_what_the_shipped_code_imports(standalone: dict, kind: str) -> None:
     # Independent of packaging's reading of the source: what our modules imported at run time

@@ -239,6 +239,7 @@ def test_mlflow_facts_copied_into_the_report_match_their_source() -> None:
     assert report_runs.RUN_ROUTE.format(experiment="7", run="r1") == views.run_url("7", "r1")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_report_runs_without_mlflow_torch_or_optuna() -> None:
     code = ("import sys, pipeline.report.cli; print(sorted({'mlflow', 'torch', 'optuna', "
             "'pipeline.stages._common'} & set(sys.modules)))")

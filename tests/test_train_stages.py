@@ -16,7 +16,7 @@ from pipeline.evaluation.metrics import choose_threshold
 from pipeline.models.inference import predict_proba
 from pipeline.models.networks import CONFIG_FILE, WEIGHTS_FILE, load_model
 from pipeline.stages import train
-from tests.helpers import run_stages, write_params
+from tests.helpers import TINY, run_stages, write_params
 
 
 def only_run(client: MlflowClient, name: str = "binary-classification"):
@@ -46,7 +46,7 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tiny_pipeline: dict, tmp_path
     # Lineage tags.
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"]
-    assert tags["pipeline.torch"] and tags["pipeline.threads"] == "2"
+    assert tags["pipeline.torch"] and tags["pipeline.threads"] == str(TINY["train"]["num_threads"])
     assert tags["pipeline.device"] == "cpu" and tags["pipeline.input_shape"] == "1x8x8"
     # DVC's folder hash, as dvc.lock writes it: md5 + ".dir".
     assert len(tags["pipeline.dvc.data/processed"]) == 36

@@ -188,6 +188,7 @@ def test_rerun_resumes_and_stops_at_n_trials(tune_env: Path) -> None:
     assert [t.number for t in study.trials][:3] == first and len(study.trials) == 5
 
 
+@pytest.mark.slow  # two worker processes
 def test_two_workers_finish_n_trials_with_one_child_run_each(tune_env: Path) -> None:
     params = csv_tune_params(tune_env, n_trials=6, n_workers=2, pruner="none")
     run_stages(params, tune_env, upto="augment")

@@ -17,6 +17,9 @@ from pipeline.tracking import runs, store
 from pipeline.tracking.views import COLUMNS, VIEW_KEY, run_link
 from tests.helpers import make_imagefolder, module_store, run_stages, write_params
 
+# Three `dvc exp run`-like pipelines in one module fixture.
+pytestmark = pytest.mark.slow
+
 USER_NOTE = "Our team's notes about this experiment."
 
 

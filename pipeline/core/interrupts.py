@@ -47,8 +47,11 @@ def redeliver(unraisable: Any) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupt)
     # Sent from a timer thread, not raised here: a handler run inside this hook would raise
-    # into the hook, which Python prints and drops all over again.
-    again = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
+    # into the hook, which Python prints and drops all over again. Sent to the main thread, not
+    # the process: a process-wide signal may land on the timer thread, and then a main thread
+    # blocked in a wait (sleep, a lock, a socket) would not wake to run the handler.
+    again = threading.Timer(REDELIVER_SECONDS, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
     again.daemon = True
     again.start()
 
