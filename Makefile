@@ -8,18 +8,18 @@ BIN := $(VENV)/bin
 # Every dependency at the version requirements.lock names; a new lock reinstalls.
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -c requirements.lock
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -c requirements.lock
 	touch $@
 
 setup: $(BIN)/.installed
 
-# Rewrite requirements.lock: what pip resolves for '.[dev]' today (the newest versions
+# Rewrite requirements.lock: what pip resolves for '.[dev,bench]' today (the newest versions
 # pyproject.toml admits), from nothing: a throwaway venv, not whatever .venv holds. Commit it.
 lock:
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/python" -m pip install --quiet --dry-run --ignore-installed \
-	  --report "$$tmp/report.json" '.[dev]' && \
+	  --report "$$tmp/report.json" '.[dev,bench]' && \
 	"$$tmp/venv/bin/python" -m pipeline.registry.packaging "$$tmp/report.json" > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock
 

@@ -1,5 +1,7 @@
 """Content hashes of raw examples: which rows a model learned from, and which test rows are new
-to it. An image is its file's bytes; a CSV row is its feature values, whatever its position."""
+to it.
+
+An image is its file's bytes; a CSV row is its feature values, whatever its position."""
 
 from __future__ import annotations
 

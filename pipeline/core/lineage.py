@@ -1,4 +1,4 @@
-"""Where a result came from: DVC output hashes, git commit, file hashes. No MLflow here."""
+"""Where a result came from: DVC output hashes, git commit, file hashes (no MLflow here)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The audit trail in words: a gate decision as Markdown sentences (the version's description)
 and the trail of decisions as a Markdown table (the registered model's description, and the
-registering run's audit.md). The machine-readable form stays in the `audit.*` tags."""
+registering run's audit.md).
+
+The machine-readable form stays in the `audit.*` tags."""
 
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ def lock_lines(report: dict[str, Any]) -> list[str]:
     """requirements.lock from pip's install report: a header, then `name==version` sorted."""
     env = report["environment"]
     header = [f"# Written by `make lock`: what pip {report['pip_version']} resolved for "
-              f"'.[dev]' from nothing, on Python {env['python_full_version']}, "
+              f"'.[dev,bench]' from nothing, on Python {env['python_full_version']}, "
               f"{env['sys_platform']} {env['platform_machine']}.",
               "# Do not edit. `make setup`, CI and the tests' fresh virtualenvs install with "
               f"`-c {LOCK_FILE}`."]
