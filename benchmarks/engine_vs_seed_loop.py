@@ -63,6 +63,7 @@ from torchvision import datasets, transforms
 
 from pipeline.core.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.data.dataset import DatasetMeta, Split, load_splits
+from pipeline.models.feed import as_inputs
 from pipeline.models.inference import predict_proba
 from pipeline.training.callbacks import FitResult
 from pipeline.training.fit import fit_model
@@ -200,11 +201,12 @@ def verdict(ok: bool) -> str:
 
 
 def check_inputs(test_set: Subset, test: Split, meta: DatasetMeta) -> float:
-    """Largest pixel difference between the seed loop's test tensors and the engine's arrays."""
+    """Largest pixel difference between the seed loop's test tensors and what the engine feeds
+    its model (the stored uint8 arrays through as_inputs: [0, 1] floats)."""
     mean = torch.tensor(meta.norm[0]).reshape(-1, 1, 1)
     std = torch.tensor(meta.norm[1]).reshape(-1, 1, 1)
     seed_x = torch.stack([test_set[i][0] * std + mean for i in range(len(test_set))])
-    return float((seed_x - torch.from_numpy(test.X)).abs().max())
+    return float((seed_x - as_inputs(torch.from_numpy(np.array(test.X)))).abs().max())
 
 
 def profile_engine(fn: Callable[[], object], top: int) -> str:
@@ -331,8 +333,10 @@ def measure(argv: list[str] | None) -> dict[str, Any]:
           f"engine {train_cfg.optimizer} lr {train_cfg.lr} {train_cfg.scheduler}; "
           f"seed loop Adam lr {train_cfg.lr}")
     print(f"  load average before: {load()} (1, 5, 15 min)")
-    print(f"  input parity: max |seed-loop test pixel - engine test pixel| = "
-          f"{check_inputs(test_set, splits['test'], meta):.2e}")
+    parity = check_inputs(test_set, splits["test"], meta)
+    print(f"  input parity: max |seed-loop test pixel - engine test pixel| = {parity:.2e}")
+    if parity > 1e-3:  # the two sides would not be learning the same task
+        raise SystemExit(f"input parity {parity:.2e} > 1e-3: the sides see different pixels")
 
     # Warm-up (not timed): first-call allocations and kernel selection on both sides.
     warm = dataclasses.replace(train_cfg, epochs=1)

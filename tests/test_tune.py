@@ -23,6 +23,7 @@ from pipeline.core.config import load_params, parse_params
 from pipeline.core.errors import ConfigError
 from pipeline.stages import train as train_stage
 from pipeline.stages import tune as tune_stage
+from pipeline.tuning.study import LOSS_ATTR, best_trial
 from tests.helpers import (
     csv_checkout,
     csv_tune_params,
@@ -371,6 +372,9 @@ def test_trials_train_exactly_like_the_train_stage(tune_env: Path, imagefolder: 
         trial.info.run_id, "val_loss"), key=lambda m: m.step)]
     history = json.loads((Path(paths["reports"]) / "train_history.json").read_text())
     assert trial_losses == [row["val_loss"] for row in history]
+    # ...and the loss that breaks ties between trials is the one at the kept epoch.
+    (done,) = load_study(tmp_path).trials
+    assert done.user_attrs[LOSS_ATTR] == history[trained["best_epoch"] - 1]["val_loss"]
     # Without online augmentation the losses differ, so the equality above is no coincidence.
     plain = write_params(tmp_path / "plain.yaml", {**yaml.safe_load(params.read_text()),
                                                     "train": {"epochs": 4, "lr": 0.01}})
@@ -490,3 +494,25 @@ def test_two_workers_best_trial_score_is_what_train_reproduces(
     assert json.loads((tmp_path / "m2" / "model_config.json").read_text())[
         "train"]["num_threads"] == 2
     assert two["best_val_log_loss"] != best["value"]
+
+
+def test_a_tie_on_the_objective_goes_to_the_lower_validation_loss() -> None:
+    def add(study: optuna.Study, value: float, loss: float | None) -> None:
+        attrs = {} if loss is None else {LOSS_ATTR: loss}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(ValueError):
+        best_trial(study)
+    for value, loss in [(1.0, 0.30), (0.99, 0.01), (1.0, 0.05), (1.0, None), (1.0, 0.05)]:
+        add(study, value, loss)
+    assert best_trial(study).number == 2  # tied at 1.0: lowest loss, then the earliest
+    assert study.best_trial.number == 0  # what Optuna alone would pick: the first of the tie
+    add(study, 1.0 + 1e-12, 0.2)  # a fold mean's last bits: still the same tie
+    assert best_trial(study).number == 2
+    add(study, 1.0 + 1e-6, 0.9)  # a real gain wins whatever its loss
+    assert best_trial(study).number == 6
+    low = optuna.create_study(direction="minimize")  # tune.metric: log_loss
+    for value, loss in [(0.2, 0.5), (0.1, 0.4), (0.1, 0.3)]:
+        add(low, value, loss)
+    assert best_trial(low).number == 2

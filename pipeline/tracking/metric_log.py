@@ -74,12 +74,13 @@ def log_dict(obj: Any, name: str, run_id: str | None = None) -> None:
 
 
 class Background:
-    """Logging calls run one after another on a thread of their own, off the training thread
-    (against a server each is a round trip); `close` returns when all are stored, or raises
-    the first failure."""
+    """Logging calls run off the training thread, one after another on a thread of their own
+    (or at once on `workers` threads; against a server each is a round trip); `close` returns
+    when all are stored, or raises the first failure."""
 
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-log")
+    def __init__(self, workers: int = 1) -> None:
+        # One thread keeps calls in order; more send independent calls at once.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mlflow-log")
         self.pending: list[Future] = []
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

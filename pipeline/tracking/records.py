@@ -102,9 +102,16 @@ def log_training_result(final: Final, weights: Path, processed: str) -> None:
     for fold, (score, epoch) in enumerate(zip(*final.folds(), strict=True)):
         by_step.setdefault(fold, {}).update({f"fold_val_{result.monitor}": score,
                                              "fold_best_epoch": epoch})
-    metric_log.log_batch(run.run_id, by_step, {Tag.MODEL_SHA: sha, Tag.TRAINED_BY: run.run_id})
-    metric_log.log_artifacts([weights, weights.with_name(CONFIG_FILE)], MODEL_FOLDER)
-    metric_log.log_dict({"history": result.history}, layout.TRAIN_HISTORY)
+    # Four independent requests at once: against a server, each is a round trip the stage
+    # would otherwise wait for in turn after training.
+    sending = Background(workers=4)
+    sending.submit(metric_log.log_batch, run.run_id, by_step,
+                   {Tag.MODEL_SHA: sha, Tag.TRAINED_BY: run.run_id})
+    for path in (weights, weights.with_name(CONFIG_FILE)):
+        sending.submit(metric_log.log_artifacts, [path], MODEL_FOLDER, run.run_id)
+    sending.submit(metric_log.log_dict, {"history": result.history}, layout.TRAIN_HISTORY,
+                   run.run_id)
+    sending.close()  # a store failure still fails the stage
     views.adopt_test_metrics(run.run_id, run.experiment_id, sha, processed)
 
 

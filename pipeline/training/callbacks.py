@@ -32,6 +32,12 @@ class FitResult:
     precision: str = "fp32"  # resolve_precision's answer: what every forward pass ran in
     cv_folds: int = 0  # > 0: a refit, scored by the folds (best_score is their mean)
 
+    @property
+    def best_loss(self) -> float:
+        """The validation loss at the best epoch (what breaks a tie of best scores)."""
+        return float(self.history[self.best_epoch - 1]["val_loss"]) if self.history else \
+            float("inf")
+
 
 class Callback:
     """Hooks the loop calls; raise from a hook to abort (e.g. pruning), set stop to end early."""

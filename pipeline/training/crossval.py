@@ -97,11 +97,17 @@ class CrossFit:
     best_epochs: list[int]
     oof: np.ndarray
     pool: Pool
+    losses: list[float]  # each fold's validation loss at its best epoch
 
     @property
     def score(self) -> float:
         """The objective: mean best validation score over folds."""
         return float(np.mean(self.scores))
+
+    @property
+    def loss(self) -> float:
+        """Mean validation loss at the folds' best epochs (breaks a tie of scores)."""
+        return float(np.mean(self.losses))
 
     @property
     def epochs(self) -> int:
@@ -115,7 +121,7 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
               on_fold: Callable[[int, FitResult, list[float]], None] | None = None) -> CrossFit:
     """Fit once per fold on the other folds' rows, score and predict the held-out originals."""
     k = int(pool.folds.max()) + 1
-    scores, epochs = [], []
+    scores, epochs, losses = [], [], []
     oof = np.full(pool.n_sources, np.nan)
     for fold in range(k):
         train_rows = np.flatnonzero(pool.folds[pool.source] != fold)
@@ -127,9 +133,10 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
                                   precision=train_cfg.precision)  # as the fold was validated
         scores.append(result.best_score)
         epochs.append(result.best_epoch)
+        losses.append(result.best_loss)
         if on_fold is not None:
             on_fold(fold, result, scores)
-    return CrossFit(scores, epochs, oof, pool)
+    return CrossFit(scores, epochs, oof, pool, losses)
 
 
 class FoldVerdict(Callback):

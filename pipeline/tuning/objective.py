@@ -15,7 +15,7 @@ from pipeline.training.callbacks import Callback, FitResult
 from pipeline.training.crossval import cross_fit, make_pool
 from pipeline.training.fit import apply_tuned, fit_model
 from pipeline.tuning import trial_runs
-from pipeline.tuning.study import report_epochs, suggest
+from pipeline.tuning.study import LOSS_ATTR, report_epochs, suggest
 
 # The trial's user attribute holding the CPU threads it trained with.
 THREADS_ATTR = "num_threads"
@@ -98,12 +98,12 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
                 cv = cross_fit(model_cfg, train_cfg, params.augment, pool, meta,
                                seed=params.seed, device=select_device(),
                                monitor=params.tune.metric, on_fold=reporter.on_fold)
-                score, best_epoch = cv.score, cv.epochs
+                score, best_epoch, loss = cv.score, cv.epochs, cv.loss
             else:
                 result = fit_model(model_cfg, train_cfg, params.augment, train, val, meta,
                                    seed=params.seed, device=select_device(),
                                    monitor=params.tune.metric, callbacks=[reporter, logger])
-                score, best_epoch = result.best_score, result.best_epoch
+                score, best_epoch, loss = result.best_score, result.best_epoch, result.best_loss
         except optuna.TrialPruned:
             logger.flush()
             logger.wait()
@@ -112,5 +112,6 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
             trial.set_user_attr("epochs_run", reporter.trained)
             raise
         trial.set_user_attr("epochs_run", reporter.trained)
+        trial.set_user_attr(LOSS_ATTR, loss)
         run.state, run.metrics = "COMPLETE", {"objective": score, "best_epoch": best_epoch}
         return score

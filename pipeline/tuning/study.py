@@ -149,6 +149,28 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         system_attrs={"failed_trial": history[0], "retry_history": history}))
 
 
+# Objective values this close are one tie (a fold mean of equal scores may differ in its
+# last bits by summation order).
+TIE = 1e-9
+# The trial's user attribute holding its validation loss at the best epoch (mean over folds).
+LOSS_ATTR = "val_loss"
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best complete trial; among those tied on the objective (a ranking metric that
+    saturates: ROC AUC 1.0 on every fold), the one with the lowest validation loss, which
+    still tells a confident model from a lucky one (then the earliest). ValueError if none."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+    if not done:
+        raise ValueError("no trial has completed")
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    top = max(sign * float(t.value) for t in done)  # type: ignore[arg-type]
+    tied = [t for t in done if sign * float(t.value) >= top - TIE]  # type: ignore[arg-type]
+    return min(tied, key=lambda t: (float(t.user_attrs.get(LOSS_ATTR, float("inf"))),
+                                    t.number))
+
+
 def count(study: optuna.Study | list[FrozenTrial]) -> dict[str, int]:
     """Trials per state name (of a study, or of its trials already fetched)."""
     trials = study if isinstance(study, list) else study.get_trials(deepcopy=False)

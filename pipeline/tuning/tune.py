@@ -35,6 +35,7 @@ from pipeline.tuning.objective import THREADS_ATTR, TuneJob, run_trial, trial_th
 from pipeline.tuning.study import (
     FINISHED,
     ask_lock,
+    best_trial,
     count,
     fail_dead_trials,
     fail_own_trials,
@@ -282,7 +283,7 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
             study = run_study(job)
         except Interrupted:  # a KeyboardInterrupt ends the parent run KILLED
             raise KeyboardInterrupt(interrupted(job)) from None
-        best = study.best_trial
+        best = best_trial(study)
         # Tags, not params: a resumed study may find a better trial, and params are immutable.
         metric_log.log_tags({Tag.BEST_PARAM + k: str(v) for k, v in best.params.items()})
         # Stepped by the study's size: an extended study (a later experiment) adds a point
