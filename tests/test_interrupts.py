@@ -6,10 +6,20 @@ import gc
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from pipeline.core.interrupts import Interrupted, interrupt, interruptible, redeliver
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_handled() -> Iterator[None]:
+    """Ctrl-C handled as in a terminal: a background job (`make test &`) starts with SIGINT
+    ignored, and interruptible() rightly leaves an ignored SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 class CtrlCWhenCollected:

@@ -176,6 +176,7 @@ def test_sequential_study_is_reproducible(tune_env: Path, monkeypatch) -> None:
     assert results[0] == results[1]
 
 
+@pytest.mark.slow  # a study run, then resumed
 def test_rerun_resumes_and_stops_at_n_trials(tune_env: Path) -> None:
     params = csv_tune_params(tune_env, n_trials=3, pruner="none")
     run_stages(params, tune_env, upto="augment")
