@@ -347,7 +347,8 @@ def test_postgres_storage_with_heartbeat(tune_env: Path, monkeypatch) -> None:
     assert beats == 3
 
 
-@pytest.mark.parametrize("metric", ["roc_auc", pytest.param("log_loss", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a study, the train stage, and a train stage with other params
+@pytest.mark.parametrize("metric", ["roc_auc", "log_loss"])
 def test_trials_train_exactly_like_the_train_stage(tune_env: Path, imagefolder: Path,
                                                    metric: str) -> None:
     """A trial with the train stage's params gets the train stage's score (early-stopped on
