@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -82,3 +83,14 @@ def commit(repo: Path = REPO) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout
     return git("rev-parse", "--short", "HEAD").strip() + (
         "+dirty" if git("status", "--porcelain").strip() else "")
+
+
+def comparison_parser(doc: str, datasets: list[str]) -> argparse.ArgumentParser:
+    """The command line of the pipeline-vs-baselines scripts (peers.py, tables.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", choices=datasets, default=datasets)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="params override for every run (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    return parser

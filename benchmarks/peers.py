@@ -23,7 +23,6 @@ benchmarks/_results.py), and with --json also every run's figures to that file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -38,7 +37,7 @@ import pandas as pd
 import yaml
 from _results import write_result
 from _textures import texture
-from _workspace import default_params, merge, parse_sets
+from _workspace import comparison_parser, default_params, merge, parse_sets
 from PIL import Image
 from sklearn import datasets
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -192,13 +191,7 @@ def summary(results: dict[str, list[dict]]) -> pd.DataFrame:
 
 def main() -> None:
     """Run every (data set, seed), print the table, and the verdict against the target."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="params override for every run (repeatable)")
-    parser.add_argument("--json", type=Path, help="also write every run's figures here")
-    args = parser.parse_args()
+    args = comparison_parser(__doc__, list(DATASETS)).parse_args()
     sets = parse_sets(args.set)
     print(f"load average before: {os.getloadavg()}", flush=True)
     results: dict[str, list[dict]] = {}

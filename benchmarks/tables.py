@@ -27,7 +27,6 @@ benchmarks/_results.py), and with --json also every run's figures to that file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from _results import Tee, captured, write_result
-from _workspace import merge, parse_sets
+from _workspace import comparison_parser, merge, parse_sets
 from peers import pipeline_run, scores
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -339,13 +338,7 @@ def verdict(results: dict[str, list[dict]], refused: dict[str, str]) -> str:
 
 def main() -> None:
     """Run every (data set, seed), print the table and the verdict."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="params override for every run (repeatable)")
-    parser.add_argument("--json", type=Path, help="also write every run's figures here")
-    args = parser.parse_args()
+    args = comparison_parser(__doc__, list(DATASETS)).parse_args()
     sets = parse_sets(args.set)
     results: dict[str, list[dict]] = {}
     refused: dict[str, str] = {}
