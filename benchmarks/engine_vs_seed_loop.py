@@ -243,6 +243,13 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
                 finally:
                     self.seconds += time.perf_counter() - tick
 
+            def wait(self) -> None:
+                tick = time.perf_counter()
+                try:
+                    super().wait()
+                finally:
+                    self.seconds += time.perf_counter() - tick
+
         store.configure()
         shares, logged, fitted = [], [], []
         for r in range(repeats):
@@ -254,6 +261,7 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
                 logger = TimedEpochLogger(run_id)
                 _, result = engine_run(model_cfg, train_cfg, splits["train"], splits["val"],
                                        splits["test"], meta, seed, callbacks=[logger])
+                logger.wait()  # the last batch, as the train stage waits for it
             shares.append(100.0 * logger.seconds / result.train_seconds)
             logged.append(logger.seconds)
             fitted.append(result.train_seconds)

@@ -34,13 +34,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
                     "model": model_cfg, "train": train_cfg}
         background, val_hash = records.log_training_inputs(
             sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
+        epochs = EpochLogger(run_id)
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
                           device=device, monitor=monitor,
-                          callbacks=[EpochLogger(run_id), EpochProgress("train", monitor)])
-        background.close()
+                          callbacks=[epochs, EpochProgress("train", monitor)])
         # Into temp folders: they replace the old outputs only once the run has recorded them.
         weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
-        records.log_training_result(final, weights, val_hash)
+        result = records.log_training_result(final, weights, val_hash)
+        for queued in (background, epochs.background, result):  # their round trips overlap
+            queued.close()
 
 
 main = stage_main(__doc__, PATHS, run)

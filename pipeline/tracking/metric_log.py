@@ -97,8 +97,9 @@ class Background:
 
 
 class EpochLogger(Callback):
-    """Sends per-epoch metrics in batches from a background thread; waits for them when the
-    fit ends, so a store failure still fails the stage."""
+    """Sends per-epoch metrics in batches from a background thread; the fit's end queues the
+    last batch, and its owner calls `wait` (a store failure still fails the stage) once it has
+    queued its own requests, so the waits overlap."""
 
     def __init__(self, run_id: str, flush_every: int = 10) -> None:
         self.run_id, self.flush_every = run_id, flush_every
@@ -112,7 +113,6 @@ class EpochLogger(Callback):
 
     def on_fit_end(self, result: FitResult) -> None:
         self.flush()
-        self.wait()
 
     def flush(self) -> None:
         """Queue buffered rows now (also called when a trial is pruned)."""

@@ -91,9 +91,10 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
     return background, hashes[val[1]]
 
 
-def log_training_result(final: Final, weights: Path, processed: str) -> None:
+def log_training_result(final: Final, weights: Path, processed: str) -> Background:
     """Weights hash (the key later stages resume this run by), timings, fold scores, the
-    weights and model config, history, and test metrics of earlier runs of the same weights."""
+    weights and model config, history, and test metrics of earlier runs of the same weights,
+    sent from the returned Background: close it before the run ends."""
     result = final.result
     run, sha = mlflow.active_run().info, file_sha256(weights)
     by_step = {0: {"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
@@ -102,17 +103,18 @@ def log_training_result(final: Final, weights: Path, processed: str) -> None:
     for fold, (score, epoch) in enumerate(zip(*final.folds(), strict=True)):
         by_step.setdefault(fold, {}).update({f"fold_val_{result.monitor}": score,
                                              "fold_best_epoch": epoch})
-    # Four independent requests at once: against a server, each is a round trip the stage
-    # would otherwise wait for in turn after training.
-    sending = Background(workers=4)
+    # Independent requests at once: against a server, each is a round trip the stage would
+    # otherwise wait for in turn after training.
+    sending = Background(workers=5)
     sending.submit(metric_log.log_batch, run.run_id, by_step,
                    {Tag.MODEL_SHA: sha, Tag.TRAINED_BY: run.run_id})
     for path in (weights, weights.with_name(CONFIG_FILE)):
         sending.submit(metric_log.log_artifacts, [path], MODEL_FOLDER, run.run_id)
     sending.submit(metric_log.log_dict, {"history": result.history}, layout.TRAIN_HISTORY,
                    run.run_id)
-    sending.close()  # a store failure still fails the stage
-    views.adopt_test_metrics(run.run_id, run.experiment_id, sha, processed)
+    # Earlier runs of these weights: this run is skipped by id, so its own tags can be in flight.
+    sending.submit(views.adopt_test_metrics, run.run_id, run.experiment_id, sha, processed)
+    return sending
 
 
 def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],

@@ -111,6 +111,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
             # Reports are sparse: the epochs trained are stored once (benchmarks sum them).
             trial.set_user_attr("epochs_run", reporter.trained)
             raise
+        logger.wait()
         trial.set_user_attr("epochs_run", reporter.trained)
         trial.set_user_attr(LOSS_ATTR, loss)
         run.state, run.metrics = "COMPLETE", {"objective": score, "best_epoch": best_epoch}
