@@ -40,9 +40,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
                           callbacks=[epochs, EpochProgress("train", monitor)])
         # Into temp folders: they replace the old outputs only once the run has recorded them.
         weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
-        result = records.log_training_result(final, weights, val_hash)
-        for queued in (background, epochs.background, result):  # their round trips overlap
-            queued.close()
+        records.log_training_result(final, weights, val_hash, pending=(background, epochs))
 
 
 main = stage_main(__doc__, PATHS, run)

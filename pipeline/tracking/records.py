@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from pipeline.core.tags import Tag
 from pipeline.core.typed import flatten
 from pipeline.models.networks import CONFIG_FILE
 from pipeline.tracking import metric_log, views
-from pipeline.tracking.metric_log import Background
+from pipeline.tracking.metric_log import Background, EpochLogger
 
 if TYPE_CHECKING:  # the evaluate stage records too, and needs no training code
     from pipeline.training.final import Final
@@ -91,10 +92,11 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
     return background, hashes[val[1]]
 
 
-def log_training_result(final: Final, weights: Path, processed: str) -> Background:
+def log_training_result(final: Final, weights: Path, processed: str,
+                        pending: Sequence[Background | EpochLogger] = ()) -> None:
     """Weights hash (the key later stages resume this run by), timings, fold scores, the
-    weights and model config, history, and test metrics of earlier runs of the same weights,
-    sent from the returned Background: close it before the run ends."""
+    weights and model config, history, and test metrics of earlier runs of the same weights;
+    returns once these and the `pending` requests are stored (their waits overlap)."""
     result = final.result
     run, sha = mlflow.active_run().info, file_sha256(weights)
     by_step = {0: {"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
@@ -114,7 +116,8 @@ def log_training_result(final: Final, weights: Path, processed: str) -> Backgrou
                    run.run_id)
     # Earlier runs of these weights: this run is skipped by id, so its own tags can be in flight.
     sending.submit(views.adopt_test_metrics, run.run_id, run.experiment_id, sha, processed)
-    return sending
+    for queued in (*pending, sending):  # a store failure still fails the stage
+        queued.wait() if isinstance(queued, EpochLogger) else queued.close()
 
 
 def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],
