@@ -69,7 +69,7 @@ class Table:
     positive: str
     categorical: tuple[str, ...] = ()
     """Number-coded columns the research notes read as categories (a CSV cannot say so: the
-    pipeline sees numbers there; the baselines are told)."""
+    pipeline is told by data.categorical_columns, the baselines by this list)."""
     notes: tuple[str, ...] = ()
     """What was changed from the package's table, printed with the results."""
 
@@ -255,8 +255,9 @@ def one(name: str, table: Table, seed: int, sets: dict, tmp: Path) -> dict[str, 
     root.mkdir()
     path = root / f"{name}.csv"
     table.frame.to_csv(path, index=False)  # what a user exports: empty cells for missing
+    # The number-coded categorical columns the baselines are told, as data.categorical_columns.
     data = {"source": "csv", "path": str(path), "target": table.target,
-            "positive_class": table.positive}
+            "positive_class": table.positive, "categorical_columns": list(table.categorical)}
     out: dict[str, dict] = {"pipeline": run_pipeline(root, data, sets, seed)}
     splits, _ = load_splits(root / "processed")
     raw = pd.read_csv(path)  # the raw rows as a user reads them; ids are their positions

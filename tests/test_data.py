@@ -206,24 +206,33 @@ def test_csv_categorical_nan_and_string_labels(table_csv: Path) -> None:
     assert meta.classes == ("ham", "spam")
     assert set(table.numeric) == {"x1", "x2", "flag"}
     assert table.categorical == {"colour": ("blue", "green", "red")}
-    assert table.feature_names()[-3:] == ["colour=blue", "colour=green", "colour=red"]
+    # Columns with missing training cells get an indicator; a missing category is a level.
+    assert table.missing == ("x1", "colour")
+    assert table.feature_names() == ["x1", "x2", "flag", "x1=<missing>", "colour=blue",
+                                     "colour=green", "colour=red", "colour=<missing>"]
     for s in splits.values():
-        assert s.X.shape[1] == 6 and not np.isnan(s.X).any()
+        assert s.X.shape[1] == 8 and not np.isnan(s.X).any()
     # Statistics come from the training rows only.
     frame = pd.read_csv(table_csv)
     train_rows = frame.loc[[int(i) for i in splits["train"].ids]]
     assert table.numeric["x1"].median == pytest.approx(train_rows["x1"].median())
     assert table.numeric["x1"].median != pytest.approx(frame["x1"].median())
-    # Train features are standardised with train statistics.
-    assert splits["train"].X[:, 1].mean() == pytest.approx(0.0, abs=1e-5)
+    # Train features are mapped onto a standard normal through the training quantiles.
+    assert splits["train"].X[:, 1].mean() == pytest.approx(0.0, abs=0.05)
+    assert splits["train"].X[:, 1].std() == pytest.approx(1.0, abs=0.15)
 
 
-def test_unseen_category_and_nan_encode_as_zeros(table_csv: Path) -> None:
+def test_unseen_category_encodes_as_zeros_and_missing_cells_as_their_indicator(
+        table_csv: Path) -> None:
     _, meta = prep(csv_cfg(table_csv), seed=0)
-    rows = pd.DataFrame({"x1": [np.nan], "x2": [0.0], "colour": ["purple"], "flag": [True]})
+    rows = pd.DataFrame({"x1": [np.nan, 0.5], "x2": [0.0, np.nan], "colour": ["purple", None],
+                         "flag": [True, False]})
     x = transform_table(rows, meta.table)
-    assert x.shape == (1, 6) and not np.isnan(x).any()
-    assert x[0, 3:].tolist() == [0.0, 0.0, 0.0]
+    assert x.shape == (2, 8) and not np.isnan(x).any()
+    assert x[0, 3:].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]  # x1 missing; purple: no column
+    # x2 had no missing training cell: imputed, no indicator; colour missing: its own level.
+    assert x[1, 3:].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert x[1, 1] == pytest.approx(0.0, abs=0.05)  # the median is the middle quantile
 
 
 @pytest.mark.parametrize(("labels", "positive", "expected"), [

@@ -52,7 +52,11 @@ def write(tmp_path: Path, frame: pd.DataFrame | str, name: str = "t.csv", **kw: 
 
 
 def notes(meta: DatasetMeta) -> dict[str, str]:
-    return {n["item"]: f"{n['action']} ({n['reason']})" for n in meta.notes}
+    """Each item's notes, in order, one string ('; ' between them)."""
+    said: dict[str, list[str]] = {}
+    for n in meta.notes:
+        said.setdefault(n["item"], []).append(f"{n['action']} ({n['reason']})")
+    return {item: "; ".join(lines) for item, lines in said.items()}
 
 
 # --- separators and number formats ---------------------------------------------------------
@@ -82,7 +86,7 @@ def test_thousands_and_missing_markers_are_numbers(tmp_path: Path) -> None:
     frame = base().assign(price=[f"{1000 + i * 37:,}" for i in range(N)],
                           age=["?" if i % 7 == 0 else str(20 + i) for i in range(N)],
                           share=[f"{(i + 1) / 2:.1f}%" for i in range(N)])
-    splits, meta, _ = prep(write(tmp_path, frame))
+    splits, meta, _ = prep(write(tmp_path, frame), numeric_scaling="standard")
     assert {"price", "age", "share"} <= set(meta.table.numeric)
     assert "thousands" in notes(meta)["column 'price'"]
     assert "6 values read as missing" in notes(meta)["column 'age'"]
@@ -176,7 +180,8 @@ def test_high_cardinality_categorical_is_capped(tmp_path: Path) -> None:
 def test_iso_dates_become_days(tmp_path: Path) -> None:
     days = pd.date_range("2024-01-01", periods=N, freq="D")
     stamps = [str(d.date()) if i % 2 else f"{d.date()}T12:00:00Z" for i, d in enumerate(days)]
-    splits, meta, _ = prep(write(tmp_path, base().assign(when=stamps)))
+    splits, meta, _ = prep(write(tmp_path, base().assign(when=stamps)),
+                           numeric_scaling="standard")
     assert meta.table.dates == ("when",) and "days since" in notes(meta)["column 'when'"]
     assert meta.table.feature_names() == ["x", "when", "colour=blue", "colour=green",
                                           "colour=red"]
@@ -307,3 +312,62 @@ def test_input_refused_by_the_model_names_the_input(tmp_path: Path, monkeypatch)
     path = write(tmp_path, "x\n1\n", "b.csv")
     with pytest.raises(DataError, match=f"^--input {path}: model input row 0: bad value$"):
         batch.predict("models:/m@champion", [path], tmp_path / "out.csv")
+
+
+# --- declared categories, missing indicators and quantile scaling ----------------------------
+
+
+def coded(n: int = N) -> pd.DataFrame:
+    """A chest-pain-type column coded 1-4 (a blank makes pandas read it as floats)."""
+    return base(n).assign(cp=[np.nan if i == 4 else 1 + i % 4 for i in range(n)])
+
+
+def test_number_codes_read_as_numbers_are_said_in_a_note(tmp_path: Path) -> None:
+    _, meta, _ = prep(write(tmp_path, coded()))
+    assert "cp" in meta.table.numeric
+    assert "data.categorical_columns" in notes(meta)["column 'cp'"]
+
+
+def test_declared_number_codes_are_categories_whatever_their_spelling(tmp_path: Path) -> None:
+    from pipeline.registry.features import frame_to_features
+
+    splits, meta, _ = prep(write(tmp_path, coded()), categorical_columns=("cp",))
+    table = meta.table
+    assert "cp" not in table.numeric and table.categorical["cp"] == ("1", "2", "3", "4")
+    assert "cp" in table.missing and "cp=<missing>" in table.feature_names()
+    # The training file read 1.0 (a float column); a request sends 1, 1.0 or '1': one category.
+    spellings = [2, 2.0, "2", " 2 "]
+    rows = pd.DataFrame({"x": [0.0] * 4, "colour": ["red"] * 4, "cp": spellings})
+    X = frame_to_features(rows, meta)
+    names = table.feature_names()
+    assert (X[:, names.index("cp=2")] == 1).all() and X[:, names.index("cp=<missing>")].sum() == 0
+    assert (X[0] == X).all()
+    np.testing.assert_array_equal(transform_table(
+        pd.read_csv(tmp_path / "t.csv").drop(columns="label").iloc[[int(i) for i in
+                                                                     splits["test"].ids]],
+        table), splits["test"].X)
+
+
+def test_a_declared_column_the_file_lacks_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data.categorical_columns: .*t.csv has no column 'cP'"):
+        prep(write(tmp_path, coded()), categorical_columns=("cP",))
+
+
+def test_quantile_scaling_keeps_an_outlier_from_squashing_the_rest(tmp_path: Path) -> None:
+    income = [float(1000 + 10 * i) for i in range(N)]
+    for i in (0, 4):
+        income[i] = 1e9  # typo'd or very rich rows
+    frame = base().assign(income=income)
+    by_scaling = {how: prep(write(tmp_path, frame), numeric_scaling=how)
+                  for how in ("standard", "quantile")}
+    spread = {}
+    for how, (splits, _, _) in by_scaling.items():
+        train = splits["train"]
+        usual = [k for k, i in enumerate(map(int, train.ids)) if income[i] < 1e6]
+        assert len(usual) < len(train.ids)  # an outlier is among the training rows
+        spread[how] = float(np.ptp(train.X[usual, 1]))
+    assert spread["standard"] < 0.05 and spread["quantile"] > 2.5
+    meta = by_scaling["quantile"][1]
+    ends = transform_table(pd.DataFrame({"x": [0.0, 0.0], "colour": ["red"] * 2,
+                                         "income": [-1e12, 1e12]}), meta.table)[:, 1]
+    assert -3.0 < ends[0] < -1.5 and ends[1] == -ends[0]  # capped at the end scores

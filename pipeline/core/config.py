@@ -58,12 +58,20 @@ class DataConfig:
     """CSV field separator: auto detects , ; tab or | from the header, else that character."""
     skip_corrupt: bool = False
     """Skip unreadable images with a warning (recorded in metadata) instead of failing."""
+    categorical_columns: tuple[str, ...] = ()
+    """CSV columns read as categories although they hold numbers (codes such as 1-4 for a
+    chest-pain type): one-hot, not one standardised number. Text columns are categories anyway."""
+    numeric_scaling: Literal["quantile", "standard"] = "quantile"
+    """CSV numbers: quantile maps each column through its training quantiles onto a normal
+    (outliers and skew do not dominate); standard subtracts the mean and divides by the std."""
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
         if self.image_size != "auto":
             in_range(self, "image_size", 4, 1024)
         require(bool(self.path), "path", self.path, "must not be empty")
+        require(len(set(self.categorical_columns)) == len(self.categorical_columns),
+                "categorical_columns", list(self.categorical_columns), "lists a column twice")
         require(self.csv_sep == "auto" or (len(self.csv_sep) == 1 and self.csv_sep not in
                 " \n\r\""), "csv_sep", self.csv_sep, "must be auto or one character other "
                 "than space (shifts columns), newline or quote")

@@ -19,6 +19,7 @@ SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 IDS_FILE = "ids.json"
 INFREQUENT = "<infrequent>"  # the one-hot value a capped categorical's other values share
+MISSING = "<missing>"  # the indicator of a missing cell, for columns whose training rows had one
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,14 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class ColumnStats:
-    """Train-fitted imputation value and standardisation of one numeric CSV column."""
+    """Train-fitted imputation value and scaling of one numeric CSV column."""
 
     median: float
     mean: float
     std: float
+    quantiles: tuple[float, ...] = ()
+    """Training quantiles at evenly spaced levels, mapped onto a standard normal (empty:
+    (x - mean) / std instead)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class TableSpec:
     """Columns of ISO dates (in `numeric` as days since 1970-01-01)."""
     infrequent: tuple[str, ...] = ()
     """Categorical columns whose other values share one `col=<infrequent>` indicator."""
+    missing: tuple[str, ...] = ()
+    """Columns whose training rows had missing cells: a `col=<missing>` indicator (a numeric
+    cell is also imputed with the median; a category's missing cell is this level)."""
     sep: str = ","
     """The training CSV's field separator."""
     decimal: str = ""
@@ -76,12 +83,15 @@ class TableSpec:
     value decided it, so 1.500 is refused); prediction applies it, never re-decides."""
 
     def feature_names(self) -> list[str]:
-        """Model input names: standardised numerics first, then one-hot `col=value` columns."""
+        """Model input names: scaled numerics first (augmentation jitters these), then the
+        numerics' missing indicators, then one-hot `col=value` columns."""
         # Order follows `columns`: JSON round trips sort the dict keys.
         names = [c for c in self.columns if c in self.numeric]
+        names += [f"{c}={MISSING}" for c in self.columns if c in self.numeric and c in self.missing]
         for col in (c for c in self.columns if c in self.categorical):
             names += [f"{col}={v}" for v in self.categorical[col]]
             names += [f"{col}={INFREQUENT}"] if col in self.infrequent else []
+            names += [f"{col}={MISSING}"] if col in self.missing else []
         return names
 
 
@@ -155,10 +165,12 @@ class DatasetMeta:
                 image["size"], image["channels"], tuple(image["mean"]), tuple(image["std"])),
             table=None if table is None else TableSpec(
                 table["target"], tuple(table["columns"]), dict(table["dtypes"]),
-                {k: ColumnStats(**v) for k, v in table["numeric"].items()},
+                {k: ColumnStats(**{**v, "quantiles": tuple(v.get("quantiles", ()))})
+                 for k, v in table["numeric"].items()},
                 {k: tuple(v) for k, v in table["categorical"].items()},
                 dropped=dict(table.get("dropped", {})), dates=tuple(table.get("dates", ())),
-                infrequent=tuple(table.get("infrequent", ())), sep=table.get("sep", ","),
+                infrequent=tuple(table.get("infrequent", ())),
+                missing=tuple(table.get("missing", ())), sep=table.get("sep", ","),
                 decimal=table.get("decimal", "")),
             skipped=tuple(raw.get("skipped", ())), notes=tuple(raw.get("notes", ())),
             counts=raw.get("counts", {}),

@@ -171,7 +171,8 @@ def preprocess(cfg: DataConfig, seed: int, out: str | Path) -> DatasetMeta:
     y, classes = encode_labels(target, cfg.positive_class, f"{cfg.path} column {cfg.target!r}")
     ids = [str(i) for i in frame.index]
     parts = stratified_split(y, cfg.split, seed, classes)
-    spec, fit_notes = fit_table_spec(frame, parts["train"], cfg.target, cfg.path, sep)
+    spec, fit_notes = fit_table_spec(frame, parts["train"], cfg.target, cfg.path, sep,
+                                     cfg.categorical_columns, cfg.numeric_scaling)
     meta = DatasetMeta(source=cfg.source, path=cfg.path, classes=(classes[0], classes[1]),
                        table=spec, notes=tuple(notes + fit_notes))
     splits = {name: Split(transform_table(frame.iloc[idx], spec, cfg.path), y[idx],

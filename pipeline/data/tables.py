@@ -1,11 +1,13 @@
 """CSV tables: which columns are features (row identifiers, dates, categories) and the
-train-fitted encoding (impute, standardise, capped one-hot); files are read by csvfiles."""
+train-fitted encoding (impute with missing indicators, quantile or standard scaling, capped
+one-hot); files are read by csvfiles."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ import pandas as pd
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import DataError
 from pipeline.data.csvfiles import MISSING_MARKERS, Note, is_numeric, not_a_number, note, read_frame
-from pipeline.data.dataset import INFREQUENT, ColumnStats, TableSpec
+from pipeline.data.dataset import INFREQUENT, MISSING, ColumnStats, TableSpec
 
 # scikit-learn OneHotEncoder's min_frequency / max_categories: a value seen once in training
 # cannot generalise, and a column's one-hot width (memory, parameters) stays bounded.
@@ -24,6 +26,11 @@ ID_WORDS = {"id", "uuid", "guid", "key", "index", "idx", "no", "number"}
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")
 OTHER_DATE = re.compile(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}([T ].*)?")
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+# Quantiles kept per numeric column (scikit-learn's QuantileTransformer keeps 1000): with
+# linear interpolation between them, 200 levels place any value within half a percentile.
+QUANTILES = 200
+# A numeric column of whole numbers with this many distinct values may hold codes: said in a note.
+CODES = range(3, 11)
 
 
 def read_table(cfg: DataConfig) -> tuple[pd.DataFrame, pd.Series, str, list[Note]]:
@@ -85,6 +92,46 @@ def as_text(column: pd.Series) -> np.ndarray:
     return column.astype("string").str.strip().to_numpy(dtype=object, na_value=None)
 
 
+def category_text(column: pd.Series, coded: bool) -> np.ndarray:
+    """Category values as looked up; for number codes one spelling per number (1, 1.0 and
+    '1' are one category: a column with a blank reads as floats, a request may send text)."""
+    text = as_text(column)
+    if not coded:
+        return text
+    numbers = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(float)
+    for i in np.flatnonzero(np.isfinite(numbers)):
+        value = float(numbers[i])
+        text[i] = str(int(value)) if value.is_integer() else repr(value)
+    return text
+
+
+def fit_quantiles(values: np.ndarray) -> tuple[float, ...]:
+    """Training quantiles at levels (i + 0.5) / n (n = QUANTILES, fewer for fewer rows)."""
+    n = min(QUANTILES, len(values))
+    return tuple(float(q) for q in np.quantile(values, (np.arange(n) + 0.5) / n))
+
+
+def normal_scores(values: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+    """Values mapped through the training quantiles onto a standard normal's quantiles at the
+    same levels (values beyond the training range take the end scores: outliers are capped)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    levels = (np.arange(len(q)) + 0.5) / len(q)
+    # A value many quantiles share (a 0/1 or count column) takes the middle of their levels,
+    # as scikit-learn's QuantileTransformer does: interpolate from both ends and average.
+    up = np.interp(values, q, levels)
+    down = -np.interp(-values, -q[::-1], -levels[::-1])
+    z = np.array([NormalDist().inv_cdf(level) for level in levels])
+    return np.interp(0.5 * (up + down), levels, z)
+
+
+def scale(values: np.ndarray, stats: ColumnStats) -> np.ndarray:
+    """A numeric column (NaN where missing) imputed with the training median and scaled."""
+    filled = np.where(np.isnan(values), stats.median, values)
+    if stats.quantiles:
+        return normal_scores(filled, stats.quantiles)
+    return (filled - stats.mean) / stats.std
+
+
 def row_identifier(column: pd.Series) -> str | None:
     """Why a numeric column identifies rows rather than describing them (None if it does not)."""
     name, present = str(column.name), column.dropna()
@@ -136,8 +183,9 @@ def to_days(column: pd.Series, where: str) -> np.ndarray:
     return ((dates - EPOCH) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def column_stats(values: pd.Series, where: str, col: str) -> ColumnStats:
-    """Median (imputation), mean and std (standardisation) of one training column."""
+def column_stats(values: pd.Series, where: str, col: str, quantile: bool) -> ColumnStats:
+    """Median (imputation), mean and std (standardisation) of one training column, and its
+    quantiles where `quantile`."""
     values = values.astype(float)
     median = float(values.median()) if values.notna().any() else 0.0
     filled = values.fillna(median)
@@ -146,45 +194,80 @@ def column_stats(values: pd.Series, where: str, col: str) -> ColumnStats:
     if not (np.isfinite(std) and np.isfinite(float(filled.mean()))):
         raise DataError(f"{where}: column {col!r} values are too large to standardise "
                         f"(max |x| = {float(filled.abs().max()):g}); rescale the column")
-    return ColumnStats(median, float(filled.mean()), std if std > 1e-12 else 1.0)
+    present = values.dropna().to_numpy()  # imputed cells would pile up at the median
+    quantiles = fit_quantiles(present) if quantile and len(present) else ()
+    return ColumnStats(median, float(filled.mean()), std if std > 1e-12 else 1.0, quantiles)
 
 
-def vocabulary(column: pd.Series) -> tuple[tuple[str, ...], int]:
+def vocabulary(column: pd.Series, coded: bool) -> tuple[tuple[str, ...], int]:
     """The kept categories (sorted) and how many other values the training rows hold."""
-    counts = pd.Series(as_text(column), dtype=object).value_counts()
+    counts = pd.Series(category_text(column, coded), dtype=object).value_counts()
     kept = counts[counts >= MIN_FREQUENCY].sort_index().sort_values(ascending=False,
                                                                      kind="stable")
     vocab = tuple(sorted(map(str, kept.index[:MAX_CATEGORIES])))
     return vocab, len(counts) - len(vocab)
 
 
+def column_kind(column: pd.Series) -> str:
+    """The CSV column's type as the model's input signature declares it."""
+    return ("bool" if pd.api.types.is_bool_dtype(column) else
+            "int" if pd.api.types.is_integer_dtype(column) else
+            "float" if is_numeric(column) else "string")
+
+
+def declared_categories(frame: pd.DataFrame, declared: Collection[str], where: str) -> set[str]:
+    """data.categorical_columns, checked against the file's columns."""
+    unknown = [c for c in declared if c not in map(str, frame.columns)]
+    if unknown:
+        raise DataError(f"data.categorical_columns: {where} has no column {unknown[0]!r} "
+                        f"(columns: {', '.join(map(str, frame.columns))})")
+    return set(declared)
+
+
+def looks_coded(column: pd.Series) -> bool:
+    """A numeric column of a few distinct whole numbers (codes such as 1-4, or a count)."""
+    present = column.dropna()
+    if not is_numeric(column) or pd.api.types.is_bool_dtype(column) or present.empty:
+        return False
+    values = present.to_numpy(dtype=np.float64)
+    return bool((values == np.round(values)).all() and len(np.unique(values)) in CODES)
+
+
 def fit_table_spec(frame: pd.DataFrame, train: np.ndarray, target: str, where: str = "input",
-                   sep: str = ",") -> tuple[TableSpec, list[Note]]:
-    """Decide each column's role on the whole file (identifiers, dates) and fit imputation,
-    standardisation and capped vocabularies on the training rows; notes say what changed."""
+                   sep: str = ",", categorical_columns: Collection[str] = (),
+                   scaling: str = "standard") -> tuple[TableSpec, list[Note]]:
+    """Decide each column's role on the whole file (identifiers, dates, declared categories)
+    and fit imputation, scaling and capped vocabularies on the training rows; notes say what
+    changed."""
     notes: list[Note] = []
     rows = frame.iloc[train]
-    numeric, categorical, dtypes, dropped = {}, {}, {}, {}
-    dates, infrequent = [], []
+    declared = declared_categories(frame, categorical_columns, where)
+    numeric, categorical, dropped = {}, {}, {}
+    dates, infrequent, missing = [], [], []
+    dtypes = {str(col): column_kind(frame[col]) for col in frame.columns}
+    quantile = scaling == "quantile"
     for col in map(str, frame.columns):
         column = frame[col]
-        dtypes[col] = ("bool" if pd.api.types.is_bool_dtype(column) else
-                       "int" if pd.api.types.is_integer_dtype(column) else
-                       "float" if is_numeric(column) else "string")
-        if is_numeric(column):
+        if is_numeric(column) and col not in declared:
             reason = row_identifier(column)
             if reason is None:
-                numeric[col] = column_stats(rows[col], where, col)
-        elif date_column(column, where):
+                numeric[col] = column_stats(rows[col], where, col, quantile)
+            if reason is None and looks_coded(column):
+                note(notes, where, f"column {col!r}", "read as a number",
+                     f"{column.nunique()} distinct whole numbers: if they are codes, not "
+                     "amounts, list the column in data.categorical_columns")
+        elif col not in declared and date_column(column, where):
             reason = None
             dates.append(col)
-            numeric[col] = column_stats(pd.Series(to_days(rows[col], where)), where, col)
+            numeric[col] = column_stats(pd.Series(to_days(rows[col], where)), where, col,
+                                        quantile)
             note(notes, where, f"column {col!r}", "ISO dates encoded as days since 1970-01-01",
-                 "one number, standardised on the training rows (not one-hot per date)")
-        elif len(frame) >= ID_MIN_ROWS and column.notna().all() and column.is_unique:
+                 "one number, scaled on the training rows (not one-hot per date)")
+        elif (col not in declared and len(frame) >= ID_MIN_ROWS and column.notna().all()
+              and column.is_unique):
             reason = "a row identifier or free text (a distinct value on every row)"
         else:
-            vocab, rare = vocabulary(rows[col])
+            vocab, rare = vocabulary(rows[col], coded=dtypes[col] != "string")
             reason = None if vocab else (f"free text or an identifier (no value occurs "
                                          f"{MIN_FREQUENCY}+ times in the training rows)")
             if vocab:
@@ -198,11 +281,17 @@ def fit_table_spec(frame: pd.DataFrame, train: np.ndarray, target: str, where: s
         if reason is not None:
             dropped[col] = reason
             note(notes, where, f"column {col!r}", "dropped", reason)
+        elif rows[col].isna().any():
+            missing.append(col)
+            note(notes, where, f"column {col!r}", f"missing cells marked by '{col}={MISSING}'"
+                 + (", their value the training median" if col in numeric else ""),
+                 f"missing in {int(rows[col].isna().sum())} of {len(rows)} training rows")
     if len(dropped) == frame.shape[1]:
         raise DataError(f"{where}: no usable feature column (dropped all: "
                         f"{', '.join(f'{c!r}: {r}' for c, r in dropped.items())})")
     spec = TableSpec(target, tuple(map(str, frame.columns)), dtypes, numeric, categorical,
-                     dropped=dropped, dates=tuple(dates), infrequent=tuple(infrequent), sep=sep,
+                     dropped=dropped, dates=tuple(dates), infrequent=tuple(infrequent),
+                     missing=tuple(missing), sep=sep,
                      decimal=str(frame.attrs.get("decimal", "")))
     return spec, notes
 
@@ -230,22 +319,29 @@ def numbers(column: pd.Series, where: str) -> np.ndarray:
 
 def transform_table(frame: pd.DataFrame, spec: TableSpec, where: str = "input") -> np.ndarray:
     """Apply the train-fitted encoding; an unseen category → the column's infrequent indicator
-    if it has one, else zeros; dropped columns are ignored. Memory: the output plus O(rows)."""
+    if it has one, else zeros; a missing cell → the column's missing indicator if it has one;
+    dropped columns are ignored. Memory: the output plus O(rows)."""
     check_columns(frame, spec.columns, where, optional=spec.dropped)
     X = np.zeros((len(frame), len(spec.feature_names())), dtype=np.float32)
-    j = 0
+    j, absent = 0, []
     for col in (c for c in spec.columns if c in spec.numeric):
-        stats = spec.numeric[col]
         values = to_days(frame[col], where) if col in spec.dates else numbers(frame[col], where)
-        X[:, j] = (np.where(np.isnan(values), stats.median, values) - stats.mean) / stats.std
+        X[:, j] = scale(values, spec.numeric[col])
+        absent += [np.isnan(values)] if col in spec.missing else []
+        j += 1
+    for gaps in absent:
+        X[:, j] = gaps
         j += 1
     for col in (c for c in spec.columns if c in spec.categorical):
-        text = as_text(frame[col])
+        text = category_text(frame[col], coded=spec.dtypes.get(col) != "string")
         codes = pd.Index(spec.categorical[col]).get_indexer(text)  # -1: unseen or missing
         known = np.flatnonzero(codes >= 0)
         X[known, j + codes[known]] = 1.0
         j += len(spec.categorical[col])
         if col in spec.infrequent:
             X[(codes < 0) & pd.notna(text), j] = 1.0
+            j += 1
+        if col in spec.missing:
+            X[pd.isna(text), j] = 1.0
             j += 1
     return X
