@@ -85,6 +85,12 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"model": {"hidden_sizes": 64}}, "model.hidden_sizes = 64: must be a list"),
     ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold = 1.5"),
     ({"evaluate": {"threshold": "best"}}, "evaluate.threshold = 'best'"),
+    ({"model": {"ensemble": 0}}, "model.ensemble = 0: must be in [1, 64]"),
+    ({"model": {"type": "resnet18", "ensemble": 3}},
+     "model.ensemble = 3: is for logreg, mlp and cnn, not 'resnet18'"),
+    ({"data": {"categorical_columns": ["cp", "cp"]}},
+     "data.categorical_columns = ['cp', 'cp']: lists a column twice"),
+    ({"data": {"numeric_scaling": "robust"}}, "data.numeric_scaling = 'robust'"),
 ])
 def test_rejections_name_key_and_value(raw: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -145,9 +145,30 @@ def test_model_shapes_and_cnn_on_table() -> None:
                             [0.0] * 3, [1.0] * 3)
         assert model(torch.rand(2, 3, 8, 8)).shape == (2,)
     table = build_model(ModelConfig(type="mlp"), [5], [0.0], [1.0])
-    assert table(torch.rand(4, 5)).shape == (4,)
+    x = torch.rand(4, 5)
+    # A table model is 5 members by default: one logit each in training, their mean otherwise.
+    assert table.train()(x).shape == (4, 5) and table.eval()(x).shape == (4,)
+    members = torch.stack([m(x).squeeze(-1) for m in table.body.members], dim=-1)
+    torch.testing.assert_close(table(x), members.mean(-1))
+    assert len({float(m[0].weight.sum()) for m in (n[1:] for n in table.body.members)}) == 5
+    single = build_model(ModelConfig(type="mlp", ensemble=1), [5], [0.0], [1.0])
+    assert single.train()(x).shape == (4,)
     with pytest.raises(ConfigError, match=r"model\.type = 'cnn': needs image data"):
         build_model(ModelConfig(type="cnn"), [5], [0.0], [1.0])
+
+
+def test_ensemble_members_learn_on_their_own_loss() -> None:
+    train, val = images(32, 0, noise=0.1), images(16, 1, noise=0.1)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, patience=0, scheduler="none",
+                      optimizer="sgd", momentum=0.0)
+    fits = [build_and_fit(ModelConfig(type="logreg", ensemble=k), cfg, train, val, seed=0,
+                          device=CPU) for k in (1, 3)]
+    single, trio = (f.model.body for f in fits)
+    # Member 0 starts where the single model does (first from the seeded generator) and, with
+    # plain SGD on its own loss, ends where it does: the others do not pull on its gradient.
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(trio.members[0].state_dict()[name], value)
+    assert not torch.equal(trio.members[1][1].weight, trio.members[0][1].weight)
 
 
 def test_loss_is_bce_with_logits_on_one_raw_logit() -> None:

@@ -49,6 +49,19 @@ class Classifier(nn.Module):
         return self.body(self.norm(x)).squeeze(-1)
 
 
+class Ensemble(nn.Module):
+    """Member bodies side by side: in training each member's logit (shape (N, k), one loss
+    each), otherwise their mean (shape (N, 1))."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.cat([member(x) for member in self.members], dim=-1)
+        return logits if self.training else logits.mean(dim=-1, keepdim=True)
+
+
 def logreg(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
     """One linear layer on the flattened input."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 1))
@@ -93,7 +106,10 @@ BUILDERS: dict[str, Callable[[ModelConfig, Sequence[int]], nn.Module]] = {
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], mean: Sequence[float],
                 std: Sequence[float]) -> Classifier:
     """Build the network for `cfg.type` on inputs of `input_shape` (without the batch dim)."""
-    body = BUILDERS[cfg.type](cfg, input_shape)
+    k = cfg.members(input_shape)
+    # Members are built one after another from the seeded generator: each its own init.
+    body = (BUILDERS[cfg.type](cfg, input_shape) if k == 1 else
+            Ensemble([BUILDERS[cfg.type](cfg, input_shape) for _ in range(k)]))
     return Classifier(Standardize(mean, std, image=len(input_shape) == 3), body)
 
 

@@ -156,9 +156,13 @@ def train_epoch(loop: Loop, feed: Feed) -> tuple[torch.Tensor, float]:
         if loop.batch_transform is not None:
             xb = loop.batch_transform(xb)
         with autocast(loop.precision, loop.device):  # auto: fp32 on CPU, for exact reruns
-            loss = loop.loss_fn(model(xb).float(), yb)
+            logits = model(xb).float()
+        # An ensemble's members each learn on their own loss (the gradient each would get
+        # alone); the epoch's loss is their mean.
+        members = logits.shape[-1] if logits.dim() == 2 else 1
+        loss = loop.loss_fn(logits, yb if members == 1 else yb[:, None].expand_as(logits))
         loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * members).backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         loop.optimizer.step()
