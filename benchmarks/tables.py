@@ -24,7 +24,8 @@ the pipeline's accuracy at evaluate's own threshold (f1 by default) is printed b
         --set tune.n_trials=2 --set train.epochs=5               # smoke
 
 Writes benchmarks/results/tables.json (figures, printed text, commit and machine; see
-benchmarks/_results.py), and with --json also every run's figures to that file.
+benchmarks/_results.py), or tables_<label>.json with --label (an ablation arm), and with --json
+also every run's figures to that file.
 """
 
 from __future__ import annotations
@@ -348,7 +349,10 @@ def verdict(results: dict[str, list[dict]], refused: dict[str, str]) -> str:
 
 def main() -> None:
     """Run every (data set, seed), print the table and the verdict."""
-    args = comparison_parser(__doc__, list(DATASETS)).parse_args()
+    parser = comparison_parser(__doc__, list(DATASETS))
+    parser.add_argument("--label", help="write results/tables_<label>.json (an ablation arm) "
+                        "instead of results/tables.json")
+    args = parser.parse_args()
     sets = parse_sets(args.set)
     results: dict[str, list[dict]] = {}
     refused: dict[str, str] = {}
@@ -390,7 +394,7 @@ def main() -> None:
               "0.5; the verdict compares accuracy at 0.5 on both sides")
         print(verdict(results, refused))
     figures = {"sets": sets, "seeds": args.seeds, "results": results, "refused": refused}
-    write_result("tables", figures, printed.getvalue())
+    write_result(f"tables{'_' + args.label if args.label else ''}", figures, printed.getvalue())
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
