@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from attacks.common import SPLIT, Case, preprocess
+from pipeline.data.dataset import DatasetMeta
 
 N = 200
 
@@ -48,9 +49,7 @@ def meta_says(**want: object) -> Callable[[Path, subprocess.CompletedProcess], s
         got = {k: sorted(table[k]) if k == "dropped" else table[k] for k in want}
         if got != want:
             return f"meta.json table {got}, expected {want}"
-        names = [c for c in table["columns"] if c in table["numeric"]] + [
-            f"{c}={v}" for c, vocab in table["categorical"].items() for v in vocab] + [
-            f"{c}=<infrequent>" for c in table["infrequent"]]
+        names = DatasetMeta.from_json(meta).table.feature_names()
         width = np.load(root / "out" / "X_train.npy").shape[1]
         if width != len(names):
             return f"{width} features, meta lists {len(names)}"
