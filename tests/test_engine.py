@@ -144,14 +144,14 @@ def test_model_shapes_and_cnn_on_table() -> None:
         model = build_model(ModelConfig(type=kind, conv_channels=(4,)), [3, 8, 8],
                             [0.0] * 3, [1.0] * 3)
         assert model(torch.rand(2, 3, 8, 8)).shape == (2,)
-    table = build_model(ModelConfig(type="mlp"), [5], [0.0], [1.0])
+    table = build_model(ModelConfig(type="mlp", ensemble=5), [5], [0.0], [1.0])
     x = torch.rand(4, 5)
-    # A table model is 5 members by default: one logit each in training, their mean otherwise.
+    # An ensemble gives one logit per member in training, their mean otherwise.
     assert table.train()(x).shape == (4, 5) and table.eval()(x).shape == (4,)
     members = torch.stack([m(x).squeeze(-1) for m in table.body.members], dim=-1)
     torch.testing.assert_close(table(x), members.mean(-1))
     assert len({float(m[0].weight.sum()) for m in (n[1:] for n in table.body.members)}) == 5
-    single = build_model(ModelConfig(type="mlp", ensemble=1), [5], [0.0], [1.0])
+    single = build_model(ModelConfig(type="mlp"), [5], [0.0], [1.0])
     assert single.train()(x).shape == (4,)
     with pytest.raises(ConfigError, match=r"model\.type = 'cnn': needs image data"):
         build_model(ModelConfig(type="cnn"), [5], [0.0], [1.0])

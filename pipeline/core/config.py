@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,6 @@ RENAMED = {"model.channels": "model.conv_channels"}  # old keys fail, naming the
 BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 BATCHNORM = ("cnn", *BACKBONES)  # model.type values whose training fails on a batch of one
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and scikit-learn's random_state take 32 bits
-TABLE_ENSEMBLE = 5  # model.ensemble: auto on tables (benchmarks/tables.py ablation)
 MAX_PARALLEL = 1024  # threads or processes: more than any machine has (torch takes a C int)
 
 
@@ -137,23 +135,16 @@ class ModelConfig:
     """Dropout before every linear layer except logreg's (and resnet18's, which has none)."""
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     """Nonlinearity for MLP and CNN."""
-    ensemble: int | Literal["auto"] = "auto"
+    ensemble: int = 1
     """Networks trained side by side on the same batches, each from its own initialisation and
-    on its own loss; the model's logit is their mean (logreg, mlp, cnn). auto: 5 for tables,
-    where averaging pays for its cost, 1 for images."""
-
-    def members(self, input_shape: Sequence[int]) -> int:
-        """model.ensemble for inputs of `input_shape` (auto resolved: 5 for tables, else 1)."""
-        if self.ensemble != "auto":
-            return int(self.ensemble)
-        return TABLE_ENSEMBLE if len(input_shape) == 1 else 1
+    on its own loss; the model's logit is their mean (logreg, mlp, cnn). 1 by default: five
+    members did not beat one on benchmarks/tables.py (results/tables_ensemble1.json)."""
 
     def __post_init__(self) -> None:
         in_range(self, "dropout", 0, 1, high_open=True)
-        if self.ensemble != "auto":
-            in_range(self, "ensemble", 1, 64)
-            require(self.ensemble == 1 or self.type in ("logreg", "mlp", "cnn"), "ensemble",
-                    self.ensemble, f"is for logreg, mlp and cnn, not {self.type!r} (use 1)")
+        in_range(self, "ensemble", 1, 64)
+        require(self.ensemble == 1 or self.type in ("logreg", "mlp", "cnn"), "ensemble",
+                self.ensemble, f"is for logreg, mlp and cnn, not {self.type!r} (use 1)")
         require(all(h > 0 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes,
                  "must be positive")
         require(len(self.conv_channels) > 0 and all(c > 0 for c in self.conv_channels),

@@ -106,10 +106,9 @@ BUILDERS: dict[str, Callable[[ModelConfig, Sequence[int]], nn.Module]] = {
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], mean: Sequence[float],
                 std: Sequence[float]) -> Classifier:
     """Build the network for `cfg.type` on inputs of `input_shape` (without the batch dim)."""
-    k = cfg.members(input_shape)
     # Members are built one after another from the seeded generator: each its own init.
-    body = (BUILDERS[cfg.type](cfg, input_shape) if k == 1 else
-            Ensemble([BUILDERS[cfg.type](cfg, input_shape) for _ in range(k)]))
+    body = (BUILDERS[cfg.type](cfg, input_shape) if cfg.ensemble == 1 else
+            Ensemble([BUILDERS[cfg.type](cfg, input_shape) for _ in range(cfg.ensemble)]))
     return Classifier(Standardize(mean, std, image=len(input_shape) == 3), body)
 
 

@@ -68,9 +68,6 @@ def load_tuned(best_params: str | Path, params: Params, input_shape: Sequence[in
                  params.train.num_threads)
         train = apply_overrides(train, {"num_threads": threads}, "train")
     check_checkpoint(model, input_shape)
-    # The saved config names the member count, not `auto`: it rebuilds the same network
-    # whatever a later version's auto says.
-    model = dataclasses.replace(model, ensemble=model.members(input_shape))
     return tuned, train, model
 
 
