@@ -236,19 +236,18 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
 
             seconds = 0.0
 
-            def flush(self) -> None:
+            def timed(self, send: Callable[[], None]) -> None:
                 tick = time.perf_counter()
                 try:
-                    super().flush()
+                    send()
                 finally:
                     self.seconds += time.perf_counter() - tick
 
+            def flush(self) -> None:
+                self.timed(super().flush)
+
             def wait(self) -> None:
-                tick = time.perf_counter()
-                try:
-                    super().wait()
-                finally:
-                    self.seconds += time.perf_counter() - tick
+                self.timed(super().wait)
 
         store.configure()
         shares, logged, fitted = [], [], []

@@ -4,6 +4,7 @@ one-hot); files are read by csvfiles."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -115,13 +116,20 @@ def normal_scores(values: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
     """Values mapped through the training quantiles onto a standard normal's quantiles at the
     same levels (values beyond the training range take the end scores: outliers are capped)."""
     q = np.asarray(quantiles, dtype=np.float64)
-    levels = (np.arange(len(q)) + 0.5) / len(q)
+    levels, z = normal_levels(len(q))
     # A value many quantiles share (a 0/1 or count column) takes the middle of their levels,
     # as scikit-learn's QuantileTransformer does: interpolate from both ends and average.
     up = np.interp(values, q, levels)
     down = -np.interp(-values, -q[::-1], -levels[::-1])
-    z = np.array([NormalDist().inv_cdf(level) for level in levels])
     return np.interp(0.5 * (up + down), levels, z)
+
+
+@functools.cache
+def normal_levels(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Levels (i + 0.5) / n and the standard normal's quantiles there (once per n: every
+    served request scales every numeric column)."""
+    levels = (np.arange(n) + 0.5) / n
+    return levels, np.array([NormalDist().inv_cdf(level) for level in levels])
 
 
 def scale(values: np.ndarray, stats: ColumnStats) -> np.ndarray:
