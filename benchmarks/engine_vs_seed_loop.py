@@ -252,7 +252,7 @@ def mlflow_overhead(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: dict
         store.configure()
         shares, logged, fitted = [], [], []
         for r in range(repeats):
-            with runs.start_run("bench", run_name=f"engine-{r}") as run_id:
+            with runs.start_run(store.experiment_id("bench"), run_name=f"engine-{r}") as run_id:
                 metric_log.log_params({**{f"model.{k}": v
                                           for k, v in dataclasses.asdict(model_cfg).items()},
                                        **{f"train.{k}": v

@@ -307,7 +307,8 @@ def run_arm(params: Params, workdir: Path, args: argparse.Namespace, *, pruner: 
     clock = OptunaClock()
     # The parent run as pipeline.tuning.tune.parent_run tags it; spawned workers find the MLflow
     # store through MLFLOW_TRACKING_URI, which main() sets before any arm runs.
-    with Watch() as watch, runs.start_run(EXPERIMENT, run_name=f"tune {name}", tags={
+    exp_id = store.experiment_id(EXPERIMENT)
+    with Watch() as watch, runs.start_run(exp_id, run_name=f"tune {name}", tags={
             Tag.STUDY_PARENT: name, Tag.STUDY: name, Tag.STORAGE: storage,
             Tag.STAGE: "tune"}) as run_id:
         job = tune_mod.TuneJob(params=job_params, data_dir=args.data_dir,

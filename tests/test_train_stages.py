@@ -46,6 +46,10 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tiny_pipeline: dict, tmp_path
     # Lineage tags.
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"]
+    # Train opens its run through the client (no context providers): the user and source
+    # columns MLflow's own start_run fills are filled all the same.
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.name"]
     assert tags["pipeline.torch"] and tags["pipeline.threads"] == str(TINY["train"]["num_threads"])
     assert tags["pipeline.device"] == "cpu" and tags["pipeline.input_shape"] == "1x8x8"
     # DVC's folder hash, as dvc.lock writes it: md5 + ".dir".

@@ -29,18 +29,18 @@ def run(params: Params, args: argparse.Namespace) -> None:
     tuned, train_cfg, model_cfg = load_tuned(args.best_params, params, meta.input_shape)
     device, monitor = select_device(), params.tune.metric  # trials early-stopped on it
     with atomic_update(args.out) as out, atomic_update(args.reports) as reports, \
-            views.pipeline_run(params.mlflow.experiment, "train", meta, monitor) as run_id:
+            views.pipeline_run(params.mlflow.experiment, "train", meta, monitor) as run:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
                     "model": model_cfg, "train": train_cfg}
         background, val_hash = records.log_training_inputs(
-            sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
-        epochs = EpochLogger(run_id)
+            run.run_id, sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
+        epochs = EpochLogger(run.run_id)
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
                           device=device, monitor=monitor,
                           callbacks=[epochs, EpochProgress("train", monitor)])
         # Into temp folders: they replace the old outputs only once the run has recorded them.
         weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
-        records.log_training_result(final, weights, val_hash, pending=(background, epochs))
+        records.log_training_result(run, final, weights, val_hash, pending=(background, epochs))
 
 
 main = stage_main(__doc__, PATHS, run)

@@ -22,6 +22,7 @@ from pipeline.core.typed import flatten
 from pipeline.models.networks import CONFIG_FILE
 from pipeline.tracking import metric_log, views
 from pipeline.tracking.metric_log import Background, EpochLogger
+from pipeline.tracking.runs import RunRef
 
 if TYPE_CHECKING:  # the evaluate stage records too, and needs no training code
     from pipeline.training.final import Final
@@ -68,13 +69,12 @@ def log_lineage_tags(run_id: str, tags: dict[str, str], device: str, threads: in
 MODEL_FOLDER = "model_files"
 
 
-def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
+def log_training_inputs(run_id: str, sections: dict[str, Any], tuned: dict[str, Any],
                         train: tuple[Any, str], val: tuple[Any, str],
                         device: str) -> tuple[Background, str]:
-    """Params, lineage tags and dataset inputs of the active train run, sent from the returned
+    """Params, lineage tags and dataset inputs of train run `run_id`, sent from the returned
     Background (they overlap training): close it before the run ends. Also returns the
     validation data's hash."""
-    run_id = mlflow.active_run().info.run_id
     background = Background()
     background.submit(metric_log.log_params, flatten({
         name: dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
@@ -92,13 +92,13 @@ def log_training_inputs(sections: dict[str, Any], tuned: dict[str, Any],
     return background, hashes[val[1]]
 
 
-def log_training_result(final: Final, weights: Path, processed: str,
+def log_training_result(run: RunRef, final: Final, weights: Path, processed: str,
                         pending: Sequence[Background | EpochLogger] = ()) -> None:
     """Weights hash (the key later stages resume this run by), timings, fold scores, the
     weights and model config, history, and test metrics of earlier runs of the same weights;
     returns once these and the `pending` requests are stored (their waits overlap)."""
     result = final.result
-    run, sha = mlflow.active_run().info, file_sha256(weights)
+    sha = file_sha256(weights)
     by_step = {0: {"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                    "samples_per_second": result.samples_seen / result.train_seconds,
                    **final.summary()}}

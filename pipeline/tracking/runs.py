@@ -4,20 +4,25 @@ killed process left open), and the tags that say which stage and invocation made
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import getpass
 import os
 import platform
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
 from pipeline.core.files import disk_full_error, is_disk_full
 from pipeline.core.lineage import dvc_experiment_tags, file_sha256, pipeline_run_name
 from pipeline.core.procs import invocation_id, owner_gone
 from pipeline.core.tags import Tag
 from pipeline.data.dataset import DatasetMeta
+from pipeline.tracking import metric_log
 from pipeline.tracking.metric_log import Background
 from pipeline.tracking.store import STORE_ERRORS, experiment_id, store_error
 
@@ -77,41 +82,74 @@ def end_orphaned_runs(exp_id: str) -> list[str]:
     return ended
 
 
-@contextlib.contextmanager
-def start_run(experiment: str, run_name: str | None = None, run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> Iterator[str]:
-    """Start or resume a run and yield its id; an exception ends it FAILED, Ctrl-C KILLED."""
-    all_tags = {**owner_tags(), **(tags or {})}
+def context_tags() -> dict[str, str]:
+    """The user and source tags MLflow's fluent `start_run` adds (git's come from lineage)."""
     try:
-        exp_id = experiment_id(experiment)
-        # A resumed run keeps its name (MLflow would rename it to run_name).
-        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                                  run_name=run_name if run_id is None else None,
-                                  tags=all_tags if run_id is None else None)
-        if run_id is not None:
-            mlflow.set_tags(all_tags)
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        user = "unknown"
+    return {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: sys.argv[0], MLFLOW_SOURCE_TYPE: "LOCAL"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+    """A run by its experiment's id and its own."""
+
+    experiment_id: str
+    run_id: str
+
+
+@contextlib.contextmanager
+def start_run(exp_id: str, run_name: str | None = None, run_id: str | None = None,
+              tags: dict[str, str] | None = None, fluent: bool = True) -> Iterator[str]:
+    """Start or resume a run of experiment `exp_id` and yield its id; an exception ends it
+    FAILED, Ctrl-C KILLED. `fluent=False` opens a new run and leaves MLflow's active run
+    alone (the code inside passes the id): no context providers, ~30 ms less per run against
+    a server."""
+    if run_id is not None and not fluent:
+        raise ValueError("only a new run opens without MLflow's active run")
+    all_tags, resumed, client = {**owner_tags(), **(tags or {})}, run_id, MlflowClient()
+
+    def end(status: str) -> None:
+        if fluent:
+            mlflow.end_run(status)
+        elif run_id is not None:
+            client.set_terminated(run_id, status)
+
+    try:
+        if fluent:
+            # A resumed run keeps its name (MLflow would rename it to run_name).
+            run_id = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else exp_id,
+                                      run_name=None if resumed else run_name,
+                                      tags=None if resumed else all_tags).info.run_id
+        else:
+            run_id = client.create_run(exp_id, run_name=run_name,
+                                       tags={**context_tags(), **all_tags}).info.run_id
+        if resumed is not None:
+            metric_log.log_tags(all_tags, run_id)
     except STORE_ERRORS as err:
         with contextlib.suppress(*STORE_ERRORS):
-            mlflow.end_run("FAILED")  # a run created before its tags failed
+            end("FAILED")  # a run created before its tags failed
         raise store_error(err) from None
+
     # Runs a killed process left RUNNING are ended while this one works: nothing here reads them.
     repair = Background()
     repair.submit(end_orphaned_runs, exp_id)
     try:
-        yield active.info.run_id
+        yield run_id
         repair.close()
     except BaseException as err:
         # Ending the run may fail too (a full disk, a broken store); then the next run's
         # end_orphaned_runs marks it KILLED.
         with contextlib.suppress(*STORE_ERRORS, OSError):
-            mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if isinstance(err, STORE_ERRORS):
             raise store_error(err) from None
         if is_disk_full(err):  # MLflow's artifact copies (ours name their own file)
-            raise disk_full_error(getattr(err, "filename", None) or active.info.artifact_uri,
-                                  err) from None
+            where = getattr(err, "filename", None) or f"run {run_id}'s artifacts"
+            raise disk_full_error(where, err) from None
         raise
-    mlflow.end_run("FINISHED")
+    end("FINISHED")
 
 
 def invocation() -> str:
@@ -143,6 +181,6 @@ def model_run(experiment: str, stage: str, weights: str | Path) -> Iterator[str]
     if trainer:  # the data these weights learned from, as their train run names it
         source = MlflowClient().get_run(trainer).data.tags.get(Tag.DATA_SOURCE)
         tags |= {Tag.DATA_SOURCE: source} if source else {}
-    with start_run(experiment, run_name=pipeline_run_name(), run_id=mine,
+    with start_run(exp_id, run_name=pipeline_run_name(), run_id=mine,
                    tags=None if mine else tags) as run_id:
         yield run_id

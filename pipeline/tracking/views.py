@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Iterator
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.config import TuneConfig
@@ -21,7 +20,7 @@ from pipeline.data.dataset import DatasetMeta
 from pipeline.tracking import metric_log, runs
 from pipeline.tracking.metric_log import Background
 from pipeline.tracking.sqlite_store import sqlite_file
-from pipeline.tracking.store import tracking_uri
+from pipeline.tracking.store import experiment_id, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +89,17 @@ def share_table_view(experiment_id: str, metric: str) -> None:
 
 
 @contextlib.contextmanager
-def pipeline_run(experiment: str, stage: str, meta: DatasetMeta, metric: str) -> Iterator[str]:
-    """Start the pipeline's run, named and tagged after its experiment and data; log its link."""
+def pipeline_run(experiment: str, stage: str, meta: DatasetMeta,
+                 metric: str) -> Iterator[runs.RunRef]:
+    """Start the pipeline's run, named and tagged after its experiment and data; log its link.
+    MLflow's active run is left alone: what the stage records names this run."""
     tags = {**runs.run_tags(stage), Tag.DATA_SOURCE: runs.data_source(meta)}
-    with runs.start_run(experiment, run_name=pipeline_run_name(), tags=tags) as run_id:
-        info = mlflow.active_run().info
+    exp_id, name = experiment_id(experiment), pipeline_run_name()
+    with runs.start_run(exp_id, run_name=name, tags=tags, fluent=False) as run_id:
         view = Background()  # while the stage works: it changes nothing the stage reads
-        view.submit(share_table_view, info.experiment_id, metric)
-        log.info("%s: MLflow run %s (%s): %s", stage, info.run_name, run_id,
-                 run_link(info.experiment_id, run_id))
-        yield run_id
+        view.submit(share_table_view, exp_id, metric)
+        log.info("%s: MLflow run %s (%s): %s", stage, name, run_id, run_link(exp_id, run_id))
+        yield runs.RunRef(exp_id, run_id)
         view.close()
 
 

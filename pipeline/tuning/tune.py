@@ -275,10 +275,10 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
              params.tune.n_workers)
     run_id = parent_run_id(params, name, storage)  # tune_worker joins it as tune.parent_run_id
     # Ctrl-C from here on leaves one line; a second one cannot cut the clean-up short.
-    with interruptible(), runs.start_run(params.mlflow.experiment, run_id=run_id,
+    exp_id = store.experiment_id(params.mlflow.experiment)
+    with interruptible(), runs.start_run(exp_id, run_id=run_id,
                                          tags={Tag.DATA_SOURCE: runs.data_source(meta)}):
-        job = TuneJob(params, data_dir, train_dir, storage, name, run_id,
-                      store.experiment_id(params.mlflow.experiment))
+        job = TuneJob(params, data_dir, train_dir, storage, name, run_id, exp_id)
         try:
             study = run_study(job)
         except Interrupted:  # a KeyboardInterrupt ends the parent run KILLED
