@@ -58,7 +58,10 @@ def test_train_and_evaluate_land_in_one_mlflow_run(tiny_pipeline: dict, tmp_path
     # Artifacts: plots, metrics, history, the trained model's files.
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "model_files", "metrics.json", "train_history.json",
-            "test_predictions.csv"} <= names
+            "test_predictions.csv", "data"} <= names
+    # The data contract the weights learned under, as the processed data holds it.
+    meta = client.download_artifacts(run.info.run_id, "data/meta.json", str(tmp_path))
+    assert Path(meta).read_bytes() == (Path(paths["processed"]) / "meta.json").read_bytes()
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"roc.png", "precision_recall.png", "calibration.png", "confusion_matrix.png",
             "training_curves.png"} <= plots

@@ -19,6 +19,7 @@ from pipeline.core import cpu, layout
 from pipeline.core.lineage import dvc_hash, file_sha256, git_info, lock_state
 from pipeline.core.tags import Tag
 from pipeline.core.typed import flatten
+from pipeline.data.dataset import META_FILE
 from pipeline.models.networks import CONFIG_FILE
 from pipeline.tracking import metric_log, views
 from pipeline.tracking.metric_log import Background, EpochLogger
@@ -89,6 +90,10 @@ def log_training_inputs(run_id: str, sections: dict[str, Any], tuned: dict[str, 
     background.submit(log_datasets, run_id, [
         (split, name, folder, hashes[folder], context) for (split, folder), name, context
         in ((train, "train", "training"), (val, "val", "validation"))])
+    # The data's contract (classes, shape, encoding) as the run learned it. First upload of
+    # the run: MLflow looks up the run's artifact store once and keeps it, so the uploads
+    # after training skip that request.
+    background.submit(metric_log.log_artifacts, [Path(val[1]) / META_FILE], "data", run_id)
     return background, hashes[val[1]]
 
 

@@ -42,6 +42,9 @@ def configure(must_exist: bool = False) -> MlflowClient:
     """Point MLflow at the configured store and check it answers (a missing SQLite file is
     refused where `must_exist`: stages that continue a train run); call from entry points."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # noise in DVC logs
+    # A server's run and experiment links, printed as each run ends: a request per run (~15 ms)
+    # and lines our stages already log, with the view that shows the test metrics.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = tracking_uri()
     db = sqlite_file(uri)
     if db is not None:
