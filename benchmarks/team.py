@@ -100,7 +100,7 @@ def workspace(root: Path, overrides: dict) -> Path:
     """params.yaml (defaults + overrides) and the processed/augmented data, as after dvc pull."""
     root.mkdir(parents=True)
     params = deep_merge(default_params(), overrides)
-    params["data"]["path"] = str(root / "data" / "raw" / "digits")
+    params["data"]["path"] = "data/raw/digits"  # relative: every part runs in root
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with contextlib.chdir(root):
         preprocess.main(["--out", "data/processed"])
@@ -157,11 +157,13 @@ def the_study(optuna_url: str, best: Path) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=optuna_url)
 
 
-def on_host(root: Path, host: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """A process in its own UTS namespace with its own host name."""
-    return subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" '
-                             '"$@"', sys.executable, "-m", *args], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def on_host(root: Path, host: str, args: list[str], env: dict[str, str],
+            log: Path) -> subprocess.Popen:
+    """A process in its own UTS namespace with its own host name, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" '
+                                 '"$@"', sys.executable, "-m", *args], cwd=root, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
 def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
@@ -175,13 +177,16 @@ def throughput(root: Path, env: dict[str, str], optuna_url: str, hosts: int,
     name = f"params-{seed}.yaml"
     (root / name).write_text(yaml.safe_dump(params, sort_keys=False))
     best = root / f"best-{seed}.json"
+    logs = [root / f"host-{h}-{seed}.log" for h in "ab"]
     procs = [on_host(root, "host-a", ["pipeline.stages.tune", "--params", name, "--out",
-                                      str(best)], env)]
+                                      str(best)], env, logs[0])]
     if hosts == 2:
-        procs.append(on_host(root, "host-b", ["pipeline.cli.tune_worker", "--params", name], env))
-    for proc in procs:
+        procs.append(on_host(root, "host-b", ["pipeline.cli.tune_worker", "--params", name], env,
+                             logs[1]))
+    for proc, log in zip(procs, logs, strict=False):
         if proc.wait() != 0:
-            raise SystemExit(f"a tuning process failed ({proc.args})")
+            raise SystemExit(f"a tuning process failed ({proc.args}):\n"
+                             f"{log.read_text(errors='replace')[-3000:]}")
     trials = the_study(optuna_url, best).trials
     start = min(t.datetime_start for t in trials)
     end = max(t.datetime_complete for t in trials)
