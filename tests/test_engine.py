@@ -24,8 +24,16 @@ from pipeline.models.device import (
     seed_everything,
     select_device,
 )
-from pipeline.models.inference import predict_proba
-from pipeline.models.networks import BUILDERS, WEIGHTS_FILE, build_model, load_model, save_model
+from pipeline.models.feed import Feed
+from pipeline.models.inference import predict_batch_size, predict_proba
+from pipeline.models.networks import (
+    BUILDERS,
+    WEIGHTS_FILE,
+    GlobalAvgPool,
+    build_model,
+    load_model,
+    save_model,
+)
 from pipeline.training.callbacks import Callback
 from pipeline.training.engine import TrainingDiverged, fit, pos_weight
 from pipeline.training.fit import fit_model
@@ -273,3 +281,24 @@ def test_bf16_is_refused_for_a_fit_off_cuda_and_a_bf16_model_predicts_in_bf16() 
     assert not np.array_equal(p_bf16, predict_proba(result.model, val.X, precision="fp32"))
     assert model_precision({"precision": "bf16", "train": {"precision": "auto"}}) == "bf16"
     assert model_precision({"train": {}}) == "auto"  # a model from before the key
+
+
+def test_global_pool_is_the_mean_and_keeps_the_gradient_channels_last() -> None:
+    x = torch.randn(8, 5, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    pooled = GlobalAvgPool()(torch.relu(x))
+    assert pooled.shape == (8, 5, 1, 1)
+    torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(torch.relu(x), 1))
+    pooled.sum().backward()
+    # AdaptiveAvgPool2d's gradient came back NCHW: ReLU's backward then took the slow path.
+    assert x.grad is not None and x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_inference_batches_stay_small_and_accelerators_take_large_ones() -> None:
+    digits = np.zeros((300, 1, 16, 16), np.uint8)
+    photos = np.zeros((3, 3, 224, 224), np.uint8)
+    cpu = torch.device("cpu")
+    assert predict_batch_size(Feed(digits, None, cpu)) == 64
+    assert predict_batch_size(Feed(photos, None, cpu)) == 3  # 2**19 values: 3 such photos
+    accelerator = Feed(digits, None, cpu)
+    accelerator.device = torch.device("cuda")  # the rule only, no GPU needed
+    assert predict_batch_size(accelerator) == 2048

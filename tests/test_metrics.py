@@ -19,6 +19,7 @@ from pipeline.evaluation.metrics import (
     direction,
     improvement,
     monitor_scores,
+    roc_auc,
 )
 from pipeline.tracking import views
 
@@ -115,3 +116,17 @@ def test_config_accepts_exactly_the_metric_names() -> None:
 def test_runs_table_shows_metrics_the_pipeline_logs() -> None:
     shown = [c.removeprefix("test_") for c in views.COLUMNS if c.startswith("test_")]
     assert shown and set(shown) <= set(GATE_METRICS)
+
+
+def test_rank_roc_auc_is_scikit_learns_with_ties_and_one_class() -> None:
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        n = int(rng.integers(2, 300))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        # Rounded scores tie often (saturated sigmoids do): ties must count half.
+        p = np.round(rng.random(n), int(rng.integers(0, 4))) if i % 2 else rng.random(n)
+        assert roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert roc_auc(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5])) == 0.5
+    with pytest.warns(Warning):  # one class: undefined, as scikit-learn says (and returns)
+        assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.9])))

@@ -162,7 +162,7 @@ def train_epoch(loop: Loop, feed: Feed) -> tuple[torch.Tensor, float]:
         members = logits.shape[-1] if logits.dim() == 2 else 1
         loss = loop.loss_fn(logits, yb if members == 1 else yb[:, None].expand_as(logits))
         loop.optimizer.zero_grad(set_to_none=True)
-        (loss * members).backward()
+        (loss * members if members > 1 else loss).backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         loop.optimizer.step()
