@@ -95,6 +95,25 @@ def test_early_stopping_restores_best_epoch() -> None:
     assert restored < losses[-1]
 
 
+def test_early_stopping_on_the_loss_picks_its_epoch_and_reports_the_score_there() -> None:
+    # Noise three times the signal: the validation ROC AUC peaks early, the loss later.
+    train, val = images(40, 1, noise=3.0), images(40, 2, noise=3.0)
+    cfg = TrainConfig(epochs=25, batch_size=8, lr=0.05, patience=0, scheduler="none",
+                      optimizer="sgd", early_stopping="loss")
+    result = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(32,)), cfg, train, val,
+                           seed=1, device=CPU, monitor="roc_auc")
+    losses = [row["val_loss"] for row in result.history]
+    aucs = [row["val_roc_auc"] for row in result.history]
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    assert result.best_score == aucs[result.best_epoch - 1]  # the objective, at that epoch
+    # On this bouncy run the two rules disagree: the score alone would keep another epoch.
+    by_score = build_and_fit(ModelConfig(type="mlp", hidden_sizes=(32,)),
+                             replace(cfg, early_stopping="score"), train, val, seed=1,
+                             device=CPU, monitor="roc_auc")
+    assert by_score.best_epoch != result.best_epoch
+    assert by_score.best_score == max(aucs) >= result.best_score
+
+
 class StopAt(Callback):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch

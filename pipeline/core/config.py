@@ -181,6 +181,8 @@ class TrainConfig:
     """Cosine decays the learning rate to 0 over `epochs`."""
     patience: int = 8
     """Epochs without validation improvement before stopping; 0 disables early stopping."""
+    early_stopping: Literal["score", "loss"] = "score"
+    """What picks the best epoch: the tuned metric (ties by loss), or the validation loss."""
     grad_clip: float = 0.0
     """Max gradient norm; 0 disables clipping."""
     class_weight: Literal["none", "balanced"] = "none"

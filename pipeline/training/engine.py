@@ -102,6 +102,7 @@ class Best:
 
     monitor: str
     keep_weights: bool  # False: the last epoch's weights are returned (a refit)
+    by_loss: bool = False  # train.early_stopping: loss (the score is still reported)
     score: float | None = None
     loss: float = float("inf")
     epoch: int = 0
@@ -109,12 +110,15 @@ class Best:
     stale: int = 0
 
     def update(self, model: nn.Module, logs: dict[str, float]) -> None:
-        """Keep this epoch if its monitored score is better (or equal with a lower loss)."""
+        """Keep this epoch if its monitored score is better (or equal with a lower loss), or
+        its loss lower when the loss decides."""
         score, loss = logs[f"val_{self.monitor}"], logs["val_loss"]
         gain = None if self.score is None else improvement(self.monitor, score, self.score)
         # A tie is broken by the validation loss: on small or easy data a ranking metric
         # saturates (ROC AUC 1.0 after an epoch or two) while the probabilities still improve.
-        if gain is None or gain > 0 or (gain == 0 and loss < self.loss):
+        better = (loss < self.loss if self.by_loss else
+                  gain is None or gain > 0 or (gain == 0 and loss < self.loss))
+        if better:
             self.score, self.loss, self.epoch, self.stale = score, loss, int(logs["epoch"]), 0
             if self.keep_weights:
                 self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -188,7 +192,9 @@ def validate(loop: Loop, feed: Feed, y: np.ndarray, epoch: int) -> tuple[float, 
 def _fit(loop: Loop, train: Feed, val: Feed, callbacks: Sequence[Callback],
          restore_best: bool) -> FitResult:
     """The loop of `fit`: per epoch a training pass, a validation pass and the callbacks."""
-    y_val, best = labels(val), Best(loop.monitor, keep_weights=restore_best)
+    y_val = labels(val)
+    best = Best(loop.monitor, keep_weights=restore_best,
+                by_loss=loop.cfg.early_stopping == "loss")
     history: list[dict[str, float]] = []
     stopped_early = False
     for cb in callbacks:
