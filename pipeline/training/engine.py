@@ -116,8 +116,10 @@ class Best:
         gain = None if self.score is None else improvement(self.monitor, score, self.score)
         # A tie is broken by the validation loss: on small or easy data a ranking metric
         # saturates (ROC AUC 1.0 after an epoch or two) while the probabilities still improve.
-        better = (loss < self.loss if self.by_loss else
-                  gain is None or gain > 0 or (gain == 0 and loss < self.loss))
+        if self.by_loss:
+            better = loss < self.loss
+        else:
+            better = gain is None or gain > 0 or (gain == 0 and loss < self.loss)
         if better:
             self.score, self.loss, self.epoch, self.stale = score, loss, int(logs["epoch"]), 0
             if self.keep_weights:
