@@ -1,4 +1,5 @@
-"""Small data: stratified folds over train + val, out-of-fold threshold, refit on train + val."""
+"""Small data: stratified folds over train + val, out-of-fold threshold, the fold models or a
+refit on train + val."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.lineage import file_sha256
 from pipeline.data.dataset import Split, load_splits
 from pipeline.evaluation.metrics import choose_threshold
+from pipeline.models.networks import Classifier, Ensemble, load_model
 from pipeline.stages import tune as tune_stage
 from pipeline.training.crossval import make_pool, resolve_folds
 from tests.helpers import csv_checkout, run_stages
@@ -131,3 +134,51 @@ def test_tuning_reports_folds_as_steps_and_logs_them_in_the_trial_run(
         assert trial.value == pytest.approx(np.mean(folds))
         assert trial.intermediate_values[3] == pytest.approx(np.mean(folds))
         assert run.data.tags["pipeline.data_source"] == "data/raw/t.csv"
+
+
+def test_fold_models_are_kept_averaged_with_their_out_of_fold_predictions_and_curves(
+        tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.training.callbacks")
+    root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 80, {
+        "train": {"cv_folds": 3, "epochs": 4, "cv_model": "folds"},
+        "model": {"ensemble": 2}})
+    monkeypatch.chdir(root)
+    p = run_stages(Path("params.yaml"), Path("data"))
+    model, config = load_model(p["models"])
+    fitted = json.loads((Path(p["reports"]) / "train_metrics.json").read_text())
+    assert fitted["cv_folds"] == 3 and fitted["fold_models"] == 3
+    assert "refit_epochs" not in fitted and fitted["trained"]["model.ensemble"] == 6
+    assert config["model"]["ensemble"] == 6 and len(model.body.members) == 6
+    # Members are the fold models in fold order (2 each): each pair, on its fold's held-out
+    # rows, gives the out-of-fold probabilities the threshold is chosen on.
+    basis = pd.read_csv(Path(p["reports"]) / "threshold_predictions.csv", dtype={"id": str})
+    processed, _ = load_splits(p["processed"], names=("train", "val"))
+    x = {i: row for split in processed.values() for i, row in zip(split.ids, split.X,
+                                                                 strict=True)}
+    for fold in range(3):
+        held = basis[basis["fold"] == fold]
+        pair = Classifier(model.norm, Ensemble(model.body.members[2 * fold:2 * fold + 2])).eval()
+        with torch.no_grad():
+            p_fold = torch.sigmoid(pair(torch.from_numpy(np.stack([x[i] for i in held["id"]]))))
+        assert p_fold.squeeze(-1).numpy() == pytest.approx(held["probability"].to_numpy(),
+                                                           abs=1e-6)
+    # The ensemble averages all six logits.
+    rows = torch.from_numpy(np.stack(list(x.values())[:5]))
+    with torch.no_grad():
+        mean = torch.cat([m(model.norm(rows)) for m in model.body.members], -1).mean(-1)
+        assert torch.allclose(model(rows), mean, atol=1e-6)
+    # Each fold's curves are in the run under fold<i>/; the plain ones are their mean.
+    client = MlflowClient()
+    (run,) = [r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])
+        if "samples_per_second" in r.data.metrics]
+    folds = [[m.value for m in sorted(client.get_metric_history(run.info.run_id,
+                                                                f"fold{i}/val_loss"),
+                                      key=lambda m: m.step)] for i in (1, 2, 3)]
+    plain = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"),
+                                     key=lambda m: m.step)]
+    assert len(plain) == 4 and plain == pytest.approx(np.mean(folds, axis=0))
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.training.callbacks"
+                  and r.getMessage().startswith("train: ")]
+    assert summary.endswith("over 3 folds; kept the 3 fold models (logits averaged)")

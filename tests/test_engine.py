@@ -321,3 +321,24 @@ def test_cpu_inference_batches_stay_small_and_accelerators_take_large_ones() -> 
     accelerator = Feed(digits, None, cpu)
     accelerator.device = torch.device("cuda")  # the rule only, no GPU needed
     assert predict_batch_size(accelerator) == 2048
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_cpu_predictions_are_the_same_without_the_deterministic_switch(kind: str) -> None:
+    # evaluate predicts on CPU without torch.use_deterministic_algorithms (turning it on
+    # imports TorchDynamo); the switch must not change a prediction's bits there.
+    shape = (3, 16, 16) if kind == "cnn" else (12,)
+    x = np.random.default_rng(0).integers(0, 256, (70, *shape)).astype(
+        np.uint8 if kind == "cnn" else np.float32)
+    model = build_model(ModelConfig(type=kind), shape, [0.5] * shape[0], [0.25] * shape[0])
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)  # as in a fresh evaluate process
+        seed_everything(0, 2, torch.device("cpu"), fitting=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        free = predict_proba(model.eval(), x)
+        seed_everything(0, 2, torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert predict_proba(model.eval(), x).tobytes() == free.tobytes()
+    finally:
+        torch.use_deterministic_algorithms(before)

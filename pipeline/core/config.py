@@ -195,8 +195,11 @@ class TrainConfig:
     """Autocast of every forward pass, predictions too: auto is bf16 on CUDA, fp32 elsewhere."""
     cv_folds: int | Literal["auto"] = "auto"
     """k >= 2: k-fold cross-validation over train + val for the tuning objective, the epoch
-    count and the threshold (out-of-fold), then a refit on train + val; 0: the validation
+    count and the threshold (out-of-fold), then the model cv_model says; 0: the validation
     split decides; auto: 5 folds up to 1000 train + val samples, else 0."""
+    cv_model: Literal["folds", "refit"] = "refit"
+    """After k-fold CV, the model kept: folds (the k fold models, their logits averaged) or
+    refit (one network trained on train + val for the folds' median best epoch)."""
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "lr", self.lr, "must be > 0")

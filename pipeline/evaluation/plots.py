@@ -149,13 +149,16 @@ def calibration_figure(rows: list[dict[str, float]], metrics: dict[str, Any],
 
 
 def training_figure(history: list[dict[str, float]], best_epoch: int | None = None,
-                    cv_folds: int = 0) -> Figure:
+                    cv_folds: int = 0, fold_models: bool = False) -> Figure:
     """Loss (top) and validation ROC AUC (bottom) per epoch, with the kept epoch marked."""
     fig = Figure(figsize=(5.5, 5.5), layout="constrained")
     loss_ax, auc_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     epochs = [r["epoch"] for r in history]
-    # After cross-validation the history is the refit's: its "validation" rows were trained on.
-    val = "train+val rows (in-sample)" if cv_folds else "validation"
+    # After cross-validation the history is the folds' mean (held-out rows), or the refit's,
+    # whose "validation" rows were trained on.
+    refit = cv_folds and not fold_models
+    val = ("held-out folds' mean" if fold_models else
+           "train+val rows (in-sample)" if refit else "validation")
     lines = [*loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3,
                            label="train loss"),
              *loss_ax.plot(epochs, [r["val_loss"] for r in history], "o-", ms=3,
@@ -165,14 +168,16 @@ def training_figure(history: list[dict[str, float]], best_epoch: int | None = No
     if all(r["train_loss"] > 0 and r["val_loss"] > 0 for r in history):
         loss_ax.set_yscale("log")  # one diverging epoch would flatten the rest on a linear axis
     if best_epoch is not None:
-        kept = (f"kept epoch {best_epoch} (median of {cv_folds} folds' best)" if cv_folds
+        kept = (f"median of the {cv_folds} folds' best epochs ({best_epoch})" if fold_models
+                else f"kept epoch {best_epoch} (median of {cv_folds} folds' best)" if cv_folds
                 else f"kept epoch {best_epoch} (best on validation)")
         lines.append(loss_ax.axvline(best_epoch, ls=":", color="black", label=kept))
         auc_ax.axvline(best_epoch, ls=":", color="black")
+    title = (f" ({cv_folds} fold models, averaged)" if fold_models else
+             f" (refit after {cv_folds}-fold CV)" if cv_folds else "")
     loss_ax.set(ylabel="loss (log scale)" if loss_ax.get_yscale() == "log" else "loss",
-                title="Training curves" + (f" (refit after {cv_folds}-fold CV)" if cv_folds
-                                           else ""))
-    auc_ax.set(xlabel="epoch", ylabel=f"{'in-sample' if cv_folds else 'validation'} ROC AUC")
+                title="Training curves" + title)
+    auc_ax.set(xlabel="epoch", ylabel=f"{'in-sample' if refit else 'validation'} ROC AUC")
     auc_ax.xaxis.get_major_locator().set_params(integer=True)
     # One legend under both panels: inside either it would cover points.
     fig.legend(handles=lines, loc="outside lower center", ncol=2, frameon=False)
@@ -183,7 +188,7 @@ def save_figures(folder: str | Path, curves: dict[str, list[dict[str, float]]],
                  metrics: dict[str, Any], history: list[dict[str, float]],
                  classes: list[str], *, y: np.ndarray | None = None,
                  p: np.ndarray | None = None, best_epoch: int | None = None,
-                 cv_folds: int = 0) -> list[Path]:
+                 cv_folds: int = 0, fold_models: bool = False) -> list[Path]:
     """ROC, PR, calibration, confusion matrix and training curves as PNG files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,7 +197,7 @@ def save_figures(folder: str | Path, curves: dict[str, list[dict[str, float]]],
         "precision_recall.png": pr_figure(curves["pr"], metrics),
         "calibration.png": calibration_figure(curves["calibration"], metrics, classes, y, p),
         "confusion_matrix.png": confusion_figure(metrics, classes),
-        "training_curves.png": training_figure(history, best_epoch, cv_folds),
+        "training_curves.png": training_figure(history, best_epoch, cv_folds, fold_models),
     }
     paths = []
     for name, fig in figures.items():

@@ -26,15 +26,20 @@ def select_device() -> torch.device:
     return torch.device("cpu")
 
 
-def seed_everything(seed: int, num_threads: int, device: torch.device | None = None) -> None:
+def seed_everything(seed: int, num_threads: int, device: torch.device | None = None, *,
+                    fitting: bool = True) -> None:
     """Seed every RNG, force deterministic kernels and pin the CPU thread count."""
     # cuBLAS needs this before its first use to be deterministic.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Some CUDA kernels (pooling backward) lack a deterministic variant: warn there, enforce on CPU.
-    torch.use_deterministic_algorithms(True, warn_only=device is not None and device.type != "cpu")
+    cpu = device is None or device.type == "cpu"
+    # Predicting on CPU (evaluate) runs no kernel the switch changes (they differ in backward
+    # passes and scatter/index ops), and turning it on imports TorchDynamo: ~1.3 s a stage.
+    if fitting or not cpu:
+        # Some CUDA kernels (pooling backward) lack a deterministic variant: warn there.
+        torch.use_deterministic_algorithms(True, warn_only=not cpu)
     # Filling every fresh tensor with NaN only helps debug kernels that read uninitialised
     # memory; deterministic kernels don't, and the fill costs ~12 % of a small CNN's step.
     torch.utils.deterministic.fill_uninitialized_memory = False

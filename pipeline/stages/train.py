@@ -11,8 +11,7 @@ from pipeline.data.dataset import load_splits
 from pipeline.models.device import select_device
 from pipeline.stages._common import stage_main
 from pipeline.tracking import records, store, views
-from pipeline.tracking.metric_log import EpochLogger
-from pipeline.training.callbacks import EpochProgress
+from pipeline.tracking.metric_log import FitLogs
 from pipeline.training.final import fit_final, save_training
 from pipeline.training.fit import load_tuned
 
@@ -34,10 +33,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
                     "model": model_cfg, "train": train_cfg}
         background, val_hash = records.log_training_inputs(
             run.run_id, sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
-        epochs = EpochLogger(run.run_id)
+        epochs = FitLogs(run.run_id, monitor)
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
-                          device=device, monitor=monitor,
-                          callbacks=[epochs, EpochProgress("train", monitor)])
+                          device=device, monitor=monitor, callbacks=epochs)
         # Into temp folders: they replace the old outputs only once the run has recorded them.
         weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
         records.log_training_result(run, final, weights, val_hash, pending=(background, epochs))

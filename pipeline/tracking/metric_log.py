@@ -14,7 +14,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.training.callbacks import Callback, FitResult
+from pipeline.training.callbacks import Callback, EpochProgress, FitResult
 
 # MLflow's longest param value; a longer one is cut, not refused.
 PARAM_CHARS = 6000
@@ -101,8 +101,8 @@ class EpochLogger(Callback):
     last batch, and its owner calls `wait` (a store failure still fails the stage) once it has
     queued its own requests, so the waits overlap."""
 
-    def __init__(self, run_id: str, flush_every: int = 10) -> None:
-        self.run_id, self.flush_every = run_id, flush_every
+    def __init__(self, run_id: str, flush_every: int = 10, prefix: str = "") -> None:
+        self.run_id, self.flush_every, self.prefix = run_id, flush_every, prefix
         self.buffer: list[dict[str, float]] = []
         self.background = Background()
 
@@ -117,7 +117,7 @@ class EpochLogger(Callback):
     def flush(self) -> None:
         """Queue buffered rows now (also called when a trial is pruned)."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(row["epoch"]))
+        metrics = [Metric(self.prefix + k, float(v), now, int(row["epoch"]))
                    for row in self.buffer for k, v in row.items() if k != "epoch"]
         if metrics:
             self.background.submit(MlflowClient().log_batch, self.run_id, metrics=metrics)
@@ -126,3 +126,22 @@ class EpochLogger(Callback):
     def wait(self) -> None:
         """Block until every queued batch is stored; a store failure raises here."""
         self.background.close()
+
+
+class FitLogs:
+    """The train stage's callbacks per fit (see fit_final): per-epoch metrics into the run (a
+    fold's under `fold<i>/`, which the MLflow UI groups) and a progress bar; `wait` returns
+    once every fit's metrics are stored."""
+
+    def __init__(self, run_id: str, monitor: str) -> None:
+        self.run_id, self.monitor = run_id, monitor
+        self.loggers: list[EpochLogger] = []
+
+    def __call__(self, fit: str) -> list[Callback]:
+        self.loggers.append(EpochLogger(self.run_id, prefix=fit))
+        return [self.loggers[-1], EpochProgress(f"train {fit}".rstrip("/ "), self.monitor)]
+
+    def wait(self) -> None:
+        """Block until every fit's batches are stored; a store failure raises here."""
+        for logger in self.loggers:
+            logger.wait()

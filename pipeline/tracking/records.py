@@ -22,7 +22,7 @@ from pipeline.core.typed import flatten
 from pipeline.data.dataset import META_FILE
 from pipeline.models.networks import CONFIG_FILE
 from pipeline.tracking import metric_log, views
-from pipeline.tracking.metric_log import Background, EpochLogger
+from pipeline.tracking.metric_log import Background, EpochLogger, FitLogs
 from pipeline.tracking.runs import RunRef
 
 if TYPE_CHECKING:  # the evaluate stage records too, and needs no training code
@@ -98,7 +98,7 @@ def log_training_inputs(run_id: str, sections: dict[str, Any], tuned: dict[str, 
 
 
 def log_training_result(run: RunRef, final: Final, weights: Path, processed: str,
-                        pending: Sequence[Background | EpochLogger] = ()) -> None:
+                        pending: Sequence[Background | EpochLogger | FitLogs] = ()) -> None:
     """Weights hash (the key later stages resume this run by), timings, fold scores, the
     weights and model config, history, and test metrics of earlier runs of the same weights;
     returns once these and the `pending` requests are stored (their waits overlap)."""
@@ -107,6 +107,10 @@ def log_training_result(run: RunRef, final: Final, weights: Path, processed: str
     by_step = {0: {"best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                    "samples_per_second": result.samples_seen / result.train_seconds,
                    **final.summary()}}
+    if result.fold_models:  # no fit of its own: the folds' mean curves are its epochs
+        for row in result.history:
+            by_step.setdefault(int(row["epoch"]), {}).update(
+                {k: v for k, v in row.items() if k != "epoch"})
     for fold, (score, epoch) in enumerate(zip(*final.folds(), strict=True)):
         by_step.setdefault(fold, {}).update({f"fold_val_{result.monitor}": score,
                                              "fold_best_epoch": epoch})
@@ -122,7 +126,7 @@ def log_training_result(run: RunRef, final: Final, weights: Path, processed: str
     # Earlier runs of these weights: this run is skipped by id, so its own tags can be in flight.
     sending.submit(views.adopt_test_metrics, run.run_id, run.experiment_id, sha, processed)
     for queued in (*pending, sending):  # a store failure still fails the stage
-        queued.wait() if isinstance(queued, EpochLogger) else queued.close()
+        queued.close() if isinstance(queued, Background) else queued.wait()
 
 
 def log_evaluation(metrics: dict[str, Any], test: Any, data_dir: str, figures: list[Path],

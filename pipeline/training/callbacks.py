@@ -30,7 +30,8 @@ class FitResult:
     train_seconds: float
     device: str
     precision: str = "fp32"  # resolve_precision's answer: what every forward pass ran in
-    cv_folds: int = 0  # > 0: a refit, scored by the folds (best_score is their mean)
+    cv_folds: int = 0  # > 0: scored by k folds (best_score is their mean): a refit, or
+    fold_models: bool = False  # the fold models averaged (history: the folds' mean curves)
 
     @property
     def best_loss(self) -> float:
@@ -72,6 +73,11 @@ class EpochProgress(Callback):
     def on_fit_end(self, result: FitResult) -> None:
         if self.progress is not None:
             self.progress.close()
+        if result.fold_models:
+            log.info("%s: cv mean val_%s=%.4f over %d folds; kept the %d fold models (logits "
+                     "averaged)", self.desc, result.monitor, result.best_score,
+                     result.cv_folds, result.cv_folds)
+            return
         if result.cv_folds:  # a refit: its own "validation" rows were training rows
             log.info("%s: cv mean val_%s=%.4f over %d folds; refit %d epochs on train+val",
                      self.desc, result.monitor, result.best_score, result.cv_folds,

@@ -1,11 +1,13 @@
-"""Small data: k-fold cross-validation over train + validation, then a refit on all of it.
+"""Small data: k-fold cross-validation over train + validation, then the fold models averaged
+or a refit on all of it.
 
 With a few hundred samples a 15 % validation split is a few dozen: the tuning objective, the
 early-stopping epoch and the decision threshold chosen on it are mostly noise, and the model
 never sees that data. Here every train + validation sample is held out exactly once (stratified
 folds over source samples: an augmented copy goes with its original), the objective is the mean
-fold score, the refit runs for the folds' median best epoch on all of it, and the threshold is
-chosen on the out-of-fold predictions. Test is never touched.
+fold score, the train stage keeps the k fold models (their logits averaged) or refits for the
+folds' median best epoch on all of it, and the threshold is chosen on the out-of-fold
+predictions. Test is never touched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.data.augment import source_id
 from pipeline.data.dataset import DatasetMeta, Split
 from pipeline.models.inference import predict_proba
+from pipeline.models.networks import Classifier, Ensemble
 from pipeline.training.callbacks import Callback, FitResult
 from pipeline.training.fit import fit_model
 
@@ -98,6 +101,7 @@ class CrossFit:
     oof: np.ndarray
     pool: Pool
     losses: list[float]  # each fold's validation loss at its best epoch
+    results: list[FitResult]  # each fold's fit, its best-epoch model included
 
     @property
     def score(self) -> float:
@@ -121,7 +125,7 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
               on_fold: Callable[[int, FitResult, list[float]], None] | None = None) -> CrossFit:
     """Fit once per fold on the other folds' rows, score and predict the held-out originals."""
     k = int(pool.folds.max()) + 1
-    scores, epochs, losses = [], [], []
+    scores, epochs, losses, results = [], [], [], []
     oof = np.full(pool.n_sources, np.nan)
     for fold in range(k):
         train_rows = np.flatnonzero(pool.folds[pool.source] != fold)
@@ -134,9 +138,39 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
         scores.append(result.best_score)
         epochs.append(result.best_epoch)
         losses.append(result.best_loss)
+        results.append(result)
         if on_fold is not None:
             on_fold(fold, result, scores)
-    return CrossFit(scores, epochs, oof, pool, losses)
+    return CrossFit(scores, epochs, oof, pool, losses, results)
+
+
+def mean_history(results: Sequence[FitResult]) -> list[dict[str, float]]:
+    """Per epoch, the mean of each logged value over the folds that trained that epoch (their
+    validation columns are held-out scores), with that fold count as `folds`."""
+    rows = []
+    for epoch in range(1, max(len(r.history) for r in results) + 1):
+        running = [r.history[epoch - 1] for r in results if len(r.history) >= epoch]
+        rows.append({**{key: float(np.mean([row[key] for row in running]))
+                        for key in running[0]}, "epoch": epoch, "folds": len(running)})
+    return rows
+
+
+def fold_ensemble(cv: CrossFit) -> FitResult:
+    """The k fold models as one network averaging their logits (members of an ensemble each
+    become members), scored by the folds' mean; its history is the folds' mean curves."""
+    members: list[torch.nn.Module] = []
+    for result in cv.results:
+        body = result.model.body
+        members += list(body.members) if isinstance(body, Ensemble) else [body]
+    # The inputs' standardisation comes from the data's statistics: the same in every fold.
+    first = cv.results[0]
+    model = Classifier(first.model.norm, Ensemble(members)).eval()
+    return FitResult(model, mean_history(cv.results), cv.epochs, cv.score, first.monitor,
+                     stopped_early=any(r.stopped_early for r in cv.results),
+                     samples_seen=sum(r.samples_seen for r in cv.results),
+                     train_seconds=sum(r.train_seconds for r in cv.results),
+                     device=first.device, precision=first.precision,
+                     cv_folds=len(cv.results), fold_models=True)
 
 
 class FoldVerdict(Callback):

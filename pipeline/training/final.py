@@ -1,10 +1,11 @@
 """The train stage's model and its files: one fit with early stopping, or cross-validation and
-a refit; weights, model config, training reports and the predictions the threshold is chosen on."""
+the fold models or a refit; weights, model config, training reports and the predictions the
+threshold is chosen on."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,21 @@ from pipeline.models.backbones import input_norm
 from pipeline.models.inference import predict_proba
 from pipeline.models.networks import WEIGHTS_FILE, save_model
 from pipeline.training.callbacks import Callback, FitResult
-from pipeline.training.crossval import CrossFit, cross_fit, folds_for, make_pool, refit
+from pipeline.training.crossval import (
+    CrossFit,
+    cross_fit,
+    fold_ensemble,
+    folds_for,
+    make_pool,
+    refit,
+)
 from pipeline.training.fit import fit_model, trained_with
 
 
 @dataclass
 class Final:
     """The model to save and the predictions its decision threshold is chosen on: the
-    validation split's (fold -1), or out-of-fold ones over train + val after a refit."""
+    validation split's (fold -1), or out-of-fold ones over train + val after CV."""
 
     result: FitResult
     ids: list[str]
@@ -43,32 +51,42 @@ class Final:
         return (self.cv.scores, self.cv.best_epochs) if self.cv is not None else ([], [])
 
     def summary(self) -> dict[str, float | int]:
-        """What train_metrics.json adds: fold count; with folds, mean score and refit epochs."""
+        """What train_metrics.json adds: fold count; with folds, their mean score and what was
+        kept (fold_models: their count; or refit_epochs)."""
         if self.cv is None:
             return {"cv_folds": 0}
-        monitor = self.result.monitor
-        return {"cv_folds": len(self.cv.scores), f"best_val_{monitor}": self.cv.score,
-                "refit_epochs": self.cv.epochs}
+        kept = ({"fold_models": len(self.cv.scores)} if self.result.fold_models
+                else {"refit_epochs": self.cv.epochs})
+        return {"cv_folds": len(self.cv.scores),
+                f"best_val_{self.result.monitor}": self.cv.score, **kept}
 
 
 def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentConfig,
               train: Split, val: Split, meta: DatasetMeta, *, seed: int, device: torch.device,
-              monitor: str, callbacks: Sequence[Callback] = ()) -> Final:
+              monitor: str, callbacks: Callable[[str], Sequence[Callback]] = lambda fit: ()
+              ) -> Final:
     """The train stage's model: fit on train with early stopping on val's `monitor` (the
     metric the trials were scored on), or (train.cv_folds) cross-validate over train + val
-    and refit on all of it for the folds' median epochs."""
+    and keep the fold models or refit on all of it for the folds' median epochs (cv_model).
+    `callbacks(fit)` gives each fit's callbacks: fit is "" for the model's own fit (or the
+    fold models' summary), "fold<i>/" for fold i."""
     k = folds_for(train_cfg.cv_folds, train, val)
     if not k:
         result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
-                           device=device, monitor=monitor, callbacks=callbacks)
+                           device=device, monitor=monitor, callbacks=callbacks(""))
         return Final(result, list(val.ids), val.y,
                      predict_proba(result.model, val.X, precision=train_cfg.precision),
                      np.full(len(val.y), -1))
     pool = make_pool(train, val, k, seed)
     cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
-                   monitor=monitor)
-    result = refit(model_cfg, train_cfg, augment, pool, meta, cv, seed=seed, device=device,
-                   monitor=monitor, callbacks=callbacks)
+                   monitor=monitor, callbacks=lambda fold: callbacks(f"fold{fold + 1}/"))
+    if train_cfg.cv_model == "folds":
+        result = fold_ensemble(cv)
+        for callback in callbacks(""):  # no epochs of its own: the summary only
+            callback.on_fit_end(result)
+    else:
+        result = refit(model_cfg, train_cfg, augment, pool, meta, cv, seed=seed,
+                       device=device, monitor=monitor, callbacks=callbacks(""))
     keep = pool.originals
     return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
                  pool.folds, cv)
@@ -84,6 +102,8 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
     """Write the weights, model config, training reports and the threshold's predictions."""
     result, seed = final.result, params.seed
+    if result.fold_models:  # rebuilt from the config: as many members as the folds hold
+        model_cfg = dataclasses.replace(model_cfg, ensemble=model_cfg.ensemble * result.cv_folds)
     mean, std = input_norm(model_cfg, meta.norm)
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "seed": seed, "input_shape": list(meta.input_shape),

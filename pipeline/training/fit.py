@@ -90,9 +90,9 @@ def trained_with(params: Params, train: TrainConfig, model: ModelConfig,
                  tuned: dict[str, Any], result: FitResult) -> dict[str, Any]:
     """The train.* / model.* values the model was trained with that params.yaml may not say."""
     # Every tuned key, any other value that differs (num_threads), and what `auto` resolved to:
-    # the precision every forward pass ran in, the fold count, the refit's patience (none).
+    # the precision every forward pass ran in, the fold count, a refit's patience (none).
     resolved = {"precision": result.precision, "cv_folds": result.cv_folds}
-    if result.cv_folds:
+    if result.cv_folds and not result.fold_models:
         resolved["patience"] = 0
     used = {"train": dataclasses.replace(train, **resolved), "model": model}
     asked = {"train": params.train, "model": params.model}
