@@ -53,12 +53,13 @@ def test_auto_cross_validates_small_data_with_both_classes_in_every_fold() -> No
         resolve_folds(5, 100, 4)
 
 
-def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
+def test_refit_on_train_and_val_and_evaluate_thresholds_out_of_fold(
         tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.training.callbacks")
     root = csv_checkout(tmp_path / "ws", "data/raw/t.csv", 80,
-                        {"train": {"cv_folds": 3, "epochs": 4}, "evaluate": {"threshold": "f1"}})
+                        {"train": {"cv_folds": 3, "epochs": 4, "cv_model": "refit"},
+                         "evaluate": {"threshold": "f1"}})
     monkeypatch.chdir(root)
     p = run_stages(Path("params.yaml"), Path("data"))  # preprocess .. evaluate, in-process
     ids = json.loads((Path(p["processed"]) / "ids.json").read_text())
@@ -92,12 +93,13 @@ def test_train_refits_on_train_and_val_and_evaluate_thresholds_out_of_fold(
                        f"folds; refit {fitted['refit_epochs']} epochs on train+val")
 
 
-def test_cross_validated_training_reruns_byte_identically(tmp_path: Path,
-                                                          mlflow_uri: str) -> None:
+@pytest.mark.parametrize("kept", ["folds", "refit"])
+def test_cross_validated_training_reruns_byte_identically(tmp_path: Path, mlflow_uri: str,
+                                                          kept: str) -> None:
     digests = []
     for name in ("a", "b"):
         root = csv_checkout(tmp_path / name, "data/raw/t.csv", 60,
-                            {"train": {"cv_folds": 3, "epochs": 3}})
+                            {"train": {"cv_folds": 3, "epochs": 3, "cv_model": kept}})
         with contextlib.chdir(root):
             run_stages(Path("params.yaml"), Path("data"), upto="train")
         digests.append([file_sha256(root / "data" / f) for f in

@@ -197,7 +197,7 @@ class TrainConfig:
     """k >= 2: k-fold cross-validation over train + val for the tuning objective, the epoch
     count and the threshold (out-of-fold), then the model cv_model says; 0: the validation
     split decides; auto: 5 folds up to 1000 train + val samples, else 0."""
-    cv_model: Literal["folds", "refit"] = "refit"
+    cv_model: Literal["folds", "refit"] = "folds"
     """After k-fold CV, the model kept: folds (the k fold models, their logits averaged) or
     refit (one network trained on train + val for the folds' median best epoch)."""
 
