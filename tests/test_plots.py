@@ -139,6 +139,15 @@ def test_training_figure_after_cross_validation_says_the_curves_are_in_sample() 
                                          training_figure(HISTORY).legends[0].get_texts()])
 
 
+def test_training_figure_of_fold_models_says_the_curves_are_the_folds_held_out_mean() -> None:
+    fig = training_figure(HISTORY, best_epoch=5, cv_folds=5, fold_models=True)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "held-out folds' mean loss" in labels and "held-out folds' mean ROC AUC" in labels
+    assert "median of the 5 folds' best epochs (5)" in labels
+    assert fig.axes[1].get_ylabel() == "validation ROC AUC"
+    assert fig.axes[0].get_title() == "Training curves (5 fold models, averaged)"
+
+
 def test_roc_and_pr_figures_label_axes_and_mark_the_operating_point() -> None:
     y, p = predictions(120)
     metrics = binary_metrics(y, p, 0.5)

@@ -55,7 +55,8 @@ def write_reports(reports: Path, result: Evaluation, meta: DatasetMeta,
     return save_figures(reports / layout.FIGURES, result.curves, metrics, history, list(classes),
                         y=test.y, p=result.p_test, best_epoch=model_config.get("best_epoch"),
                         cv_folds=model_config.get("cv_folds", 0),
-                        fold_models=model_config.get("train", {}).get("cv_model") == "folds")
+                        fold_models=bool(model_config.get("cv_folds")) and
+                        model_config.get("train", {}).get("cv_model") == "folds")
 
 
 def write_threshold_basis(path: str | Path, ids: list[str], y: np.ndarray, p: np.ndarray,

@@ -145,14 +145,12 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
 
 
 def mean_history(results: Sequence[FitResult]) -> list[dict[str, float]]:
-    """Per epoch, the mean of each logged value over the folds that trained that epoch (their
-    validation columns are held-out scores), with that fold count as `folds`."""
-    rows = []
-    for epoch in range(1, max(len(r.history) for r in results) + 1):
-        running = [r.history[epoch - 1] for r in results if len(r.history) >= epoch]
-        rows.append({**{key: float(np.mean([row[key] for row in running]))
-                        for key in running[0]}, "epoch": epoch, "folds": len(running)})
-    return rows
+    """Per epoch, the mean of each logged value over the folds (their validation columns are
+    held-out scores), up to the last epoch every fold trained: past it the mean would be over
+    the folds still running, and its curves would jump where one stopped early."""
+    return [{**{key: float(np.mean([r.history[epoch][key] for r in results]))
+                for key in results[0].history[epoch]}, "epoch": epoch + 1}
+            for epoch in range(min(len(r.history) for r in results))]
 
 
 def fold_ensemble(cv: CrossFit) -> FitResult:

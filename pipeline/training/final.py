@@ -115,8 +115,11 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
         config["weights_sha256"] = file_sha256(model_cfg.weights)
     save_model(result.model, out, config)
     history = history_rows(result)
+    # Fold models: the longest fold's epochs (the mean history stops at the shortest's).
+    epochs_run = (max(len(r.history) for r in final.cv.results)
+                  if result.fold_models and final.cv is not None else len(history))
     write_json(Path(reports) / layout.TRAIN_METRICS, {
-        "best_epoch": result.best_epoch, "epochs_run": len(history),
+        "best_epoch": result.best_epoch, "epochs_run": epochs_run,
         f"best_val_{result.monitor}": result.best_score, "stopped_early": result.stopped_early,
         **final.summary(),
         # `dvc exp show` columns trained.train.lr etc. beside the params column train.lr: the
