@@ -3,9 +3,11 @@
 For each repeat and each commit in turn (alternating, so a drift of the machine's speed hits
 every commit alike): a fresh `git clone` of this repository at that commit, then `dvc repro`
 with the default params and local stores, timed in total and per stage (from the moment DVC
-announces a stage to the next announcement). The clone's own `pipeline/` package runs (`python
--m` from the clone's root), with this interpreter's installed libraries. Prints the median per
-commit and each commit's ratio to the first one.
+announces a stage to the next announcement), and the epochs the study's trials trained in all
+(tune's workload: it moves when scores move and the pruner decides otherwise, so tune's seconds
+per trial-epoch compare commits where its seconds alone do not). The clone's own `pipeline/`
+package runs (`python -m` from the clone's root), with this interpreter's installed libraries.
+Prints the median per commit and each commit's ratio to the first one.
 
     .venv/bin/python benchmarks/repro.py --revs 17f956b HEAD --repeats 3
 
@@ -56,6 +58,19 @@ def timed_repro(root: Path) -> dict[str, float]:
     return {**stages, "total": round(end - start, 2)}
 
 
+def trial_epochs(root: Path) -> int:
+    """Epochs the study's trials trained in all (pruned ones included): tune's workload, which
+    moves from commit to commit when scores move and the pruner decides otherwise."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return sum(int(t.user_attrs.get("epochs_run", 0)) for t in study.trials)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revs", nargs="+", default=["HEAD"],
@@ -71,8 +86,11 @@ def main() -> None:
                     root = Path(tmp) / "repo"
                     commits[rev] = clone(rev, root)
                     runs[rev].append(timed_repro(root))
+                    epochs = trial_epochs(root)
+                    runs[rev][-1] |= {"trial_epochs": epochs,
+                                      "tune_s_per_epoch": runs[rev][-1]["tune"] / epochs}
                 print(f"repeat {repeat + 1} {rev} ({commits[rev][:7]}): "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in runs[rev][-1].items()), flush=True)
+                      + ", ".join(f"{k} {v:.3g}" for k, v in runs[rev][-1].items()), flush=True)
         medians = {rev: {stage: statistics.median(r.get(stage, 0.0) for r in rs)
                          for stage in rs[0]} for rev, rs in runs.items()}
         first = args.revs[0]
@@ -80,7 +98,7 @@ def main() -> None:
             ratio = medians[first]["total"] / median["total"]
             print(f"{rev} ({commits[rev][:7]}): median dvc repro {median['total']:.1f} s "
                   f"({ratio:.2f}x {first}); per stage "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in median.items() if k != "total"))
+                  + ", ".join(f"{k} {v:.3g}" for k, v in median.items() if k != "total"))
     write_result("repro", {"revs": args.revs, "commits": commits, "runs": runs,
                            "medians": medians}, out.getvalue())
 
