@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the figures and write them to benchmarks/results/."""
     with captured() as out:
         figures = measure(argv)
-    write_result("engine_vs_seed_loop", figures, out.getvalue())
+    label = figures.pop("label", None)
+    write_result("engine_vs_seed_loop" + (f"_{label}" if label else ""), figures,
+                 out.getvalue())
 
 
 def outcomes(runs: Sequence[Outcome]) -> dict[str, list[float]]:
@@ -308,13 +310,17 @@ def measure(argv: list[str] | None) -> dict[str, Any]:
                         help="only the headline comparison and the MLflow share")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one engine fit and print the top entries")
+    parser.add_argument("--conv-channels", type=int, nargs="+", default=[16, 32],
+                        help="the CNN's blocks, both sides (default: the shape its published "
+                        "figures used; params.yaml's default model is 16 32 64)")
+    parser.add_argument("--label", help="write results/engine_vs_seed_loop_<label>.json")
     args = parser.parse_args(argv)
 
     splits, meta = load_splits(args.data_dir)
     root = Path(meta.path)
     size = int(meta.input_shape[-1])
     ids = {name: s.ids for name, s in splits.items()}
-    model_cfg = ModelConfig(conv_channels=(16, 32))  # the shape its published figures used
+    model_cfg = ModelConfig(conv_channels=tuple(args.conv_channels))
     # The engine's defaults (= params.yaml's train section) with early stopping off, so both
     # sides run every epoch; both sides get the same thread count.
     threads, other = args.threads, 1 if args.threads > 1 else 2
@@ -420,6 +426,7 @@ def measure(argv: list[str] | None) -> dict[str, Any]:
                              top=20))
     figures["mlflow"] = {"share_pct": shares, "logged_s": logged, "fit_s": fitted,
                          "share_pct_median": median(shares)}
+    figures["label"] = args.label
     figures["targets"] = {"ratio": TARGET_RATIO, "ratio_met": ratio_ok,
                           "mlflow_share_pct": TARGET_MLFLOW_SHARE,
                           "mlflow_met": median(shares) <= TARGET_MLFLOW_SHARE}
