@@ -96,12 +96,19 @@ def rows(split: Split, idx: np.ndarray) -> Split:
 class CrossFit:
     """Per-fold results and the out-of-fold predictions, one per source sample."""
 
-    scores: list[float]
-    best_epochs: list[int]
+    results: list[FitResult]  # each fold's fit, its best-epoch model included
     oof: np.ndarray
     pool: Pool
-    losses: list[float]  # each fold's validation loss at its best epoch
-    results: list[FitResult]  # each fold's fit, its best-epoch model included
+
+    @property
+    def scores(self) -> list[float]:
+        """Each fold's best validation score."""
+        return [r.best_score for r in self.results]
+
+    @property
+    def best_epochs(self) -> list[int]:
+        """Each fold's best epoch."""
+        return [r.best_epoch for r in self.results]
 
     @property
     def score(self) -> float:
@@ -111,7 +118,7 @@ class CrossFit:
     @property
     def loss(self) -> float:
         """Mean validation loss at the folds' best epochs (breaks a tie of scores)."""
-        return float(np.mean(self.losses))
+        return float(np.mean([r.best_loss for r in self.results]))
 
     @property
     def epochs(self) -> int:
@@ -125,7 +132,7 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
               on_fold: Callable[[int, FitResult, list[float]], None] | None = None) -> CrossFit:
     """Fit once per fold on the other folds' rows, score and predict the held-out originals."""
     k = int(pool.folds.max()) + 1
-    scores, epochs, losses, results = [], [], [], []
+    scores, results = [], []
     oof = np.full(pool.n_sources, np.nan)
     for fold in range(k):
         train_rows = np.flatnonzero(pool.folds[pool.source] != fold)
@@ -136,12 +143,10 @@ def cross_fit(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
         oof[held] = predict_proba(result.model, pool.data.X[pool.originals[held]],
                                   precision=train_cfg.precision)  # as the fold was validated
         scores.append(result.best_score)
-        epochs.append(result.best_epoch)
-        losses.append(result.best_loss)
         results.append(result)
         if on_fold is not None:
             on_fold(fold, result, scores)
-    return CrossFit(scores, epochs, oof, pool, losses, results)
+    return CrossFit(results, oof, pool)
 
 
 def mean_history(results: Sequence[FitResult]) -> list[dict[str, float]]:
