@@ -29,7 +29,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     splits, meta = load_splits(args.data_dir, names=("test",))
     model, config = load_model(args.model_dir)
     device = select_device()  # where train predicted the threshold's basis, in its precision
-    seed_everything(params.seed, config["train"]["num_threads"], device, fitting=False)
+    seed_everything(params.seed, config["train"]["num_threads"], device)
     p_test = predict_proba(model.to(device), splits["test"].X, device, model_precision(config))
     reports = Path(args.reports)
     y_basis, p_basis = read_threshold_basis(reports / layout.THRESHOLD_PREDICTIONS)
