@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -13,6 +16,7 @@ from pipeline.core.typed import build
 from pipeline.data.dataset import Split
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.metrics import (
+    average_ranks,
     binary_metrics,
     choose_threshold,
     curves,
@@ -130,3 +134,21 @@ def test_rank_roc_auc_is_scikit_learns_with_ties_and_one_class() -> None:
     assert roc_auc(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5])) == 0.5
     with pytest.warns(Warning):  # one class: undefined, as scikit-learn says (and returns)
         assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.9])))
+
+
+def test_average_ranks_are_scipys_rankdata() -> None:
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(2)
+    for digits in (0, 1, 2, 6):
+        p = np.round(rng.random(500), digits)  # few distinct values to many
+        assert average_ranks(p).tobytes() == rankdata(p).tobytes()
+
+
+def test_tune_and_train_processes_do_not_import_scikit_learn() -> None:
+    # They monitor ROC AUC by ranks; scikit-learn's import (SciPy's stats) is ~1 s per process.
+    code = ("import sys, pipeline.stages.tune, pipeline.stages.train; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'"
+            " or m.startswith('scipy.stats')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn import metrics as skm
 
 from pipeline.core.metric_names import GATE_METRICS, LOWER_IS_BETTER
 
 Score = Callable[[np.ndarray, np.ndarray], float]
+
+
+def skm() -> ModuleType:
+    """scikit-learn's metrics, imported on first use: tune and train monitor ROC AUC by ranks,
+    and importing scikit-learn (SciPy's stats with it) costs each of their processes ~0.9 s."""
+    from sklearn import metrics
+
+    return metrics
+
+
+def average_ranks(p: np.ndarray) -> np.ndarray:
+    """1-based ranks of `p`, tied values sharing their mean rank (SciPy's rankdata default)."""
+    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -21,8 +34,8 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:  # undefined: scikit-learn says so its own way
-        return float(skm.roc_auc_score(y, p))
-    ranks = rankdata(p)  # average ranks for ties
+        return float(skm().roc_auc_score(y, p))
+    ranks = average_ranks(np.asarray(p))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 # Every score params.yaml may name (pipeline/core/metric_names.py), from 0/1 labels and
@@ -30,11 +43,11 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 # no threshold yet (binary_metrics reports them at the chosen one).
 SCORES: dict[str, Score] = {
     "roc_auc": roc_auc,
-    "average_precision": lambda y, p: float(skm.average_precision_score(y, p)),
-    "log_loss": lambda y, p: float(skm.log_loss(y, p, labels=[0, 1])),
-    "brier": lambda y, p: float(skm.brier_score_loss(y, p)),
-    "accuracy": lambda y, p: float(skm.accuracy_score(y, p >= 0.5)),
-    "f1": lambda y, p: float(skm.f1_score(y, p >= 0.5, zero_division=0)),
+    "average_precision": lambda y, p: float(skm().average_precision_score(y, p)),
+    "log_loss": lambda y, p: float(skm().log_loss(y, p, labels=[0, 1])),
+    "brier": lambda y, p: float(skm().brier_score_loss(y, p)),
+    "accuracy": lambda y, p: float(skm().accuracy_score(y, p >= 0.5)),
+    "f1": lambda y, p: float(skm().f1_score(y, p >= 0.5, zero_division=0)),
 }
 assert set(SCORES) == set(GATE_METRICS), (
     f"metric names without a score, or scores without a name: {set(SCORES) ^ set(GATE_METRICS)}")
@@ -60,16 +73,16 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     """All reported metrics at a decision threshold: label = p >= threshold."""
     pred = (p >= threshold).astype(int)
-    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    tn, fp, fn, tp = (int(v) for v in skm().confusion_matrix(y, pred, labels=[0, 1]).ravel())
     return {
         **ranking_metrics(y, p),
-        "accuracy": float(skm.accuracy_score(y, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
-        "precision": float(skm.precision_score(y, pred, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "accuracy": float(skm().accuracy_score(y, pred)),
+        "balanced_accuracy": float(skm().balanced_accuracy_score(y, pred)),
+        "precision": float(skm().precision_score(y, pred, zero_division=0)),
+        "recall": float(skm().recall_score(y, pred, zero_division=0)),
         "specificity": tn / (tn + fp) if tn + fp else 0.0,
-        "f1": float(skm.f1_score(y, pred, zero_division=0)),
-        "mcc": float(skm.matthews_corrcoef(y, pred)),
+        "f1": float(skm().f1_score(y, pred, zero_division=0)),
+        "mcc": float(skm().matthews_corrcoef(y, pred)),
         "threshold": float(threshold),
         "tn": tn, "fp": fp, "fn": fn, "tp": tp,
         "n": len(y),
@@ -87,13 +100,13 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: float | str) ->
     if isinstance(rule, float):
         return rule
     if rule == "f1":
-        precision, recall, thresholds = skm.precision_recall_curve(y_val, p_val)
+        precision, recall, thresholds = skm().precision_recall_curve(y_val, p_val)
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         # The last PR point has no threshold; ties go to the highest threshold (fewest positives).
         best = int(np.flatnonzero(f1[:-1] == f1[:-1].max())[-1])
         return float(thresholds[best])
     if rule == "youden":
-        fpr, tpr, thresholds = skm.roc_curve(y_val, p_val)
+        fpr, tpr, thresholds = skm().roc_curve(y_val, p_val)
         best = int(np.argmax(tpr - fpr))
         return float(min(thresholds[best], 1.0))
     raise ValueError(f"unknown threshold rule {rule!r}")
@@ -101,8 +114,8 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: float | str) ->
 
 def curves(y: np.ndarray, p: np.ndarray) -> dict[str, list[dict[str, float]]]:
     """ROC, precision-recall and calibration points as row lists (the DVC plots format)."""
-    fpr, tpr, roc_t = skm.roc_curve(y, p)
-    precision, recall, _ = skm.precision_recall_curve(y, p)
+    fpr, tpr, roc_t = skm().roc_curve(y, p)
+    precision, recall, _ = skm().precision_recall_curve(y, p)
     return {
         "roc": [{"fpr": float(a), "tpr": float(b), "threshold": float(min(t, 1.0))}
                 for a, b, t in zip(fpr, tpr, roc_t, strict=True)],
