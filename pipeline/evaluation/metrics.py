@@ -15,7 +15,7 @@ Score = Callable[[np.ndarray, np.ndarray], float]
 
 def skm() -> ModuleType:
     """scikit-learn's metrics, imported on first use: tune and train monitor ROC AUC by ranks,
-    and importing scikit-learn (SciPy's stats with it) costs each of their processes ~0.9 s."""
+    and importing scikit-learn (SciPy's stats with it) costs each of their processes ~1.4 s."""
     from sklearn import metrics
 
     return metrics
