@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pipeline.core.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.typed import field_type
-from pipeline.data.dataset import DatasetMeta, ImageSpec, Split
+from pipeline.data.dataset import ColumnStats, DatasetMeta, ImageSpec, Split, TableSpec
 from pipeline.evaluation.metrics import monitor_scores
 from pipeline.models.backbones import MIN_SIZE
 from pipeline.models.device import (
@@ -140,14 +140,16 @@ def test_a_callback_ends_the_fit_and_a_refit_keeps_the_last_weights() -> None:
 
 def fit_and_save(folder: Path, model_type: str, seed: int = 3) -> str:
     cfg = TrainConfig(epochs=3, batch_size=8, patience=0)
-    model_cfg = ModelConfig(type=model_type, conv_channels=(4, 8), hidden_sizes=(8,))
+    kind, _, embedding = model_type.partition("+")
+    model_cfg = ModelConfig(type=kind, conv_channels=(4, 8), hidden_sizes=(8,),
+                            embedding=embedding or "none")
     result = build_and_fit(model_cfg, cfg, images(32, 0), images(16, 1), seed=seed,
                            device=CPU)
     save_model(result.model, folder, {"model": {}})
     return hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("model_type", ["logreg", "mlp", "cnn"])
+@pytest.mark.parametrize("model_type", ["logreg", "mlp", "mlp+periodic", "cnn"])
 def test_rerun_is_byte_identical(tmp_path: Path, model_type: str) -> None:
     first = fit_and_save(tmp_path / "a", model_type)
     assert fit_and_save(tmp_path / "b", model_type) == first
@@ -162,6 +164,29 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     loaded, _ = load_model(tmp_path)
     x = torch.rand(5, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
+
+
+def test_periodic_embedding_saves_loads_and_learns_a_non_monotone_column(tmp_path: Path) -> None:
+    # One informative column whose effect turns twice (|x| in a band): what the embedding is for.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    y = ((np.abs(x[:, 0]) > 0.5) & (np.abs(x[:, 0]) < 1.5)).astype(np.float32)
+    stats = ColumnStats(0.0, 0.0, 1.0)
+    meta = DatasetMeta("csv", "x", ("a", "b"), table=TableSpec(
+        "y", ("u", "v", "w"), {}, {c: stats for c in "uvw"}, {}))
+    train, val = Split(x[:400], y[:400], []), Split(x[400:], y[400:], [])
+    model_cfg = ModelConfig(type="mlp", hidden_sizes=(16,), embedding="periodic", dropout=0.0)
+    before = build_model(model_cfg, [3], [0.0], [1.0]).body[1].frequencies.detach().clone()
+    cfg = TrainConfig(epochs=40, batch_size=32, lr=0.01, patience=0)
+    result = fit_model(model_cfg, cfg, AUG, train, val, meta, seed=0, device=CPU)
+    model = result.model.eval()
+    assert result.best_score > 0.97  # val ROC AUC
+    assert not torch.equal(model.body[1].frequencies, before)  # the frequencies are learned
+    save_model(model, tmp_path, {"model": {"type": "mlp", "hidden_sizes": [16],
+                                           "embedding": "periodic", "dropout": 0.0},
+                                 "input_shape": [3], "norm": {"mean": [0.0], "std": [1.0]}})
+    loaded, _ = load_model(tmp_path)
+    assert torch.equal(model(torch.from_numpy(x)), loaded(torch.from_numpy(x)))
 
 
 def test_every_model_type_in_the_schema_has_a_builder() -> None:
