@@ -17,8 +17,9 @@ standardised, one-hot). Prints mean ± sd over seeds of test accuracy, ROC AUC a
     .venv/bin/python benchmarks/peers.py --datasets wine iris --seeds 0 1
     .venv/bin/python benchmarks/peers.py --set tune.n_trials=5   # a params override for all
 
-Writes benchmarks/results/peers.json (figures, printed table, commit and machine; see
-benchmarks/_results.py), and with --json also every run's figures to that file.
+Writes benchmarks/results/peers.json, or peers_<label>.json with --label (an ablation arm):
+figures, printed table, commit and machine (see benchmarks/_results.py); with --json also every
+run's figures to that file.
 """
 
 from __future__ import annotations
@@ -191,7 +192,10 @@ def summary(results: dict[str, list[dict]]) -> pd.DataFrame:
 
 def main() -> None:
     """Run every (data set, seed), print the table, and the verdict against the target."""
-    args = comparison_parser(__doc__, list(DATASETS)).parse_args()
+    parser = comparison_parser(__doc__, list(DATASETS))
+    parser.add_argument("--label", help="write results/peers_<label>.json (an ablation arm) "
+                        "instead of results/peers.json")
+    args = parser.parse_args()
     sets = parse_sets(args.set)
     print(f"load average before: {os.getloadavg()}", flush=True)
     results: dict[str, list[dict]] = {}
@@ -207,7 +211,7 @@ def main() -> None:
     table, words = summary(results).to_string(index=False), verdict(results)
     print(f"{table}\n{words}")
     figures = {"sets": sets, "seeds": args.seeds, "results": results}
-    write_result("peers", figures, f"{table}\n{words}")
+    write_result(f"peers{'_' + args.label if args.label else ''}", figures, f"{table}\n{words}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
