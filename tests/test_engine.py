@@ -176,6 +176,7 @@ def test_periodic_embedding_saves_loads_and_learns_a_non_monotone_column(tmp_pat
         "y", ("u", "v", "w"), {}, {c: stats for c in "uvw"}, {}))
     train, val = Split(x[:400], y[:400], []), Split(x[400:], y[400:], [])
     model_cfg = ModelConfig(type="mlp", hidden_sizes=(16,), embedding="periodic", dropout=0.0)
+    torch.manual_seed(0)  # fit_model's seeding: `before` is the fitted model's initial state
     before = build_model(model_cfg, [3], [0.0], [1.0]).body[1].frequencies.detach().clone()
     cfg = TrainConfig(epochs=40, batch_size=32, lr=0.01, patience=0)
     result = fit_model(model_cfg, cfg, AUG, train, val, meta, seed=0, device=CPU)
