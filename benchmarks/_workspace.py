@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.config import Params
+from pipeline.core.config import default_mapping
 from pipeline.core.typed import deep_merge as merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 def default_params() -> dict:
     """The code's defaults as a params.yaml mapping (what the committed params.yaml states)."""
     # Never the checkout's params.yaml: `dvc exp run -S` writes each experiment into it.
-    return json.loads(json.dumps(dataclasses.asdict(Params())))  # tuples → lists
+    return json.loads(json.dumps(default_mapping()))  # tuples → lists
 
 
 def make_repo(dest: Path, overrides: dict | None = None, commit: bool = False) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.core.config import Params
+from pipeline.core.config import default_mapping
 from pipeline.core.typed import deep_merge as merge
 from pipeline.data.dataset import Split
 
@@ -335,7 +334,7 @@ def make_repo(dest: Path, overrides: dict, source: Path = REPO) -> Path:
     for name in tracked:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / name, dest / name)
-    defaults = json.loads(json.dumps(dataclasses.asdict(Params())))  # tuples → lists
+    defaults = json.loads(json.dumps(default_mapping()))  # tuples → lists
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(defaults, overrides), sort_keys=False))
     sh(dest, "git", "init", "-q")
     sh(dest, "git", "config", "user.email", "ci@example.com")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.config import Params, load_params, parse_params
+from pipeline.core.config import Params, default_mapping, load_params, parse_params
 from pipeline.core.errors import ConfigError
 from pipeline.stages import preprocess, validate
 from tests.helpers import REPO
@@ -49,6 +49,24 @@ def test_empty_mapping_gives_defaults() -> None:
 def test_params_yaml_states_exactly_the_defaults(tmp_path: Path) -> None:
     # Defaults live in config.py; params.yaml spells them out for users and must agree.
     assert load_params(stated_params(tmp_path)) == Params()
+
+
+@pytest.mark.parametrize(("source", "metric"), [
+    ("digits", "roc_auc"), ("imagefolder", "roc_auc"),
+    ("csv", "log_loss"), ("breast_cancer", "log_loss")])
+def test_tune_metric_auto_is_resolved_by_the_kind_of_data(source: str, metric: str) -> None:
+    params = parse_params({"data": {"source": source}})
+    assert params.tune.metric == metric  # every stage and MLflow param sees the name that ran
+    chosen = parse_params({"data": {"source": source}, "tune": {"metric": "f1"}})
+    assert chosen.tune.metric == "f1"  # a named metric is kept for either kind
+
+
+def test_default_mapping_states_auto_unresolved(tmp_path: Path) -> None:
+    # What tests and benchmarks write as params.yaml before changing data.source: a resolved
+    # roc_auc there would pin a table's copy to the image metric.
+    stated = yaml.safe_load(stated_params(tmp_path).read_text())
+    assert default_mapping()["tune"]["metric"] == stated["tune"]["metric"] == "auto"
+    assert parse_params(default_mapping()) == Params()
 
 
 def test_scientific_notation_without_dot_is_a_number() -> None:
@@ -93,6 +111,8 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"data": {"categorical_columns": ["cp", "cp"]}},
      "data.categorical_columns = ['cp', 'cp']: lists a column twice"),
     ({"data": {"numeric_scaling": "robust"}}, "data.numeric_scaling = 'robust'"),
+    ({"data": {"source": "mnist"}}, "data.source = 'mnist': must be one of ["),
+    ({"tune": {"metric": "auc"}}, "tune.metric = 'auc'"),
 ])
 def test_rejections_name_key_and_value(raw: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -15,11 +15,11 @@ from PIL import Image
 
 from pipeline.cli import predict
 from pipeline.core import fingerprints
-from pipeline.core.config import DataConfig, SplitConfig
+from pipeline.core.config import SOURCE_KINDS, DataConfig, SplitConfig
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.data.dataset import META_FILE, DatasetMeta, load_splits, save_splits
 from pipeline.data.images import auto_size, decode_image
-from pipeline.data.sources import preprocess
+from pipeline.data.sources import SOURCES, preprocess
 from pipeline.data.tables import transform_table
 from pipeline.stages import preprocess as preprocess_stage
 from tests.helpers import make_csv, make_imagefolder
@@ -337,6 +337,10 @@ def test_builtin_breast_cancer_written_once_as_csv(tmp_path: Path) -> None:
     assert meta.kind == "table" and meta.classes == ("benign", "malignant")
     assert sum(len(s.y) for s in splits.values()) == 569
     assert pd.read_csv(tmp_path / "bc.csv").shape == (569, 31)
+
+
+def test_every_source_has_the_kind_config_resolves_tune_metric_by() -> None:
+    assert {name: source.kind for name, source in SOURCES.items()} == SOURCE_KINDS
 
 
 def test_unknown_source_names_the_key(tmp_path: Path) -> None:

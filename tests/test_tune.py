@@ -107,7 +107,9 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(
     parent = client.get_run(parent_id.pop())
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["optuna.study_name"] == study.study_name
-    assert parent.data.metrics["best_val_roc_auc"] == pytest.approx(study.best_value)
+    # tune.metric auto on a table: the study minimised the validation log loss.
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert parent.data.metrics["best_val_log_loss"] == pytest.approx(study.best_value)
     assert parent.data.tags["pipeline.data_source"] == source
     figures = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "optuna")}
     assert {"optimization_history.png", "slice.png"} <= figures
@@ -117,6 +119,8 @@ def test_pruned_trials_show_in_mlflow_and_best_params_flow(
     paths = run_stages(params, tune_env, upto="train")
     config = json.loads((Path(paths["models"]) / "model_config.json").read_text())
     assert config["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
+    trained = client.search_runs([parent.info.experiment_id], "tags.`pipeline.stage` = 'train'")
+    assert trained[0].data.params["tune.metric"] == "log_loss"  # what it early-stopped on
     assert config["train"]["batch_size"] == study.best_params["train.batch_size"]
     # `dvc exp show` reads them beside params.yaml's train.lr (nothing else differs here).
     fitted = json.loads((Path(paths["reports"]) / "train_metrics.json").read_text())

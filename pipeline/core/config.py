@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,14 @@ BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 BATCHNORM = ("cnn", *BACKBONES)  # model.type values whose training fails on a batch of one
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and scikit-learn's random_state take 32 bits
 MAX_PARALLEL = 1024  # threads or processes: more than any machine has (torch takes a C int)
+# data.source → what it holds (pipeline/data/sources.py SOURCES says how each is read; a test
+# keeps the two in step): tune.metric auto depends on it before any data is read.
+SOURCE_KINDS: dict[str, Literal["image", "table"]] = {
+    "digits": "image", "breast_cancer": "table", "imagefolder": "image", "csv": "table"}
+# tune.metric auto, per kind. Tables: the log loss (benchmarks/tables.py: better accuracy, ROC
+# AUC and log loss means over 11 tables, and on the 3 tables of benchmarks/peers.py better ROC
+# AUC and log loss); images: ROC AUC (with log loss, digits and textures lost accuracy).
+AUTO_METRIC: dict[str, MonitorMetric] = {"table": "log_loss", "image": "roc_auc"}
 
 
 @dataclass(frozen=True)
@@ -240,8 +248,9 @@ class TuneConfig:
     """Complete + pruned trials the study stops at, across restarts; failed ones are retried."""
     timeout: float | None = None
     """Optional wall-clock budget in seconds for this invocation."""
-    metric: MonitorMetric = "roc_auc"
-    """Validation metric to optimise and early-stop on (trials and train); log_loss minimised."""
+    metric: MonitorMetric | Literal["auto"] = "auto"
+    """Validation metric to optimise and early-stop on (trials and train); log_loss minimised.
+    auto: log_loss for tables, roc_auc for images (Params holds the resolved name)."""
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"
     """Stops unpromising trials early from per-epoch validation reports."""
     n_workers: int = 1
@@ -311,8 +320,21 @@ class Params:
     def __post_init__(self) -> None:
         require(0 <= self.seed <= SEED_MAX, "seed", self.seed,
                 f"must be in [0, {SEED_MAX}] (numpy and scikit-learn seeds are 32-bit)")
+        require(self.data.source in SOURCE_KINDS, "data.source", self.data.source,
+                f"must be one of {sorted(SOURCE_KINDS)}")
+        if self.tune.metric == "auto":
+            # Resolved here, once: every stage, trial and MLflow param sees the metric that ran.
+            metric = AUTO_METRIC[SOURCE_KINDS[self.data.source]]
+            object.__setattr__(self, "tune", replace(self.tune, metric=metric))
         check_space(self.tune.search_space if self.tune.enabled else {}, self.train, self.model,
                     BATCHNORM)
+
+
+def default_mapping() -> dict[str, Any]:
+    """The code's defaults as params.yaml states them: `auto` values unresolved."""
+    raw = asdict(Params())
+    raw["tune"]["metric"] = TuneConfig.metric  # Params holds what `auto` resolved to
+    return raw
 
 
 def parse_params(raw: dict[str, Any] | None) -> Params:

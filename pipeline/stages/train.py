@@ -30,7 +30,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_update(args.out) as out, atomic_update(args.reports) as reports, \
             views.pipeline_run(params.mlflow.experiment, "train", meta, monitor) as run:
         sections = {"seed": params.seed, "data": params.data, "augment": params.augment,
-                    "model": model_cfg, "train": train_cfg}
+                    "model": model_cfg, "train": train_cfg, "tune": {"metric": monitor}}
         background, val_hash = records.log_training_inputs(
             run.run_id, sections, tuned, (train, args.train_dir), (val, args.data_dir), str(device))
         epochs = FitLogs(run.run_id, monitor)

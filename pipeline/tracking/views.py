@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.core.config import TuneConfig
 from pipeline.core.lineage import pipeline_run_name
 from pipeline.core.services import is_http, mask
 from pipeline.core.tags import Tag
@@ -58,7 +57,7 @@ def run_link(experiment_id: str, run_id: str) -> str:
     return f"`mlflow ui --backend-store-uri sqlite:///{db.resolve()}`, then {LOCAL_UI}/{page}"
 
 
-def table_view(metric: str = TuneConfig.metric) -> dict:
+def table_view(metric: str = "roc_auc") -> dict:
     """The runs-table state MLflow's UI saves for a view; a study parent shows best_val_metric."""
     tags = [f"tags.`{t}`" for t in (Tag.DVC_EXP, Tag.STAGE, Tag.DATA_SOURCE, Tag.TRAINED_BY,
                                     Tag.PRUNED_AT, Tag.PRUNED_STEP, Tag.TEST_METRICS_FROM)]

@@ -270,9 +270,9 @@ def tune(params: Params, data_dir: str, train_dir: str, storage: str) -> dict[st
     check_checkpoint(params.model, meta.input_shape)
     resolve_precision(params.train.precision, select_device())  # bf16 off CUDA: fail once
     name = open_services(params, data_dir, train_dir, storage)
-    log.info("study %s in %s (%d trials, %d worker(s) here; other hosts may join with "
-             "`python -m pipeline.cli.tune_worker`)", name, mask(storage), params.tune.n_trials,
-             params.tune.n_workers)
+    log.info("study %s in %s (%d trials on val_%s, %d worker(s) here; other hosts may join "
+             "with `python -m pipeline.cli.tune_worker`)", name, mask(storage),
+             params.tune.n_trials, params.tune.metric, params.tune.n_workers)
     run_id = parent_run_id(params, name, storage)  # tune_worker joins it as tune.parent_run_id
     # Ctrl-C from here on leaves one line; a second one cannot cut the clean-up short.
     exp_id = store.experiment_id(params.mlflow.experiment)
