@@ -105,7 +105,7 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({"evaluate": {"threshold": "best"}}, "evaluate.threshold = 'best'"),
     ({"model": {"ensemble": 0}}, "model.ensemble = 0: must be in [1, 64]"),
     ({"model": {"embedding": "periodic"}},
-     "model.embedding = 'periodic': is for mlp, not 'cnn' (use none)"),
+     "model.embedding = 'periodic': is for mlp, not 'cnn' (use auto or none)"),
     ({"model": {"type": "resnet18", "ensemble": 3}},
      "model.ensemble = 3: is for logreg, mlp and cnn, not 'resnet18'"),
     ({"data": {"categorical_columns": ["cp", "cp"]}},

@@ -31,8 +31,10 @@ from pipeline.models.networks import (
     BUILDERS,
     WEIGHTS_FILE,
     GlobalAvgPool,
+    PeriodicEmbedding,
     build_model,
     load_model,
+    resolved,
     save_model,
 )
 from pipeline.training.callbacks import Callback
@@ -188,6 +190,21 @@ def test_periodic_embedding_saves_loads_and_learns_a_non_monotone_column(tmp_pat
                                  "input_shape": [3], "norm": {"mean": [0.0], "std": [1.0]}})
     loaded, _ = load_model(tmp_path)
     assert torch.equal(model(torch.from_numpy(x)), loaded(torch.from_numpy(x)))
+
+
+@pytest.mark.parametrize(("kind", "shape", "embedding"), [
+    ("mlp", [5], "periodic"), ("mlp", [1, 8, 8], "none"), ("logreg", [5], "none"),
+    ("cnn", [1, 8, 8], "none")])
+def test_embedding_auto_is_periodic_for_an_mlp_on_a_table(kind: str, shape: list[int],
+                                                          embedding: str) -> None:
+    auto = ModelConfig(type=kind, conv_channels=(4,))
+    assert resolved(auto, shape).embedding == embedding
+    built = build_model(auto, shape, [0.0] * shape[0], [1.0] * shape[0])
+    assert any(isinstance(m, PeriodicEmbedding) for m in built.modules()) == (
+        embedding == "periodic")
+    # The same network as naming the resolved value: a saved config with either rebuilds it.
+    named = build_model(resolved(auto, shape), shape, [0.0] * shape[0], [1.0] * shape[0])
+    assert [type(m) for m in built.modules()] == [type(m) for m in named.modules()]
 
 
 def test_every_model_type_in_the_schema_has_a_builder() -> None:

@@ -143,11 +143,12 @@ class ModelConfig:
     """Dropout before every linear layer except logreg's (and resnet18's, which has none)."""
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     """Nonlinearity for MLP and CNN."""
-    embedding: Literal["none", "periodic"] = "none"
+    embedding: Literal["auto", "none", "periodic"] = "auto"
     """MLP inputs: as they are, or each feature through learned periodic features (sin and cos
     of 16 learned frequencies, then its own linear layer to 8 values and a ReLU; Gorishniy et
     al. 2022, "PLR"), which lets a small network fit sharp and non-monotone effects of one
-    column (benchmarks/tables.py)."""
+    column. auto: periodic for an MLP on a table, none otherwise (benchmarks/tables.py: with
+    tune.metric auto, the best of the arms on all three means)."""
     ensemble: int = 1
     """Networks trained side by side on the same batches, each from its own initialisation and
     on its own loss; the model's logit is their mean (logreg, mlp, cnn). 1 by default: five
@@ -160,8 +161,8 @@ class ModelConfig:
                 self.ensemble, f"is for logreg, mlp and cnn, not {self.type!r} (use 1)")
         require(all(h > 0 for h in self.hidden_sizes), "hidden_sizes", self.hidden_sizes,
                  "must be positive")
-        require(self.embedding == "none" or self.type == "mlp", "embedding", self.embedding,
-                f"is for mlp, not {self.type!r} (use none)")
+        require(self.embedding != "periodic" or self.type == "mlp", "embedding",
+                self.embedding, f"is for mlp, not {self.type!r} (use auto or none)")
         require(len(self.conv_channels) > 0 and all(c > 0 for c in self.conv_channels),
                  "conv_channels", self.conv_channels, "must be a non-empty list of positive ints")
         backbone = self.type in BACKBONES

@@ -21,7 +21,7 @@ from pipeline.data.dataset import DatasetMeta, Split
 from pipeline.evaluation.evaluate import write_threshold_basis
 from pipeline.models.backbones import input_norm
 from pipeline.models.inference import predict_proba
-from pipeline.models.networks import WEIGHTS_FILE, save_model
+from pipeline.models.networks import WEIGHTS_FILE, resolved, save_model
 from pipeline.training.callbacks import Callback, FitResult
 from pipeline.training.crossval import (
     CrossFit,
@@ -102,6 +102,8 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
     """Write the weights, model config, training reports and the threshold's predictions."""
     result, seed = final.result, params.seed
+    # model.embedding auto as built: the saved config and `trained` say which one ran.
+    model_cfg = resolved(model_cfg, meta.input_shape)
     if result.fold_models:  # rebuilt from the config: as many members as the folds hold
         model_cfg = dataclasses.replace(model_cfg, ensemble=model_cfg.ensemble * result.cv_folds)
     mean, std = input_norm(model_cfg, meta.norm)
