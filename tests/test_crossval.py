@@ -73,8 +73,8 @@ def test_refit_on_train_and_val_and_evaluate_thresholds_out_of_fold(
                                                     basis["probability"].to_numpy(), "f1")
     fitted = json.loads((Path(p["reports"]) / "train_metrics.json").read_text())
     assert fitted["cv_folds"] == 3 and fitted["epochs_run"] == fitted["refit_epochs"]
-    # Untuned: params.yaml's values, with train.precision: auto resolved (CPU: fp32).
-    assert fitted["trained"] == {"train.precision": "fp32"}
+    # Untuned: params.yaml's values, with each `auto` resolved (CPU: fp32; a table of 80 rows).
+    assert fitted["trained"] == {"train.precision": "fp32", "model.embedding": "none"}
     # The refit saw every augmented train row and every val row each epoch.
     splits, _ = load_splits(p["augmented"], names=("train",))
     (run,) = [r for r in MlflowClient().search_runs(
@@ -83,13 +83,14 @@ def test_refit_on_train_and_val_and_evaluate_thresholds_out_of_fold(
     n_rows = len(splits["train"].y) + len(ids["val"])
     samples = run.data.metrics["samples_per_second"] * run.data.metrics["train_seconds"]
     assert samples == pytest.approx(fitted["refit_epochs"] * n_rows, rel=1e-6)
-    history = MlflowClient().get_metric_history(run.info.run_id, "fold_val_roc_auc")
+    # tune.metric auto on a table: the folds are scored by their validation log loss.
+    history = MlflowClient().get_metric_history(run.info.run_id, "fold_val_log_loss")
     assert sorted(m.step for m in history) == [0, 1, 2]
-    assert fitted["best_val_roc_auc"] == pytest.approx(np.mean([m.value for m in history]))
+    assert fitted["best_val_log_loss"] == pytest.approx(np.mean([m.value for m in history]))
     # The console summary says the folds' score the refit was chosen by, not its in-sample one.
     (summary,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.training.callbacks"
                   and r.getMessage().startswith("train: ")]
-    assert summary == (f"train: cv mean val_roc_auc={fitted['best_val_roc_auc']:.4f} over 3 "
+    assert summary == (f"train: cv mean val_log_loss={fitted['best_val_log_loss']:.4f} over 3 "
                        f"folds; refit {fitted['refit_epochs']} epochs on train+val")
 
 
@@ -130,8 +131,8 @@ def test_tuning_reports_folds_as_steps_and_logs_them_in_the_trial_run(
         (run,) = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
             f"tags.`optuna.trial_number` = '{trial.number}'")
-        folds = [m.value for m in client.get_metric_history(run.info.run_id,
-                                                            "fold_val_roc_auc")]
+        folds = [m.value for m in client.get_metric_history(run.info.run_id,  # auto: a table
+                                                            "fold_val_log_loss")]
         assert len(folds) == 3
         assert trial.value == pytest.approx(np.mean(folds))
         assert trial.intermediate_values[3] == pytest.approx(np.mean(folds))

@@ -34,10 +34,10 @@ from pipeline.models.networks import (
     PeriodicEmbedding,
     build_model,
     load_model,
-    resolved,
     save_model,
 )
 from pipeline.training.callbacks import Callback
+from pipeline.training.crossval import with_embedding
 from pipeline.training.engine import TrainingDiverged, fit, pos_weight
 from pipeline.training.fit import fit_model
 from tests.helpers import image_split
@@ -192,19 +192,29 @@ def test_periodic_embedding_saves_loads_and_learns_a_non_monotone_column(tmp_pat
     assert torch.equal(model(torch.from_numpy(x)), loaded(torch.from_numpy(x)))
 
 
-@pytest.mark.parametrize(("kind", "shape", "embedding"), [
-    ("mlp", [5], "periodic"), ("mlp", [1, 8, 8], "none"), ("logreg", [5], "none"),
-    ("cnn", [1, 8, 8], "none")])
-def test_embedding_auto_is_periodic_for_an_mlp_on_a_table(kind: str, shape: list[int],
-                                                          embedding: str) -> None:
+def table_splits(n: int, shape: tuple[int, ...] = (3,)) -> tuple[Split, Split]:
+    """n train + validation rows (plus one augmented copy of each training row)."""
+    n_train = n * 4 // 5
+    y = (np.arange(n) % 2).astype(np.float32)
+    ids = [f"r{i}" for i in range(n)]
+    train = Split(np.zeros((2 * n_train, *shape), np.float32), np.tile(y[:n_train], 2),
+                  ids[:n_train] + [f"{i}#aug1" for i in ids[:n_train]])
+    return train, Split(np.zeros((n - n_train, *shape), np.float32), y[n_train:], ids[n_train:])
+
+
+@pytest.mark.parametrize(("kind", "n", "shape", "embedding"), [
+    ("mlp", 1001, (3,), "periodic"), ("mlp", 1000, (3,), "none"),  # copies are not rows
+    ("mlp", 1001, (1, 4, 4), "none"), ("logreg", 1001, (3,), "none"),
+    ("cnn", 1001, (1, 4, 4), "none")])
+def test_embedding_auto_is_periodic_for_an_mlp_on_a_large_table(
+        kind: str, n: int, shape: tuple[int, ...], embedding: str) -> None:
     auto = ModelConfig(type=kind, conv_channels=(4,))
-    assert resolved(auto, shape).embedding == embedding
+    assert with_embedding(auto, *table_splits(n, shape)).embedding == embedding
+    named = ModelConfig(type="mlp", embedding="none")
+    assert with_embedding(named, *table_splits(5000)) is named  # a named value is kept
+    # Unresolved, the network has none: only the training code knows the data's size.
     built = build_model(auto, shape, [0.0] * shape[0], [1.0] * shape[0])
-    assert any(isinstance(m, PeriodicEmbedding) for m in built.modules()) == (
-        embedding == "periodic")
-    # The same network as naming the resolved value: a saved config with either rebuilds it.
-    named = build_model(resolved(auto, shape), shape, [0.0] * shape[0], [1.0] * shape[0])
-    assert [type(m) for m in built.modules()] == [type(m) for m in named.modules()]
+    assert not any(isinstance(m, PeriodicEmbedding) for m in built.modules())
 
 
 def test_every_model_type_in_the_schema_has_a_builder() -> None:

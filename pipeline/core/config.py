@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.metric_names import GateMetric, MonitorMetric
+from pipeline.core.metric_names import GateMetric, MonitorMetric, TuneMetric
 from pipeline.core.space import SearchParam, check_space
 from pipeline.core.typed import build, in_range, require
 from pipeline.core.yamlfile import read_yaml, refuse_renamed
@@ -147,8 +147,8 @@ class ModelConfig:
     """MLP inputs: as they are, or each feature through learned periodic features (sin and cos
     of 16 learned frequencies, then its own linear layer to 8 values and a ReLU; Gorishniy et
     al. 2022, "PLR"), which lets a small network fit sharp and non-monotone effects of one
-    column. auto: periodic for an MLP on a table, none otherwise (benchmarks/tables.py: with
-    tune.metric auto, the best of the arms on all three means)."""
+    column. auto: periodic for an MLP on a table of more than 1,000 train + validation rows,
+    none otherwise (resolved from the data: pipeline/training/crossval.py with_embedding)."""
     ensemble: int = 1
     """Networks trained side by side on the same batches, each from its own initialisation and
     on its own loss; the model's logit is their mean (logreg, mlp, cnn). 1 by default: five
@@ -249,7 +249,7 @@ class TuneConfig:
     """Complete + pruned trials the study stops at, across restarts; failed ones are retried."""
     timeout: float | None = None
     """Optional wall-clock budget in seconds for this invocation."""
-    metric: MonitorMetric | Literal["auto"] = "auto"
+    metric: TuneMetric = "auto"
     """Validation metric to optimise and early-stop on (trials and train); log_loss minimised.
     auto: log_loss for tables, roc_auc for images (Params holds the resolved name)."""
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"

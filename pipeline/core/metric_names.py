@@ -14,6 +14,9 @@ MonitorMetric = Literal["roc_auc", "average_precision", "accuracy", "f1", "log_l
 GateMetric = Literal[MonitorMetric, "brier"]
 """Test scores the register gate compares challenger and champion on (register.metric)."""
 
+TuneMetric = Literal[MonitorMetric, "auto"]
+"""tune.metric as params.yaml may state it (auto: resolved by the kind of data)."""
+
 MONITOR_METRICS: tuple[str, ...] = get_args(MonitorMetric)
 GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 # Scores where a smaller value is better ("loss": the training loss); everything else is

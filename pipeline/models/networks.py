@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -106,7 +105,7 @@ def mlp(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
     width, then one logit."""
     n_in, act = math.prod(input_shape), ACTIVATIONS[cfg.activation]
     layers: list[nn.Module] = [nn.Flatten()]
-    if resolved(cfg, input_shape).embedding == "periodic":
+    if cfg.embedding == "periodic":  # auto is resolved from the data before (training.crossval)
         layers.append(embedding := PeriodicEmbedding(n_in))
         n_in = embedding.out_features
     for width in cfg.hidden_sizes:
@@ -138,16 +137,6 @@ def cnn(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
 BUILDERS: dict[str, Callable[[ModelConfig, Sequence[int]], nn.Module]] = {
     "logreg": logreg, "mlp": mlp, "cnn": cnn,
     **{name: backbone for name in MIN_SIZE}}
-
-
-def resolved(cfg: ModelConfig, input_shape: Sequence[int]) -> ModelConfig:
-    """`cfg` with model.embedding auto made concrete: periodic for an MLP on a table (a 1-D
-    input), none otherwise."""
-    if cfg.embedding != "auto":
-        return cfg
-    table = len(input_shape) == 1
-    return dataclasses.replace(cfg, embedding="periodic" if cfg.type == "mlp" and table
-                               else "none")
 
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], mean: Sequence[float],

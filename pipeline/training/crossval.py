@@ -47,12 +47,29 @@ def resolve_folds(cv_folds: int | str, n_samples: int, n_minority: int) -> int:
     return k
 
 
+def source_labels(train: Split, val: Split) -> dict[str, float]:
+    """Each source sample of train + val and its label (augmented copies are not samples)."""
+    return dict(zip(map(source_id, (*train.ids, *val.ids)),
+                    np.concatenate([train.y, val.y]).tolist(), strict=True))
+
+
 def folds_for(cv_folds: int | str, train: Split, val: Split) -> int:
     """resolve_folds for these splits (counted by source sample: copies are not samples)."""
-    labels = dict(zip(map(source_id, (*train.ids, *val.ids)),
-                      np.concatenate([train.y, val.y]).tolist(), strict=True))
+    labels = source_labels(train, val)
     positives = int(sum(labels.values()))
     return resolve_folds(cv_folds, len(labels), min(positives, len(labels) - positives))
+
+
+def with_embedding(model_cfg: ModelConfig, train: Split, val: Split) -> ModelConfig:
+    """model.embedding auto for these splits: periodic for an MLP on a table of more than
+    AUTO_MAX_SAMPLES train + validation samples (where cv_folds auto stops cross-validating),
+    none otherwise. benchmarks/README.md (tables): on tables of a few hundred rows periodic
+    features were mixed, and on wine and iris (178, 150 rows) they lost to the baselines."""
+    if model_cfg.embedding != "auto":
+        return model_cfg
+    large_table = train.X.ndim == 2 and len(source_labels(train, val)) > AUTO_MAX_SAMPLES
+    return dataclasses.replace(model_cfg, embedding="periodic" if model_cfg.type == "mlp"
+                               and large_table else "none")
 
 
 @dataclass(frozen=True)

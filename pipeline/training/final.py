@@ -21,7 +21,7 @@ from pipeline.data.dataset import DatasetMeta, Split
 from pipeline.evaluation.evaluate import write_threshold_basis
 from pipeline.models.backbones import input_norm
 from pipeline.models.inference import predict_proba
-from pipeline.models.networks import WEIGHTS_FILE, resolved, save_model
+from pipeline.models.networks import WEIGHTS_FILE, save_model
 from pipeline.training.callbacks import Callback, FitResult
 from pipeline.training.crossval import (
     CrossFit,
@@ -30,6 +30,7 @@ from pipeline.training.crossval import (
     folds_for,
     make_pool,
     refit,
+    with_embedding,
 )
 from pipeline.training.fit import fit_model, trained_with
 
@@ -45,6 +46,7 @@ class Final:
     p: np.ndarray
     fold: np.ndarray
     cv: CrossFit | None = None
+    model_cfg: ModelConfig | None = None  # with `auto` resolved as the model was built
 
     def folds(self) -> tuple[list[float], list[int]]:
         """Per-fold best validation scores and epochs (none without folds)."""
@@ -70,13 +72,14 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
     and keep the fold models or refit on all of it for the folds' median epochs (cv_model).
     `callbacks(fit)` gives each fit's callbacks: fit is "" for the model's own fit (or the
     fold models' summary), "fold<i>/" for fold i."""
+    model_cfg = with_embedding(model_cfg, train, val)
     k = folds_for(train_cfg.cv_folds, train, val)
     if not k:
         result = fit_model(model_cfg, train_cfg, augment, train, val, meta, seed=seed,
                            device=device, monitor=monitor, callbacks=callbacks(""))
         return Final(result, list(val.ids), val.y,
                      predict_proba(result.model, val.X, precision=train_cfg.precision),
-                     np.full(len(val.y), -1))
+                     np.full(len(val.y), -1), model_cfg=model_cfg)
     pool = make_pool(train, val, k, seed)
     cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
                    monitor=monitor, callbacks=lambda fold: callbacks(f"fold{fold + 1}/"))
@@ -89,7 +92,7 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
                        device=device, monitor=monitor, callbacks=callbacks(""))
     keep = pool.originals
     return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
-                 pool.folds, cv)
+                 pool.folds, cv, model_cfg)
 
 
 def history_rows(result: FitResult) -> list[dict[str, float]]:
@@ -102,8 +105,8 @@ def save_training(final: Final, out: str | Path, reports: str | Path,
                   meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
     """Write the weights, model config, training reports and the threshold's predictions."""
     result, seed = final.result, params.seed
-    # model.embedding auto as built: the saved config and `trained` say which one ran.
-    model_cfg = resolved(model_cfg, meta.input_shape)
+    if final.model_cfg is not None:  # `auto` as built: the saved config and `trained` say it
+        model_cfg = final.model_cfg
     if result.fold_models:  # rebuilt from the config: as many members as the folds hold
         model_cfg = dataclasses.replace(model_cfg, ensemble=model_cfg.ensemble * result.cv_folds)
     mean, std = input_norm(model_cfg, meta.norm)

@@ -12,7 +12,7 @@ from pipeline.data.dataset import DatasetMeta, Split
 from pipeline.models.device import select_device
 from pipeline.tracking import metric_log, runs
 from pipeline.training.callbacks import Callback, FitResult
-from pipeline.training.crossval import cross_fit, make_pool
+from pipeline.training.crossval import cross_fit, make_pool, with_embedding
 from pipeline.training.fit import apply_tuned, fit_model
 from pipeline.tuning import trial_runs
 from pipeline.tuning.study import LOSS_ATTR, report_epochs, suggest
@@ -83,6 +83,7 @@ def run_trial(job: TuneJob, trial: optuna.Trial, train: Split, val: Split,
     except ConfigError as err:
         raise PipelineError(f"trial {trial.number}: invalid sampled params {values}: {err}") \
             from None
+    model_cfg = with_embedding(model_cfg, train, val)  # as fit_final resolves it
     # Float reductions depend on the thread count: the trial records it, train uses it.
     threads = trial_threads(train_cfg.num_threads, params.tune.n_workers)
     train_cfg = replace(train_cfg, num_threads=threads)
