@@ -23,8 +23,8 @@ MAX_PARALLEL = 1024  # threads or processes: more than any machine has (torch ta
 SOURCE_KINDS: dict[str, Literal["image", "table"]] = {
     "digits": "image", "breast_cancer": "table", "imagefolder": "image", "csv": "table"}
 # tune.metric auto, per kind. Tables: the log loss (benchmarks/tables.py: better accuracy, ROC
-# AUC and log loss means over 11 tables, and on the 3 tables of benchmarks/peers.py better ROC
-# AUC and log loss); images: ROC AUC (with log loss, digits and textures lost accuracy).
+# AUC and log loss means over 11 tables; on the 3 tables of benchmarks/peers.py a better log
+# loss on all 3); images: ROC AUC (with log loss, digits and textures lost accuracy).
 AUTO_METRIC: dict[str, MonitorMetric] = {"table": "log_loss", "image": "roc_auc"}
 
 

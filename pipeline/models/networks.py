@@ -105,7 +105,8 @@ def mlp(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
     width, then one logit."""
     n_in, act = math.prod(input_shape), ACTIVATIONS[cfg.activation]
     layers: list[nn.Module] = [nn.Flatten()]
-    if cfg.embedding == "periodic":  # auto is resolved from the data before (training.crossval)
+    # auto means none here: training.crossval.with_embedding resolves it from the data's size.
+    if cfg.embedding == "periodic":
         layers.append(embedding := PeriodicEmbedding(n_in))
         n_in = embedding.out_features
     for width in cfg.hidden_sizes:
