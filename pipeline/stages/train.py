@@ -37,7 +37,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         final = fit_final(model_cfg, train_cfg, params.augment, train, val, meta, seed=params.seed,
                           device=device, monitor=monitor, callbacks=epochs)
         # Into temp folders: they replace the old outputs only once the run has recorded them.
-        weights = save_training(final, out, reports, model_cfg, train_cfg, params, meta, tuned)
+        weights = save_training(final, out, reports, train_cfg, params, meta, tuned)
         records.log_training_result(run, final, weights, val_hash, pending=(background, epochs))
 
 

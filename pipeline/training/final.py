@@ -45,8 +45,8 @@ class Final:
     y: np.ndarray
     p: np.ndarray
     fold: np.ndarray
+    model_cfg: ModelConfig  # with `auto` resolved as the model was built
     cv: CrossFit | None = None
-    model_cfg: ModelConfig | None = None  # with `auto` resolved as the model was built
 
     def folds(self) -> tuple[list[float], list[int]]:
         """Per-fold best validation scores and epochs (none without folds)."""
@@ -79,7 +79,7 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
                            device=device, monitor=monitor, callbacks=callbacks(""))
         return Final(result, list(val.ids), val.y,
                      predict_proba(result.model, val.X, precision=train_cfg.precision),
-                     np.full(len(val.y), -1), model_cfg=model_cfg)
+                     np.full(len(val.y), -1), model_cfg)
     pool = make_pool(train, val, k, seed)
     cv = cross_fit(model_cfg, train_cfg, augment, pool, meta, seed=seed, device=device,
                    monitor=monitor, callbacks=lambda fold: callbacks(f"fold{fold + 1}/"))
@@ -92,7 +92,7 @@ def fit_final(model_cfg: ModelConfig, train_cfg: TrainConfig, augment: AugmentCo
                        device=device, monitor=monitor, callbacks=callbacks(""))
     keep = pool.originals
     return Final(result, [pool.data.ids[i] for i in keep], pool.data.y[keep], cv.oof,
-                 pool.folds, cv, model_cfg)
+                 pool.folds, model_cfg, cv)
 
 
 def history_rows(result: FitResult) -> list[dict[str, float]]:
@@ -101,12 +101,11 @@ def history_rows(result: FitResult) -> list[dict[str, float]]:
 
 
 def save_training(final: Final, out: str | Path, reports: str | Path,
-                  model_cfg: ModelConfig, train_cfg: TrainConfig, params: Params,
-                  meta: DatasetMeta, tuned: dict[str, Any]) -> Path:
+                  train_cfg: TrainConfig, params: Params, meta: DatasetMeta,
+                  tuned: dict[str, Any]) -> Path:
     """Write the weights, model config, training reports and the threshold's predictions."""
-    result, seed = final.result, params.seed
-    if final.model_cfg is not None:  # `auto` as built: the saved config and `trained` say it
-        model_cfg = final.model_cfg
+    # The config as built (`auto` resolved): the saved config and `trained` say which it was.
+    result, seed, model_cfg = final.result, params.seed, final.model_cfg
     if result.fold_models:  # rebuilt from the config: as many members as the folds hold
         model_cfg = dataclasses.replace(model_cfg, ensemble=model_cfg.ensemble * result.cv_folds)
     mean, std = input_norm(model_cfg, meta.norm)
