@@ -367,6 +367,50 @@ def test_global_pool_is_the_mean_and_keeps_the_gradient_channels_last() -> None:
     assert x.grad is not None and x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def textbook_cnn(channels: tuple[int, ...], activation: type[torch.nn.Module]) -> torch.nn.Module:
+    """Conv → BatchNorm → activation → max-pool, as a user writes it (the pool after it)."""
+    layers: list[torch.nn.Module] = []
+    c_in = 1
+    for i, width in enumerate(channels):
+        layers += [torch.nn.Conv2d(c_in, width, 3, padding=1, bias=False),
+                   torch.nn.BatchNorm2d(width), activation()]
+        if i < len(channels) - 1:
+            layers.append(torch.nn.MaxPool2d(2))
+        c_in = width
+    layers += [GlobalAvgPool(), torch.nn.Flatten(), torch.nn.Dropout(0.0),
+               torch.nn.Linear(c_in, 1)]
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize(("activation", "module"), [("relu", torch.nn.ReLU),
+                                                    ("gelu", torch.nn.GELU)])
+def test_cnn_pools_before_relu_with_the_same_outputs_gradients_and_keys(
+        activation: str, module: type[torch.nn.Module]) -> None:
+    cfg = ModelConfig(type="cnn", conv_channels=(4, 8, 8), dropout=0.0, activation=activation)
+    body = build_model(cfg, (1, 8, 8), [0.0], [1.0]).body
+    reference = textbook_cnn(cfg.conv_channels, module)
+    # Same parameter-bearing modules at the same indices: saved weights load either way.
+    assert list(body.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(body.state_dict())
+    order = [type(m).__name__ for m in body][:4]
+    # ReLU is moved after the pool (it commutes with max); GELU is not monotone, so it stays.
+    assert order == (["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] if activation == "relu"
+                     else ["Conv2d", "BatchNorm2d", "GELU", "MaxPool2d"])
+    # Integer pixels with flat patches: pooling windows with ties and all-negative windows.
+    x = torch.randint(0, 3, (6, 1, 8, 8)).float()
+    x[:, :, :4, :4] = 1.0
+    outputs = []
+    for net in (body, reference):
+        net.train()
+        inputs = x.clone().requires_grad_()
+        out = net(inputs)
+        out.square().sum().backward()
+        outputs.append((out, inputs.grad, [p.grad for p in net.parameters()]))
+    (out, grad_in, grads), (ref_out, ref_grad_in, ref_grads) = outputs
+    assert torch.equal(out, ref_out) and torch.equal(grad_in, ref_grad_in)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads, strict=True))
+
+
 def test_cpu_inference_batches_stay_small_and_accelerators_take_large_ones() -> None:
     digits = np.zeros((300, 1, 16, 16), np.uint8)
     photos = np.zeros((3, 3, 224, 224), np.uint8)

@@ -116,19 +116,32 @@ def mlp(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def activate_and_pool(activation: str, pool: list[nn.Module]) -> list[nn.Module]:
+    """A conv block's activation and (between blocks) max-pooling, in the cheaper order."""
+    if activation != "relu":
+        return [ACTIVATIONS[activation](), *pool]
+    # ReLU commutes with max-pooling, values and gradients alike (a window's first maximum is
+    # the first of its ReLU'd values too, and one at or below zero gets no gradient either
+    # way), so pooling first runs it on a quarter of the values. In place: neither pooling
+    # nor BatchNorm keeps its output for the backward pass. Parameter-free, so saved state
+    # dicts keep their keys. (The first block's ReLU, forward and backward, alone took ~4 % of
+    # a default CNN step on CPU: 165 of ~4,000 µs.)
+    return [*pool, nn.ReLU(inplace=True)]
+
+
 def cnn(cfg: ModelConfig, input_shape: Sequence[int]) -> nn.Module:
     """Conv → BatchNorm → activation blocks, global average pooling, dropout, one logit."""
     if len(input_shape) != 3:
         raise ConfigError(f"model.type = {cfg.type!r}: needs image data, but the inputs are a "
                           f"table with {math.prod(input_shape)} features (use mlp or logreg)")
-    in_channels, act = input_shape[0], ACTIVATIONS[cfg.activation]
+    in_channels = input_shape[0]
     layers: list[nn.Module] = []
     for i, width in enumerate(cfg.conv_channels):
         layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(width), act()]
+                   nn.BatchNorm2d(width)]
         # Halve the resolution between blocks; the last block is pooled globally instead.
-        if i < len(cfg.conv_channels) - 1:
-            layers.append(nn.MaxPool2d(2))
+        pool = [nn.MaxPool2d(2)] if i < len(cfg.conv_channels) - 1 else []
+        layers += activate_and_pool(cfg.activation, pool)
         in_channels = width
     layers += [GlobalAvgPool(), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(in_channels, 1)]
     return nn.Sequential(*layers)

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import DataError, PipelineError
+from pipeline.core.heap import hold_heap
 from pipeline.data.dataset import Split
 from pipeline.evaluation.metrics import improvement, monitor_scores
 from pipeline.models.device import autocast, resolve_precision
@@ -52,6 +53,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, seed: i
         restore_best: bool = True) -> FitResult:
     """Train with early stopping on the validation `monitor`, restoring the best weights
     (restore_best=False keeps the last epoch's: a refit whose validation rows it trains on)."""
+    hold_heap()  # a step's activations reuse freed memory instead of faulting in fresh pages
     model = model.to(device)
     if train.X.ndim == 4:
         model = model.to(memory_format=torch.channels_last)  # as_inputs makes batches NHWC
