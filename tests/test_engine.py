@@ -382,10 +382,12 @@ def textbook_cnn(channels: tuple[int, ...], activation: type[torch.nn.Module]) -
     return torch.nn.Sequential(*layers)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize(("activation", "module"), [("relu", torch.nn.ReLU),
                                                     ("gelu", torch.nn.GELU)])
 def test_cnn_pools_before_relu_with_the_same_outputs_gradients_and_keys(
-        activation: str, module: type[torch.nn.Module]) -> None:
+        activation: str, module: type[torch.nn.Module], layout: torch.memory_format) -> None:
+    torch.manual_seed(0)
     cfg = ModelConfig(type="cnn", conv_channels=(4, 8, 8), dropout=0.0, activation=activation)
     body = build_model(cfg, (1, 8, 8), [0.0], [1.0]).body
     reference = textbook_cnn(cfg.conv_channels, module)
@@ -396,19 +398,22 @@ def test_cnn_pools_before_relu_with_the_same_outputs_gradients_and_keys(
     # ReLU is moved after the pool (it commutes with max); GELU is not monotone, so it stays.
     assert order == (["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] if activation == "relu"
                      else ["Conv2d", "BatchNorm2d", "GELU", "MaxPool2d"])
-    # Integer pixels with flat patches: pooling windows with ties and all-negative windows.
+    # Integer pixels and a flat 6x6 patch: its inner 2x2 pooling window holds four equal
+    # values (a tie), and some windows hold only values <= 0.
     x = torch.randint(0, 3, (6, 1, 8, 8)).float()
-    x[:, :, :4, :4] = 1.0
-    outputs = []
-    for net in (body, reference):
-        net.train()
-        inputs = x.clone().requires_grad_()
-        out = net(inputs)
-        out.square().sum().backward()
-        outputs.append((out, inputs.grad, [p.grad for p in net.parameters()]))
-    (out, grad_in, grads), (ref_out, ref_grad_in, ref_grads) = outputs
-    assert torch.equal(out, ref_out) and torch.equal(grad_in, ref_grad_in)
-    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads, strict=True))
+    x[:, :, :6, :6] = 1.0
+    for training in (True, False):  # batch statistics, then the running ones
+        outputs = []
+        for net in (body, reference):
+            net.to(memory_format=layout).train(training)
+            inputs = x.clone().contiguous(memory_format=layout).requires_grad_()
+            out = net(inputs)
+            out.square().sum().backward()
+            outputs.append((out, inputs.grad, [p.grad.clone() for p in net.parameters()]))
+            net.zero_grad()
+        (out, grad_in, grads), (ref_out, ref_grad_in, ref_grads) = outputs
+        assert torch.equal(out, ref_out) and torch.equal(grad_in, ref_grad_in)
+        assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads, strict=True))
 
 
 def test_cpu_inference_batches_stay_small_and_accelerators_take_large_ones() -> None:

@@ -94,8 +94,8 @@ def log_raw_model(files: Package, meta: DatasetMeta, threshold: float,
                   example: pd.DataFrame) -> ModelInfo:
     """Log the pyfunc (models-from-code) from its files, with signature and contract."""
     # MLflow runs pyfunc_model.py in this process (and the gate loads the model back), so the
-    # register stage runs serving.py and what it imports (models/inference.py, models/device.py)
-    # without importing them itself: dvc.yaml lists them as this stage's deps.
+    # register stage runs serving.py and what it imports (models/inference.py, models/device.py,
+    # core/heap.py) without importing them itself: dvc.yaml lists them as this stage's deps.
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
         code_paths=[str(files.code)], artifacts=files.artifacts,

@@ -3,8 +3,6 @@ how it behaves inside `mlflow models serve`: one-line refusals, no tracebacks, f
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import logging
 import sys
@@ -22,6 +20,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from pipeline.core.errors import DataError
+from pipeline.core.heap import keep_memory_flat, release_memory
 from pipeline.data.dataset import DatasetMeta
 from pipeline.data.model_inputs import Budget, BudgetError, request_budget
 from pipeline.models.device import model_precision
@@ -32,8 +31,6 @@ from pipeline.registry.signature import input_schema
 
 log = logging.getLogger(__name__)
 SCORING_SERVER = "mlflow.pyfunc.scoring_server"  # imported only by the process serving us
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_FROM = 1 << 20  # bytes: buffers this big are mapped alone and unmapped when freed
 
 
 _ERROR_CODES = {400: INVALID_PARAMETER_VALUE, 413: REQUEST_LIMIT_EXCEEDED, 500: INTERNAL_ERROR}
@@ -81,35 +78,6 @@ def quiet_scoring_server() -> None:
 
     without_traceback.quiet = True  # type: ignore[attr-defined]
     MlflowException.serialize_as_json = without_traceback  # type: ignore[method-assign]
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (mallopt, malloc_trim); None elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None  # musl, macOS, Windows: their allocators are not tuned here
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
-def keep_memory_flat() -> None:
-    """Make freed request buffers go back to the OS in this (serving) process."""
-    # glibc raises its mmap threshold to each big buffer freed (up to 32 MB); after that,
-    # decoded images (Pillow allocates 16 MB blocks) land in per-thread arenas whose tops it
-    # keeps: +4 GB never returned after 50 big requests (benchmarks/serving_load.py). A
-    # fixed threshold maps big buffers alone, unmapped on free; ~1 syscall per buffer.
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_FROM)
-        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_FROM)
-
-
-def release_memory() -> None:
-    """Hand freed heap pages back to the OS after a request (glibc keeps them otherwise)."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 class RawInputClassifier(mlflow.pyfunc.PythonModel):
