@@ -201,6 +201,9 @@ class TrainConfig:
     """What picks the best epoch: the tuned metric (ties by loss), or the validation loss."""
     grad_clip: float = 0.0
     """Max gradient norm; 0 disables clipping."""
+    ema: float = 0.0
+    """Per-step decay of an exponential moving average of the weights, validated and kept
+    instead of the raw ones (warmed up: min(ema, (1+t)/(10+t)) at step t); 0 disables."""
     class_weight: Literal["none", "balanced"] = "none"
     """balanced sets pos_weight = negatives / positives of the training split."""
     online_augment: bool = False
@@ -225,6 +228,7 @@ class TrainConfig:
         in_range(self, "num_threads", 1, MAX_PARALLEL)
         in_range(self, "weight_decay patience grad_clip", 0)
         in_range(self, "momentum", 0, 1, high_open=True)
+        in_range(self, "ema", 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)

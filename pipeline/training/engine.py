@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import DataError, PipelineError
@@ -96,6 +97,12 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     order: torch.Generator  # batch order, independent of the init draws
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    average: AveragedModel | None = None  # train.ema: the weights validated and kept
+
+    @property
+    def scored(self) -> nn.Module:
+        """The network validation scores and early stopping keeps: the average if there is one."""
+        return self.model if self.average is None else self.average.module
 
 
 @dataclass
@@ -148,8 +155,21 @@ def prepare(model: nn.Module, cfg: TrainConfig, train: Feed, *, seed: int,
     require_batch_norm_batches(model, train.n, cfg.batch_size)
     order = torch.Generator().manual_seed(seed)
     precision = resolve_precision(cfg.precision, device)  # bf16 off CUDA fails here
+    # Buffers are averaged too, so a BatchNorm's running statistics match the averaged weights.
+    average = (AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
+               if cfg.ema > 0 else None)
     return Loop(model, cfg, device, monitor, precision, loss_fn, optimizer, scheduler, order,
-                batch_transform)
+                batch_transform, average)
+
+
+def ema_update(decay: float) -> Callable[..., None]:
+    """AveragedModel's in-place update for an EMA whose decay warms up as (1+t)/(10+t): the
+    first steps' weights, far from trained, fade out fast instead of dominating the average."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               steps: torch.Tensor) -> None:
+        t = int(steps)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + t) / (10.0 + t)))
+    return update
 
 
 def train_epoch(loop: Loop, feed: Feed) -> tuple[torch.Tensor, float]:
@@ -174,6 +194,8 @@ def train_epoch(loop: Loop, feed: Feed) -> tuple[torch.Tensor, float]:
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         loop.optimizer.step()
+        if loop.average is not None:
+            loop.average.update_parameters(model)
         total += loss.detach() * len(xb)  # accumulate on device: no sync per step
     lr = loop.optimizer.param_groups[0]["lr"]
     if loop.scheduler is not None:
@@ -184,7 +206,7 @@ def train_epoch(loop: Loop, feed: Feed) -> tuple[torch.Tensor, float]:
 def validate(loop: Loop, feed: Feed, y: np.ndarray, epoch: int) -> tuple[float, dict[str, float]]:
     """The validation loss and the `val_` scores of one pass over `feed` (labels `y`)."""
     with autocast(loop.precision, loop.device):
-        logits = predict_logits(loop.model, feed)
+        logits = predict_logits(loop.scored, feed)
     if not bool(torch.isfinite(logits).all()):
         raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite validation "
                                f"outputs); lower train.lr = {loop.cfg.lr}")
@@ -212,7 +234,7 @@ def _fit(loop: Loop, train: Feed, val: Feed, callbacks: Sequence[Callback],
         history.append({"epoch": epoch, "train_loss": float(total) / train.n,
                         "val_loss": val_loss, "lr": lr,
                         "epoch_seconds": time.perf_counter() - tick, **scores})
-        best.update(loop.model, history[-1])
+        best.update(loop.scored, history[-1])
         for cb in callbacks:
             cb.on_epoch_end(epoch, history[-1])
         stopped_early = bool(loop.cfg.patience) and best.stale >= loop.cfg.patience
@@ -220,6 +242,8 @@ def _fit(loop: Loop, train: Feed, val: Feed, callbacks: Sequence[Callback],
             break
     if best.weights is not None:
         loop.model.load_state_dict(best.weights)
+    elif loop.average is not None:  # a refit keeps its last epoch: the average's
+        loop.model.load_state_dict(loop.average.module.state_dict())
     loop.model.eval()
     result = FitResult(model=loop.model, history=history, best_epoch=best.epoch,
                        best_score=float(best.score if best.score is not None else np.nan),
