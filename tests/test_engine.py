@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pipeline.core.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.core.errors import ConfigError
@@ -140,18 +141,55 @@ def test_a_callback_ends_the_fit_and_a_refit_keeps_the_last_weights() -> None:
     assert float(loss) == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
 
 
+def test_ema_keeps_and_validates_the_warmed_up_average_of_every_step() -> None:
+    train, val = images(24, 0), images(8, 1)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, patience=0, scheduler="none",
+                      ema=0.9)
+    steps: list[list[torch.Tensor]] = []
+    model_cfg = ModelConfig(type="mlp", hidden_sizes=(8,), dropout=0.0)
+    hook = register_optimizer_step_post_hook(
+        lambda opt, *_: steps.append([p.detach().clone() for g in opt.param_groups
+                                      for p in g["params"]]))
+    try:
+        result = build_and_fit(model_cfg, cfg, train, val, seed=0, device=CPU,
+                               restore_best=False)
+    finally:
+        hook.remove()
+    assert len(steps) == 3 * 3  # 24 rows in batches of 8, 3 epochs
+    # The average by hand: the first step's weights, then each step's blended in with the
+    # warmed-up decay min(0.9, (1+t)/(10+t)) (0.9 from t = 80: never, on 9 steps).
+    average = steps[0]
+    for t, weights in enumerate(steps[1:], start=1):
+        decay = min(0.9, (1 + t) / (10 + t))
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights, strict=True)]
+    kept = list(result.model.parameters())
+    for a, k, last in zip(average, kept, steps[-1], strict=True):
+        torch.testing.assert_close(k.detach(), a)
+        assert not torch.allclose(k.detach(), last)  # not the raw last step's weights
+    # The validation loss logged is the average's: the kept model scores it.
+    with torch.no_grad():
+        loss = F.binary_cross_entropy_with_logits(result.model(torch.from_numpy(val.X)),
+                                                  torch.from_numpy(val.y))
+    assert float(loss) == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+    # Training itself is untouched: without the average the raw weights are the last step's.
+    raw = build_and_fit(model_cfg, replace(cfg, ema=0.0), train, val, seed=0, device=CPU,
+                        restore_best=False)
+    for r, last in zip(raw.model.parameters(), steps[-1], strict=True):
+        assert torch.equal(r.detach(), last)
+
+
 def fit_and_save(folder: Path, model_type: str, seed: int = 3) -> str:
-    cfg = TrainConfig(epochs=3, batch_size=8, patience=0)
-    kind, _, embedding = model_type.partition("+")
+    kind, _, option = model_type.partition("+")
+    cfg = TrainConfig(epochs=3, batch_size=8, patience=0, ema=0.9 if option == "ema" else 0.0)
     model_cfg = ModelConfig(type=kind, conv_channels=(4, 8), hidden_sizes=(8,),
-                            embedding=embedding or "none")
+                            embedding="periodic" if option == "periodic" else "none")
     result = build_and_fit(model_cfg, cfg, images(32, 0), images(16, 1), seed=seed,
                            device=CPU)
     save_model(result.model, folder, {"model": {}})
     return hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("model_type", ["logreg", "mlp", "mlp+periodic", "cnn"])
+@pytest.mark.parametrize("model_type", ["logreg", "mlp", "mlp+periodic", "cnn", "cnn+ema"])
 def test_rerun_is_byte_identical(tmp_path: Path, model_type: str) -> None:
     first = fit_and_save(tmp_path / "a", model_type)
     assert fit_and_save(tmp_path / "b", model_type) == first
