@@ -109,11 +109,14 @@ def main() -> None:
                       f"; oracle {top:.4f} ({oracle}){' >=+1sd' if top >= mean + sd else ''}"
                       f"; paired {diff[0]:+.4f} ± {diff[1]:.4f}; {first} vs {second}+1sd: "
                       f"{'yes' if apart else 'no'}")
-        reached = sum(v["oracle"] >= v["mean"] + v["sd"] for v in figures["sets"].values())
-        print(f"\nthe oracle over {len(found)} arms reaches best + 1 sd on {reached} of "
-              f"{len(figures['sets'])} sets x metrics; the best baseline clears the second "
-              f"best's mean + sd on {separated} of {len(figures['sets'])}")
-        figures["oracle_plus_sd"], figures["baselines_separated"] = reached, separated
+        cells = figures["sets"].values()
+        level = sum(v["oracle"] >= v["mean"] for v in cells)
+        reached = sum(v["oracle"] >= v["mean"] + v["sd"] for v in cells)
+        print(f"\nthe oracle over {len(found)} arms reaches the best baseline's mean on {level} "
+              f"and its mean + sd on {reached} of {len(cells)} sets x metrics; the best "
+              f"baseline clears the second best's mean + sd on {separated} of {len(cells)}")
+        figures["oracle_at_best"], figures["oracle_plus_sd"] = level, reached
+        figures["baselines_separated"] = separated
     write_result("tables_arms", figures, printed.getvalue())
 
 
