@@ -167,11 +167,13 @@ def ema_update(decay: float) -> Callable[..., None]:
     first steps' weights, far from trained, fade out fast instead of dominating the average."""
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
                steps: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():  # BatchNorm's batch counts: the current ones
-            torch._foreach_copy_(averaged, current)
-            return
         t = int(steps)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + t) / (10.0 + t)))
+        weight = 1.0 - min(decay, (1.0 + t) / (10.0 + t))
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.lerp_(c, weight)
+            else:  # BatchNorm's batch counts: the current ones
+                a.copy_(c)
     return update
 
 
