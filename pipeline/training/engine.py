@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -165,9 +166,10 @@ def prepare(model: nn.Module, cfg: TrainConfig, train: Feed, *, seed: int,
 def ema_update(decay: float) -> Callable[..., None]:
     """AveragedModel's in-place update for an EMA whose decay warms up as (1+t)/(10+t): the
     first steps' weights, far from trained, fade out fast instead of dominating the average."""
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
-               steps: torch.Tensor) -> None:
-        t = int(steps)
+    counted = itertools.count(1)  # AveragedModel's own count lives on the device: a sync a step
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+        t = next(counted)  # its first update copies the weights and does not come here
         weight = 1.0 - min(decay, (1.0 + t) / (10.0 + t))
         for a, c in zip(averaged, current, strict=True):
             if a.is_floating_point():
