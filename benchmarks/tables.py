@@ -323,19 +323,34 @@ def summary(results: dict[str, list[dict]]) -> pd.DataFrame:
 VERDICT_KEY = {"accuracy": "accuracy_at_0.5", "roc_auc": "roc_auc"}
 
 
+def seed_figures(runs: list[dict], metric: str) -> dict[str, list[float]]:
+    """Each method's figure per seed for a verdict (the pipeline's accuracy at 0.5)."""
+    return {m: [r[m][VERDICT_KEY.get(metric, metric) if m == "pipeline" else metric] for r in runs]
+            for m in runs[0]}
+
+
+def baselines_ranked(figures: dict[str, list[float]]) -> list[str]:
+    """The baselines of `seed_figures`, best mean first."""
+    return sorted((m for m in figures if m != "pipeline"),
+                  key=lambda m: -statistics.mean(figures[m]))
+
+
+def judged(ours: float, best: list[float]) -> str:
+    """A pipeline mean against the best baseline's figures: >=best+1sd, >=best or BELOW best."""
+    mean, sd = mean_sd(best)
+    return ">=best+1sd" if ours >= mean + sd else ">=best" if ours >= mean else "BELOW best"
+
+
 def verdict(results: dict[str, list[dict]], refused: dict[str, str]) -> str:
     """Per set and metric: pipeline mean >= best baseline mean (>=best), >= it + 1 sd
     (>=best+1sd); the target is >=best on every set and >=best+1sd on at least half."""
     lines, words = [], {m: [] for m in ("accuracy", "roc_auc")}
     for name, runs in results.items():
         for metric, said in words.items():
-            values = {m: [r[m][VERDICT_KEY[metric] if m == "pipeline" else metric]
-                          for r in runs] for m in runs[0]}
-            best = max((m for m in values if m != "pipeline"),
-                       key=lambda m: statistics.mean(values[m]))
+            values = seed_figures(runs, metric)
+            best = baselines_ranked(values)[0]
             (mean, sd), ours = mean_sd(values[best]), statistics.mean(values["pipeline"])
-            said.append(">=best+1sd" if ours >= mean + sd else ">=best" if ours >= mean
-                        else "BELOW best")
+            said.append(judged(ours, values[best]))
             lines.append(f"{name} {metric}: pipeline {ours:.4f} vs {best} {mean:.4f} ± {sd:.4f}"
                          f" -> {said[-1]}")
     lines += [f"{name}: REFUSED by the pipeline: {why}" for name, why in refused.items()]

@@ -22,9 +22,8 @@ import json
 import statistics
 
 from _results import RESULTS, captured, write_result
-from tables import VERDICT_KEY, mean_sd
+from tables import baselines_ranked, judged, mean_sd, seed_figures
 
-BASELINES = ("logreg", "svc", "hgb")
 DEFAULTS = "tables"  # results/tables.json: today's defaults
 
 
@@ -44,14 +43,13 @@ def arms() -> dict[str, dict[str, list[dict]]]:
 
 
 def values(runs: list[dict], method: str, metric: str) -> list[float]:
-    """One method's figure per seed (the pipeline's accuracy at 0.5, as in the verdict)."""
-    key = VERDICT_KEY.get(metric, metric) if method == "pipeline" else metric
-    return [run[method][key] for run in runs]
+    """One method's figure per seed, as the verdict reads it."""
+    return seed_figures(runs, metric)[method]
 
 
 def ranked(runs: list[dict], metric: str) -> list[str]:
     """The baselines, best mean first."""
-    return sorted(BASELINES, key=lambda m: -statistics.mean(values(runs, m, metric)))
+    return baselines_ranked(seed_figures(runs, metric))
 
 
 def arm_line(label: str, results: dict[str, list[dict]]) -> tuple[str, dict]:
@@ -61,13 +59,10 @@ def arm_line(label: str, results: dict[str, list[dict]]) -> tuple[str, dict]:
              for m in ("accuracy", "roc_auc", "log_loss")}
     counts = {}
     for metric in ("accuracy", "roc_auc"):
-        at_best = plus_sd = 0
-        for runs in results.values():
-            mean, sd = mean_sd(values(runs, ranked(runs, metric)[0], metric))
-            ours = statistics.mean(values(runs, "pipeline", metric))
-            at_best += ours >= mean
-            plus_sd += ours >= mean + sd
-        counts[metric] = (at_best, plus_sd)
+        said = [judged(statistics.mean(values(runs, "pipeline", metric)),
+                       values(runs, ranked(runs, metric)[0], metric))
+                for runs in results.values()]
+        counts[metric] = (len(said) - said.count("BELOW best"), said.count(">=best+1sd"))
     line = (f"{label:34} acc {means['accuracy']:.4f} auc {means['roc_auc']:.4f} "
             f"logloss {means['log_loss']:.4f}   acc >=best {counts['accuracy'][0]:2d} "
             f"+1sd {counts['accuracy'][1]}   auc >=best {counts['roc_auc'][0]:2d} "
